@@ -1,0 +1,25 @@
+"""attrflow: evaluate feature-attribution methods for image classifiers.
+
+Rules are wiring only; everything they decide or compute lives in src/attrflow.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/models.smk"
+include: "rules/attribution.smk"
+include: "rules/metrics.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

@@ -1,0 +1,133 @@
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from attrflow.config import ConfigError, validate_config
+from attrflow.plan import Plan, workdir_path
+from attrflow.store import quarantine_if_damaged
+
+try:
+    config = validate_config(config, workdir=Path.cwd())
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+PLAN = Plan(config)
+RESULTS = "results"
+SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+
+# A store that is present but incomplete or damaged (killed copy, edited file, full disk) is
+# moved aside here, before the DAG is built, so Snakemake sees it missing and recomputes it.
+for _store in PLAN.sample_stores(RESULTS) + PLAN.attribution_stores(RESULTS):
+    _moved = quarantine_if_damaged(_store)
+    if _moved:
+        logger.warning(f"attrflow: {_moved}")
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_.-]+",
+    model="[A-Za-z0-9_.-]+",
+    method="[A-Za-z0-9_.-]+",
+    metric="[A-Za-z0-9_.-]+",
+    shard="[0-9]+",
+
+
+def final_outputs():
+    return [
+        f"{RESULTS}/reports/scores.parquet",
+        f"{RESULTS}/reports/summary.parquet",
+        f"{RESULTS}/reports/summary.md",
+    ]
+
+
+def samples_store(dataset):
+    return f"{RESULTS}/data/{dataset}/samples.zarr"
+
+
+def model_files(model):
+    return {
+        "weights": f"{RESULTS}/models/{model}/model.safetensors",
+        "card": f"{RESULTS}/models/{model}/card.json",
+    }
+
+
+def prepare_model_inputs(wildcards):
+    inputs = {}
+    dataset = PLAN.model_dataset(wildcards.model)
+    if dataset:
+        inputs["samples"] = samples_store(dataset)
+    weights_file = PLAN.model_spec(wildcards.model).get("checkpoint")
+    if weights_file:
+        inputs["checkpoint"] = weights_file
+    return inputs
+
+
+def attribute_inputs(wildcards):
+    # The sample store is `ancient`: a store rebuilt only to add samples must not re-run
+    # finished shards. What a shard really depends on (the dataset spec less its sample
+    # count, and the shard's index range) is in params, so real changes still re-run it.
+    return {
+        "samples": ancient(samples_store(wildcards.dataset)),
+        **model_files(wildcards.model),
+    }
+
+
+def attribute_params(wildcards):
+    return {
+        "method": wildcards.method,
+        "entry": PLAN.method_entry(wildcards.method),
+        "code": PLAN.method_fingerprint(wildcards.method),
+        "dataset_spec": PLAN.shard_dataset_spec(wildcards.dataset),
+        "sample_range": PLAN.shard_range(wildcards.dataset, int(wildcards.shard)),
+        **PLAN.runtime(),
+    }
+
+
+def score_inputs(wildcards):
+    shards = PLAN.shards(wildcards.dataset)
+    return {
+        "samples": samples_store(wildcards.dataset),
+        **model_files(wildcards.model),
+        "maps": [
+            f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{s}.zarr"
+            for s in shards
+        ],
+    }
+
+
+def score_params(wildcards):
+    return {
+        "dataset": wildcards.dataset,
+        "model": wildcards.model,
+        "method": wildcards.method,
+        "method_entry": PLAN.method_entry(wildcards.method),
+        "method_code": PLAN.method_fingerprint(wildcards.method),
+        "metrics": PLAN.metric_entries(),
+        "metrics_code": PLAN.metric_fingerprints(),
+        **PLAN.runtime(),
+    }
+
+
+def dataset_params(wildcards):
+    return PLAN.dataset_spec(wildcards.dataset)
+
+
+def prepare_model_params(wildcards):
+    return {
+        "model": wildcards.model,
+        "spec": PLAN.model_spec(wildcards.model),
+        "code": PLAN.models_code,
+        **PLAN.runtime(),
+    }
+
+
+def score_outputs():
+    return [
+        f"{RESULTS}/scores/{{dataset}}/{{model}}/{{method}}/{metric}.parquet"
+        for metric in config["run"]["metrics"]
+    ]
+
+
+# Jobs that run models claim the `gpu` resource only when they will really use a GPU, so a
+# CPU-only machine runs them in parallel while a workstation caps them at its GPU count.
+GPU_PER_JOB = PLAN.gpu_per_job()

@@ -1,0 +1,17 @@
+rule prepare_model:
+    input:
+        unpack(prepare_model_inputs),
+    output:
+        weights=f"{RESULTS}/models/{{model}}/model.safetensors",
+        card=f"{RESULTS}/models/{{model}}/card.json",
+    log:
+        "logs/prepare_model/{model}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_model/{{model}}.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=GPU_PER_JOB,
+    params:
+        setting=prepare_model_params,
+    script:
+        "../workflow_scripts/prepare_model.py"

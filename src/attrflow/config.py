@@ -1,0 +1,151 @@
+"""Load and check a configuration before any job runs.
+
+Checks, in order, each failing with a `ConfigError` that names the key path:
+
+1. the JSON schema (`schemas/config.schema.yaml`): structure, types, ranges, unknown keys;
+2. the selection (`run:`) names entries that exist, and models name datasets that exist;
+3. each method/metric entry's `fn` is registered, and its other keys are that function's
+   parameters with valid values (the schema each function registers, read by `attrflow.catalog`);
+4. files the selected entries point to exist.
+
+Defaults are filled in, so what reaches a job (and its provenance) is the complete setting.
+Only stdlib, yaml and jsonschema are imported: the Snakefile calls this on every invocation.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attrflow.catalog import catalog
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
+GENERIC_METHOD_KEYS = {"fn", "keep_channels"}
+GENERIC_METRIC_KEYS = {"fn"}
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: str, message: str) -> None:
+        self.key_path = path
+        super().__init__(f"config error at '{path}': {message}" if path else f"config error: {message}")
+
+
+def _key_path(parts: Any) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _validator(schema: dict) -> Any:
+    """A Draft 2020-12 validator that also fills `default:` values into the instance."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
+    return filling(schema)
+
+
+def _check(instance: dict, schema: dict, where: list[str]) -> None:
+    import jsonschema
+
+    errors = list(_validator(schema).iter_errors(instance))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(_key_path([*where, *err.absolute_path]), err.message)
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _params_schema(params: dict[str, dict], generic: set[str]) -> dict:
+    props: dict[str, Any] = {key: True for key in generic}
+    props.update(params)
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def _check_entries(config: dict, family: str, generic: set[str]) -> None:
+    registered = catalog(family)
+    for entry_name, entry in config[family].items():
+        fn = entry["fn"]
+        if fn not in registered:
+            known = ", ".join(sorted(registered)) or "(none)"
+            raise ConfigError(f"{family}.{entry_name}.fn", f"unknown function {fn!r}; registered: {known}")
+        _check(entry, _params_schema(registered[fn].params, generic), [family, entry_name])
+
+
+def _check_selection(config: dict) -> None:
+    run = config["run"]
+    for family in ("datasets", "models", "methods", "metrics"):
+        for i, name in enumerate(run[family]):
+            if name not in config[family]:
+                known = ", ".join(sorted(config[family]))
+                raise ConfigError(f"run.{family}[{i}]", f"{name!r} is not an entry of '{family}' (have: {known})")
+    for i, name in enumerate(run.get("axioms", [])):
+        if name not in config.get("axioms", {}):
+            raise ConfigError(f"run.axioms[{i}]", f"{name!r} is not an entry of 'axioms'")
+    for name, spec in config["models"].items():
+        ds = spec.get("dataset")
+        if ds is not None and ds not in config["datasets"]:
+            raise ConfigError(f"models.{name}.dataset", f"{ds!r} is not an entry of 'datasets'")
+
+
+def _check_paths(config: dict, workdir: Path) -> None:
+    run = config["run"]
+    datasets = set(run["datasets"])
+    for name in run["models"]:
+        spec = config["models"][name]
+        if spec.get("dataset"):
+            datasets.add(spec["dataset"])
+        if "checkpoint" in spec:
+            _must_exist(workdir, spec["checkpoint"], f"models.{name}.checkpoint", file=True)
+    for name in sorted(datasets):
+        spec = config["datasets"][name]
+        for key in ("root", "train_root"):
+            if key in spec:
+                _must_exist(workdir, spec[key], f"datasets.{name}.{key}", file=False)
+        if "labels_file" in spec:
+            _must_exist(workdir, spec["labels_file"], f"datasets.{name}.labels_file", file=True)
+
+
+def _must_exist(workdir: Path, value: str, key: str, file: bool) -> None:
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else workdir / path
+    ok = path.is_file() if file else path.is_dir()
+    if not ok:
+        what = "file" if file else "directory"
+        raise ConfigError(key, f"{what} {str(path)!r} does not exist")
+
+
+def validate_config(config: dict, workdir: Path | None = None, schema_path: Path = SCHEMA_PATH) -> dict:
+    """Return a checked copy of `config` with defaults filled in; raise ConfigError otherwise."""
+    if not isinstance(config, dict):
+        raise ConfigError("", "the configuration must be a mapping")
+    checked = copy.deepcopy(config)
+    _check(checked, load_schema(schema_path), [])
+    _check_selection(checked)
+    _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
+    _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
+    _check_paths(checked, Path(workdir) if workdir else Path.cwd())
+    return checked
+
+
+def load_config(path: str | Path, workdir: Path | None = None) -> dict:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    return validate_config(raw, workdir)

@@ -1,0 +1,1 @@
+"""Datasets: adapters that turn a config entry into sample sets, and the sample store."""

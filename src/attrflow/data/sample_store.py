@@ -1,0 +1,87 @@
+"""The sample store (`samples.zarr`): the images a run explains, plus an optional train split.
+
+Root arrays are the evaluation split, as DESIGN.md fixes them: ``images`` (N, C, H, W) float32
+in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W) bool. A
+``train`` sub-group holds the same arrays for the split that trained models learn from.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attrflow.store import open_store, write_store
+
+
+@dataclass
+class SampleSet:
+    images: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    labels: np.ndarray  # (N,) int64
+    ids: list[str]
+    masks: np.ndarray | None = None  # (N, H, W) bool
+
+    def __post_init__(self) -> None:
+        self.images = np.ascontiguousarray(self.images, dtype=np.float32)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.ids = [str(i) for i in self.ids]
+        n = self.images.shape[0]
+        if self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {self.images.shape}")
+        if self.labels.shape != (n,) or len(self.ids) != n:
+            raise ValueError(f"{n} images but {self.labels.shape[0]} labels and {len(self.ids)} ids")
+        if len(set(self.ids)) != n:
+            raise ValueError("sample ids must be unique")
+        if n and not np.isfinite(self.images).all():
+            bad = self.ids[int(np.flatnonzero(~np.isfinite(self.images).reshape(n, -1).all(1))[0])]
+            raise ValueError(f"sample {bad!r} has non-finite pixels")
+        if self.masks is not None:
+            self.masks = np.asarray(self.masks, dtype=bool)
+            if self.masks.shape != (n, *self.images.shape[2:]):
+                raise ValueError(f"masks must be (N, H, W), got {self.masks.shape}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {
+            "images": self.images,
+            "labels": self.labels,
+            "ids": np.asarray(self.ids, dtype=str),
+        }
+        if self.masks is not None:
+            out["masks"] = self.masks
+        return out
+
+
+def write_sample_store(
+    path: str | os.PathLike, evaluation: SampleSet, train: SampleSet | None, attrs: dict[str, Any]
+) -> Path:
+    groups = {"train": train.arrays()} if train is not None else None
+    meta = {"n_eval": len(evaluation), "n_train": len(train) if train is not None else 0, **attrs}
+    return write_store(path, evaluation.arrays(), meta, groups=groups)
+
+
+def read_samples(
+    path: str | os.PathLike,
+    split: str = "eval",
+    start: int = 0,
+    stop: int | None = None,
+    deep: bool = True,
+) -> SampleSet:
+    """Read samples [start, stop) of a split ("eval" or "train") from a verified store."""
+    root = open_store(path, deep=deep)
+    if split == "eval":
+        group = root
+    elif split == "train":
+        if "train" not in root:
+            raise ValueError(f"{path} has no train split")
+        group = root["train"]
+    else:
+        raise ValueError(f"unknown split {split!r}; use eval or train")
+    sl = slice(start, stop)
+    masks = group["masks"][sl] if "masks" in group else None
+    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks)

@@ -1,0 +1,168 @@
+"""The `attribute` job: one method's maps for one shard of a dataset, on one model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attrflow.data.sample_store import SampleSet, read_samples
+from attrflow.jobs.runtime import (
+    derive_seed,
+    device_description,
+    generator_for,
+    library_versions,
+    peak_memory_bytes,
+    resolve_device,
+)
+from attrflow.methods import MethodNotApplicable, call_method, get_method, reduce_channels
+from attrflow.store import write_store
+
+LOG = logging.getLogger("attrflow")
+ENTRY_KEYS = ("fn", "keep_channels")
+# Samples handed to a method per call. Methods batch their own steps/noise/references up to
+# `max_batch` model inputs inside a call; this only bounds host memory and paces the progress log.
+SAMPLES_PER_CALL = 64
+
+
+def method_params(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+
+
+def content_fingerprint(samples: SampleSet) -> str:
+    h = hashlib.sha256()
+    h.update(samples.images.tobytes())
+    h.update(samples.labels.tobytes())
+    h.update("\0".join(samples.ids).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def choose_targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mode: str, max_batch: int) -> torch.Tensor:
+    if mode == "label":
+        return labels
+    if mode != "predicted":
+        raise ValueError(f"config 'target' must be predicted or label, not {mode!r}")
+    preds = [model(chunk).argmax(dim=1) for chunk in images.split(max_batch)]
+    return torch.cat(preds) if preds else labels
+
+
+def attribute_shard(
+    *,
+    samples_path: str | Path,
+    model_dir: str | Path,
+    out_path: str | Path,
+    dataset: str,
+    model_name: str,
+    shard: int,
+    method: str,
+    entry: dict[str, Any],
+    code: str,
+    sample_range: list[int],
+    device: str,
+    seed: int,
+    max_batch: int,
+    target: str,
+    dataset_spec: dict[str, Any] | None = None,
+) -> Path:
+    from attrflow.models.loading import load_model
+
+    started = time.perf_counter()
+    dev = resolve_device(device)
+    start, stop = (int(v) for v in sample_range)
+    samples = read_samples(samples_path, "eval", start, stop)
+    if len(samples) != stop - start:
+        raise ValueError(
+            f"{samples_path} holds {len(samples)} samples in [{start}, {stop}); the dataset is "
+            "shorter than the plan expects — re-run prepare_dataset"
+        )
+    model = load_model(model_dir, dev)
+    card_path = Path(model_dir) / "card.json"
+    info = get_method(entry["fn"])
+    params = method_params(entry)
+    keep_channels = bool(entry.get("keep_channels", False))
+    gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, shard))
+
+    images = torch.from_numpy(samples.images).to(dev)
+    labels = torch.from_numpy(samples.labels).to(dev)
+    targets = choose_targets(model, images, labels, target, max_batch)
+    model.reset_counters()
+
+    attrs: dict[str, Any] = {
+        "kind": "attribution",
+        "method": method,
+        "fn": entry["fn"],
+        "params": params,
+        "keep_channels": keep_channels,
+        "channel_reduction": "none" if keep_channels or info.channel_free else "sum",
+        "claims_completeness": info.completeness,
+        "code_fingerprint": code,
+        "model": model_name,
+        "model_fingerprint": _card_fingerprint(card_path),
+        "dataset": dataset,
+        "dataset_fingerprint": content_fingerprint(samples),
+        "dataset_spec": dataset_spec or {},
+        "shard": int(shard),
+        "sample_range": [start, stop],
+        "target": target,
+        "target_output": "logit",
+        "seed": int(seed),
+        "device": device_description(dev),
+        "dtype": "float32",
+        "versions": library_versions(),
+    }
+    arrays: dict[str, np.ndarray] = {
+        "ids": np.asarray(samples.ids, dtype=str),
+        "targets": targets.cpu().numpy().astype(np.int64),
+        "labels": samples.labels,
+    }
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    try:
+        maps, diagnostics = _explain(info, model, images, targets, params, gen, max_batch, keep_channels)
+    except MethodNotApplicable as why:
+        LOG.warning("%s is not applicable to model %s: %s", method, model_name, why)
+        attrs.update(applicable=False, reason=str(why))
+    else:
+        nonfinite = ~np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1)
+        if nonfinite.any():
+            bad = [samples.ids[i] for i in np.flatnonzero(nonfinite)]
+            LOG.warning("%s produced non-finite maps for %d sample(s): %s", method, len(bad), bad[:10])
+        diagnostics["nonfinite"] = nonfinite
+        arrays["maps"] = maps
+        groups["diagnostics"] = diagnostics
+        attrs.update(applicable=True, reason=None, nonfinite_samples=int(nonfinite.sum()))
+    attrs.update(
+        wall_time_s=round(time.perf_counter() - started, 3),
+        forward_samples=int(model.forward_samples),
+        backward_samples=int(model.backward_samples),
+        peak_memory_bytes=peak_memory_bytes(dev),
+    )
+    return write_store(out_path, arrays, attrs, groups=groups)
+
+
+def _explain(info, model, images, targets, params, gen, max_batch, keep_channels):
+    from tqdm import tqdm
+
+    maps, diagnostics = [], {}
+    n = images.shape[0]
+    for lo in tqdm(range(0, n, SAMPLES_PER_CALL), desc=info.name, mininterval=5, file=None):
+        hi = min(lo + SAMPLES_PER_CALL, n)
+        result = call_method(info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch)
+        chunk = result.maps.detach()
+        maps.append((chunk if keep_channels else reduce_channels(chunk)).float().cpu().numpy())
+        for key, value in result.diagnostics.items():
+            diagnostics.setdefault(key, []).append(value.detach().cpu().numpy())
+    joined = {k: np.concatenate(v) for k, v in diagnostics.items()}
+    return np.concatenate(maps), joined
+
+
+def _card_fingerprint(card_path: Path) -> str:
+    import json
+
+    card = json.loads(Path(card_path).read_text())
+    return str(card.get("fingerprint", ""))

@@ -1,0 +1,47 @@
+"""The `prepare_dataset` and `prepare_model` jobs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("attrflow")
+
+
+def prepare_dataset_store(*, name: str, spec: dict[str, Any], out_path: str | Path) -> Path:
+    from attrflow.data.adapters import prepare_dataset
+    from attrflow.data.sample_store import write_sample_store
+
+    evaluation, train, attrs = prepare_dataset(name, spec, int(spec.get("seed", 0)))
+    h = hashlib.sha256()
+    for part in (evaluation, train):
+        if part is not None:
+            h.update(part.images.tobytes())
+            h.update(part.labels.tobytes())
+    attrs = {**attrs, "fingerprint": h.hexdigest()[:16]}
+    LOG.info(
+        "%s: %d evaluation and %d training samples, fingerprint %s",
+        name, len(evaluation), len(train) if train is not None else 0, attrs["fingerprint"],
+    )
+    return write_sample_store(out_path, evaluation, train, attrs)
+
+
+def prepare_model_files(
+    *,
+    name: str,
+    spec: dict[str, Any],
+    samples_path: str | Path | None,
+    out_dir: str | Path,
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    from attrflow.models.loading import prepare_model, save_model
+
+    model, card = prepare_model(
+        name, spec, dataset_store=Path(samples_path) if samples_path else None, seed=seed, threads=threads, log=LOG
+    )
+    save_model(model, card, out_dir)
+    LOG.info("%s: test accuracy %s", name, card.get("test_accuracy"))
+    return card

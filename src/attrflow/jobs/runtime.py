@@ -1,0 +1,144 @@
+"""What every job needs before and around its work: logging, start-up timing, device, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+LOG = logging.getLogger("attrflow")
+
+
+def process_age() -> float:
+    """Seconds since this process started (the interpreter's own start-up included)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # psutil ships with snakemake; tolerate its absence outside the workflow
+        return float("nan")
+
+
+@contextlib.contextmanager
+def job_log(log_path: str | os.PathLike | None, threads: int | None = None) -> Iterator[TextIO]:
+    """Send the job's output to its log file, time its start-up, and log failures in full.
+
+    `threads` caps torch's
+    intra-op threads (jobs that never touch torch pass None and do not import it).
+    """
+    stream: TextIO
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        stream = open(log_path, "w", buffering=1)
+    else:
+        stream = sys.stderr
+    logging.basicConfig(
+        stream=stream,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        force=True,
+    )
+    old_out, old_err = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = stream
+    try:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, int(threads)))
+        yield stream
+        LOG.info("finished after %.3f s in total", process_age())
+    except BaseException:
+        stream.write(traceback.format_exc())
+        raise
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        if stream is not old_err:
+            stream.close()
+
+
+def mark_ready() -> None:
+    """Log the job's start-up cost: process start to job code imported and ready.
+
+    That is the interpreter, Snakemake's script preamble and our imports (torch alone is ~3 s
+    on the CI machine); benchmarks/ sums these lines across jobs to report the start-up share.
+    """
+    LOG.info("startup %.3f s (process start to job code ready)", process_age())
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config 'device' is {name!r} but no CUDA device is available")
+    return device
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from the configured seed and the job's identity (stable across runs)."""
+    text = "\0".join([str(seed), *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def generator_for(device: Any, seed: int) -> Any:
+    import torch
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("attrflow", "torch", "numpy", "zarr", "timm", "captum", "snakemake"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    import torch
+
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def device_description(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def peak_memory_bytes(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:
+        return -1

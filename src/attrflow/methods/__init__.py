@@ -1,0 +1,42 @@
+"""Attribution methods.
+
+Importing this package registers nothing by itself: `get_method` imports just the module that
+defines the requested function (found by `attrflow.catalog`), so a job that runs plain gradients
+never pays for importing captum. `load_all` imports every module, for tests and docs.
+"""
+
+from __future__ import annotations
+
+from attrflow.methods.base import (
+    METHODS,
+    Attribution,
+    MethodInfo,
+    MethodNotApplicable,
+    call_method,
+    reduce_channels,
+    register_method,
+)
+from attrflow.registry import import_registered
+
+
+def get_method(fn: str) -> MethodInfo:
+    import_registered("methods", fn)
+    return METHODS.get(fn)
+
+
+def load_all() -> list[str]:
+    import_registered("methods")
+    return list(METHODS)
+
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "MethodInfo",
+    "MethodNotApplicable",
+    "call_method",
+    "get_method",
+    "load_all",
+    "reduce_channels",
+    "register_method",
+]

@@ -1,0 +1,144 @@
+"""The contract every attribution method follows.
+
+A method is a function ``fn(model, x, target, **params) -> Attribution`` over a batch on the
+model's device:
+
+* ``model`` is a `attrflow.models.WrappedModel`: pixel-space input in [0, 1], logits out;
+* ``x`` is (n, C, H, W) float32; ``target`` is (n,) int64, the class whose logit is explained;
+* ``params`` are the config entry's keyword arguments. Two more keywords are injected by the
+  runner when the function's signature names them, and are never config keys:
+  ``generator`` (a seeded `torch.Generator` on the model's device) and ``max_batch`` (how many
+  model inputs one forward/backward pass may hold; steps, noise samples and references are
+  chunked to it).
+
+It registers itself with `register_method`, whose arguments must be literals: the workflow reads
+them from the source with `attrflow.catalog` while planning, without importing torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attrflow.registry import Registry, signature_params
+
+RUNTIME_KWARGS = ("generator", "max_batch")
+DEFAULT_MAX_BATCH = 256
+
+
+@dataclass
+class Attribution:
+    """Maps for a batch and what the method wants stored beside them.
+
+    ``maps`` is (n, C, H, W) for methods that attribute per input element, or (n, H, W) for
+    channel-free methods (CAM, random). ``diagnostics`` holds per-sample tensors whose first
+    dimension is n (e.g. ``baselines`` (n, C, H, W), ``path_logits`` (n, steps + 1)).
+    """
+
+    maps: torch.Tensor
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class MethodNotApplicable(Exception):
+    """The method is undefined for this model (e.g. X-Gradient on a network with biases).
+
+    The runner records the reason in the store instead of failing the job, and every score of
+    that (model, method) is reported as skipped with this reason.
+    """
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    fn: Callable[..., Attribution]
+    params: dict[str, dict]
+    completeness: bool  # claims sum(maps) == F(x) - F(baseline), baseline stored as diagnostic
+    channel_free: bool  # returns (n, H, W) maps
+    module: str
+
+
+METHODS: Registry[MethodInfo] = Registry("attribution method")
+
+
+def register_method(
+    name: str,
+    *,
+    params: dict[str, dict] | None = None,
+    completeness: bool = False,
+    channel_free: bool = False,
+) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
+    """Register ``fn`` under ``name``.
+
+    ``params`` maps each keyword parameter to a JSON-schema fragment (type, bounds, enum,
+    default). It must name exactly the function's keyword parameters (less the runtime ones),
+    with the same defaults; registration fails otherwise, so schema and code cannot drift.
+    """
+    declared = dict(params or {})
+
+    def decorate(fn: Callable[..., Attribution]) -> Callable[..., Attribution]:
+        in_signature = {
+            k: v for k, v in signature_params(fn, positional=3).items() if k not in RUNTIME_KWARGS
+        }
+        _check_declared(name, declared, in_signature)
+        METHODS.add(name, MethodInfo(name, fn, declared, completeness, channel_free, fn.__module__))
+        return fn
+
+    return decorate
+
+
+def _check_declared(name: str, declared: dict[str, dict], in_signature: dict[str, object]) -> None:
+    if set(declared) != set(in_signature):
+        raise TypeError(
+            f"{name}: declared params {sorted(declared)} differ from the signature's "
+            f"{sorted(in_signature)}"
+        )
+    for key, schema in declared.items():
+        if "default" in schema and schema["default"] != in_signature[key]:
+            raise TypeError(
+                f"{name}: default of {key!r} is {schema['default']!r} in params but "
+                f"{in_signature[key]!r} in the signature"
+            )
+
+
+def reduce_channels(maps: torch.Tensor, how: str = "sum") -> torch.Tensor:
+    """(n, C, H, W) → (n, H, W). The seeds never say how; the reduction is stored with the maps."""
+    if maps.dim() == 3:
+        return maps
+    if how == "sum":
+        return maps.sum(dim=1)
+    if how == "abs_sum":
+        return maps.abs().sum(dim=1)
+    if how == "mean":
+        return maps.mean(dim=1)
+    raise ValueError(f"unknown channel reduction {how!r}; use sum, abs_sum or mean")
+
+
+def call_method(
+    info: MethodInfo,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    params: dict[str, Any],
+    *,
+    generator: torch.Generator | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Attribution:
+    """Call a registered method with config params plus the runtime keywords it accepts."""
+    unknown = set(params) - set(info.params)
+    if unknown:
+        raise TypeError(f"{info.name}: unknown parameter(s) {sorted(unknown)}")
+    accepted = signature_params(info.fn, positional=3)
+    runtime: dict[str, Any] = {}
+    if "generator" in accepted:
+        runtime["generator"] = generator
+    if "max_batch" in accepted:
+        runtime["max_batch"] = max_batch
+    result = info.fn(model, x, target, **params, **runtime)
+    if not isinstance(result, Attribution):
+        raise TypeError(f"{info.name} returned {type(result).__name__}, not Attribution")
+    if result.maps.shape[0] != x.shape[0]:
+        raise ValueError(f"{info.name} returned {result.maps.shape[0]} maps for {x.shape[0]} inputs")
+    return result

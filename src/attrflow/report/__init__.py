@@ -1,0 +1,1 @@
+"""Reports: the Parquet schemas, aggregation into summaries, and human-readable tables."""

@@ -1,0 +1,57 @@
+"""The DAG-time view of methods/metrics (read with ast) agrees with the runtime registries."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from attrflow import methods, metrics
+from attrflow.catalog import CatalogError, catalog, scan_module
+from attrflow.fingerprint import code_fingerprint, module_closure
+
+PKG = Path(methods.__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("family, package", [("methods", methods), ("metrics", metrics)])
+def test_catalog_matches_runtime_registry(family, package):
+    names = package.load_all()
+    registry = methods.METHODS if family == "methods" else metrics.METRICS
+    entries = catalog(family)
+    assert sorted(entries) == sorted(names)
+    for name in names:
+        info = registry.get(name)
+        assert entries[name].params == info.params, name
+        assert Path(entries[name].module).stem == info.module.rsplit(".", 1)[1]
+
+
+def test_every_registered_param_has_a_default():
+    # A config entry may name only `fn`: every parameter therefore needs a default.
+    for family in ("methods", "metrics"):
+        for fn, entry in catalog(family).items():
+            for key, schema in entry.params.items():
+                assert "default" in schema, f"{family}.{fn}.{key} has no default"
+
+
+def test_non_literal_registration_is_refused(tmp_path):
+    module = tmp_path / "bad.py"
+    module.write_text("STEPS = {}\n@register_method('x', params=STEPS)\ndef x(model, x, target):\n    pass\n")
+    with pytest.raises(CatalogError, match="literal"):
+        scan_module(module)
+
+
+def test_fingerprint_follows_imports(tmp_path):
+    ig = catalog("methods")["integrated_gradients"].module
+    closure = {p.name for p in module_closure(ig)}
+    assert "integrated_gradients.py" in closure and "base.py" in closure
+    assert "random_attribution.py" not in closure
+
+
+def test_fingerprint_ignores_mtime_and_separates_modules():
+    path = PKG / "methods" / "random_attribution.py"
+    before = code_fingerprint(path)
+    os.utime(path)  # a fresh clone or a touch must not look like a code change
+    module_closure.cache_clear()
+    assert code_fingerprint(path) == before
+    assert code_fingerprint(PKG / "methods" / "gradient.py") != before

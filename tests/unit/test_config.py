@@ -1,0 +1,78 @@
+"""The config checks: every bad value fails before any job, naming its key path."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attrflow.config import ConfigError, validate_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def test_default_config_is_valid_and_gets_defaults(config):
+    checked = validate_config(config, workdir=REPO)
+    assert checked["seed"] == 0
+    assert checked["datasets"]["shapes"]["kind"] == "synthetic_shapes"
+    # defaults of the registered function are filled in, so jobs see the complete setting
+    assert checked["metrics"]["deletion"]["output"] == "prob"
+    assert checked["methods"]["x_gradient"]["keep_channels"] is False
+    assert config == yaml.safe_load((REPO / "config.yaml").read_text()), "input must not be mutated"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key_path", "words"),
+    [
+        (lambda c: c["run"]["methods"].append("no_such_method"), "run.methods[5]", "not an entry"),
+        (lambda c: c["methods"]["ig_black"].update(steps=-3), "methods.ig_black.steps", "minimum"),
+        (lambda c: c["methods"]["ig_black"].update(stpes=3), "methods.ig_black", "stpes"),
+        (lambda c: c["methods"]["ig_black"].update(fn="integrated_gradientz"), "methods.ig_black.fn", "unknown function"),
+        (lambda c: c["metrics"]["deletion"].update(fill="purple"), "metrics.deletion.fill", "purple"),
+        (lambda c: c.update(shard_size=0), "shard_size", "minimum"),
+        (lambda c: c.update(sahrd_size=3), "", "sahrd_size"),
+        (lambda c: c["datasets"]["shapes"].update(size="big"), "datasets.shapes.size", "big"),
+        (lambda c: c["models"]["shapes_cnn"].update(dataset="nope"), "models.shapes_cnn.dataset", "nope"),
+        (lambda c: c.update(device="tpu"), "device", "tpu"),
+    ],
+)
+def test_bad_values_name_their_key(config, mutate, key_path, words):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, workdir=REPO)
+    assert err.value.key_path == key_path
+    assert words in str(err.value)
+    assert f"'{key_path}'" in str(err.value) or not key_path
+
+
+def test_missing_dataset_path_names_the_key(config, tmp_path):
+    bad = copy.deepcopy(config)
+    bad["datasets"]["folder"] = {"kind": "image_folder", "root": str(tmp_path / "missing")}
+    bad["run"]["datasets"] = ["folder"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, workdir=tmp_path)
+    assert err.value.key_path == "datasets.folder.root"
+    assert "does not exist" in str(err.value)
+
+
+def test_unselected_entries_may_point_to_absent_files(config, tmp_path):
+    fine = copy.deepcopy(config)
+    fine["datasets"]["folder"] = {"kind": "image_folder", "root": str(tmp_path / "missing")}
+    validate_config(fine, workdir=tmp_path)
+
+
+def test_missing_checkpoint_names_the_key(config, tmp_path):
+    bad = copy.deepcopy(config)
+    bad["models"]["r18"] = {"kind": "timm", "name": "resnet18", "checkpoint": "nope.safetensors"}
+    bad["run"]["models"] = ["r18"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, workdir=tmp_path)
+    assert err.value.key_path == "models.r18.checkpoint"

@@ -1,0 +1,93 @@
+"""Aggregation: statistics by hand, ranks by direction, schema, and the Markdown tables."""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from attrflow.report.aggregate import aggregate, summarise
+from attrflow.report.schema import SCORES, write_table
+from attrflow.report.tables import render_markdown
+
+
+def _scores(method: str, metric: str, values, direction="higher", status=None, model="m1"):
+    n = len(values)
+    status = status or ["ok"] * n
+    return pa.table(
+        {
+            "dataset": ["d"] * n,
+            "model": [model] * n,
+            "method": [method] * n,
+            "metric": [metric] * n,
+            "sample_id": [f"s{i}" for i in range(n)],
+            "target": list(range(n)),
+            "value": [float(v) for v in values],
+            "curve": [[0.0, float(v)] for v in values],
+            "status": status,
+            "reason": [None if s == "ok" else "why" for s in status],
+            "direction": [direction] * n,
+            "method_fn": ["f"] * n,
+            "metric_fn": [metric] * n,
+            "method_fingerprint": ["a"] * n,
+            "metric_fingerprint": ["b"] * n,
+            "model_fingerprint": ["c"] * n,
+            "dataset_fingerprint": ["d"] * n,
+        },
+        schema=SCORES,
+    )
+
+
+def test_statistics_by_hand():
+    table = _scores("ig", "ins", [1.0, 2.0, 3.0, 4.0, float("nan")], status=["ok"] * 4 + ["nan"])
+    row = summarise(table.to_pandas()).iloc[0]
+    assert row["n"] == 4 and row["n_nan"] == 1
+    assert row["mean"] == pytest.approx(2.5)
+    assert row["std"] == pytest.approx(math.sqrt(5 / 3))  # sample std of 1..4
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2  # t(0.975, 3) · s / √n
+    assert row["ci95_low"] == pytest.approx(2.5 - half, rel=1e-6)
+    assert row["ci95_high"] == pytest.approx(2.5 + half, rel=1e-6)
+    assert row["median"] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(("direction", "best"), [("higher", "b"), ("lower", "a")])
+def test_rank_follows_direction(direction, best):
+    table = pa.concat_tables([_scores("a", "x", [1, 1], direction), _scores("b", "x", [5, 5], direction)])
+    summary = summarise(table.to_pandas())
+    assert summary.set_index("method").loc[best, "rank"] == 1
+
+
+def test_skipped_groups_have_no_rank_and_render():
+    table = pa.concat_tables(
+        [_scores("a", "x", [1, 2]), _scores("b", "x", [float("nan")] * 2, status=["skipped"] * 2)]
+    )
+    summary = summarise(table.to_pandas()).set_index("method")
+    assert summary.loc["b", "n_skipped"] == 2 and pd.isna(summary.loc["b", "rank"])
+    text = render_markdown(summary.reset_index())
+    assert "skipped" in text and "| a |" in text and "**" in text
+
+
+def test_aggregate_files_open_in_pandas_pyarrow_duckdb(tmp_path):
+    paths = []
+    for i, method in enumerate(["a", "b"]):
+        path = tmp_path / f"{method}.parquet"
+        write_table(_scores(method, "x", np.arange(3) + i), path)
+        paths.append(path)
+    aggregate(paths, tmp_path / "scores.parquet", tmp_path / "summary.parquet")
+    assert pq.read_table(tmp_path / "scores.parquet").schema.equals(SCORES)
+    df = pd.read_parquet(tmp_path / "summary.parquet")
+    assert list(df["method"]) == ["a", "b"] and list(df["rank"]) == [2, 1]
+    got = duckdb.sql(f"SELECT method, avg(value) AS v FROM '{tmp_path}/scores.parquet' GROUP BY method ORDER BY method").fetchall()
+    assert got == [("a", 1.0), ("b", 2.0)]
+
+
+def test_wrong_schema_is_refused(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"value": [1.0]}), path)
+    with pytest.raises(ValueError, match="bad.parquet"):
+        aggregate([path], tmp_path / "s.parquet", tmp_path / "m.parquet")

@@ -1,0 +1,10 @@
+"""Rule aggregate → attrflow.report.aggregate.aggregate."""
+
+from attrflow.jobs.runtime import job_log, mark_ready
+
+with job_log(snakemake.log[0]):
+    from attrflow.report.aggregate import aggregate
+
+    mark_ready()
+
+    aggregate(snakemake.input.scores, snakemake.output.scores, snakemake.output.summary)
