@@ -1,0 +1,60 @@
+"""Completeness residual (S0 §4.2, S3 axioms; seed digest B.6).
+
+Path methods (IG and its baselines, UNI, X-Gradient on X-DNNs…) claim
+Σ_i A_i(x) = F_c(x) − F_c(x'). How far a stored map misses that identity measures the method's
+numerical error (Riemann steps, float precision) or a broken claim. The method must have stored
+the baseline x' it integrated from (`diagnostics["baselines"]`, (n, C, H, W)); methods that claim
+nothing are skipped rather than scored, since a residual means nothing for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attrflow.metrics._removal import target_outputs, with_reasons
+from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+
+
+@register_metric(
+    "completeness",
+    kind="diagnostic",
+    direction="lower",
+    params={
+        "relative": {"type": "boolean", "default": False},
+        "output": {"enum": ["logit", "prob"], "default": "logit"},
+    },
+)
+def completeness(
+    inputs: MetricInputs, *, relative: bool = False, output: str = "logit", max_batch: int = 256
+) -> MetricOutput:
+    """|Σ maps − (F_c(x) − F_c(x'))|, F_c the target logit (lower is better).
+
+    `relative` divides by |F_c(x) − F_c(x')| (NaN with a reason where that is zero). `output`
+    is "prob" for methods that explain the softmax probability instead of the logit.
+    """
+    who = f"method {inputs.method!r} (fn {inputs.method_fn!r})"
+    if not inputs.method_claims_completeness:
+        return MetricOutput.skipped(inputs.n, f"{who} does not claim completeness")
+    baselines = inputs.diagnostics.get("baselines")
+    if baselines is None:
+        raise ValueError(f"completeness: {who} claims completeness but stored no 'baselines' diagnostic")
+    if tuple(baselines.shape) != tuple(inputs.images.shape):
+        raise ValueError(
+            f"completeness: baselines of {who} have shape {tuple(baselines.shape)}, "
+            f"images {tuple(inputs.images.shape)}"
+        )
+    baselines = baselines.to(inputs.images)
+    gap = target_outputs(inputs.model, inputs.images, inputs.targets, output, max_batch) - (
+        target_outputs(inputs.model, baselines, inputs.targets, output, max_batch)
+    )
+    total = inputs.maps.reshape(inputs.n, -1).double().sum(dim=1)
+    residual = (total - gap).abs()
+    reasons: list[str | None] = [None] * inputs.n
+    if relative:
+        residual = residual / gap.abs()
+        reasons = [
+            "F(x) - F(x') is zero: the relative residual is undefined" if g == 0 else None
+            for g in gap.tolist()
+        ]
+    return with_reasons(residual.cpu().numpy().astype(np.float64), None, reasons)
