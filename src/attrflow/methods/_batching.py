@@ -1,0 +1,231 @@
+"""Batched gradient and output evaluation over many points per sample, shared by methods.
+
+Path and sampling methods (IG, BlurIG, Expected Gradients, UNI, SmoothGrad) all evaluate the
+model at ``n_points`` points per sample and sum weighted input gradients per sample. Looping over
+steps in Python and running one tiny batch per step wastes the device; stacking all n·P points
+at once runs out of memory for large step counts. Here the (sample, point) grid is flattened
+sample-major and cut into chunks of at most ``max_batch`` model inputs. Each chunk builds its
+points on the fly (``points(sample_idx, point_idx)``), runs one forward and one backward on the
+sum of its target logits, weighs the per-point gradients exactly (``weigh``), and adds them to
+their samples. Chunk boundaries need not align with samples, so every chunk is full.
+
+Per-sample sums are formed by slicing and reshaping (a sample's points are contiguous in the
+flat order), never with ``index_add_``: that uses atomics on CUDA and would make maps differ
+bit-wise between identical runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+PointBuilder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(sample_idx (k,), point_idx (k,)) -> model inputs (k, C, H, W) for those grid cells."""
+
+GradientWeigher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(grads (k, C, H, W), sample_idx (k,), point_idx (k,)) -> contributions (k, C, H, W)."""
+
+
+@dataclass
+class PathGradients:
+    """What one sweep over a (sample, point) grid yields.
+
+    ``gradient_sums`` (n, C, H, W): Σ_p weigh(∇_x logit_target(point p)) per sample.
+    ``target_logits`` / ``target_probs`` (n, P): the target's logit and softmax probability at
+    every point, in point order.
+    """
+
+    gradient_sums: torch.Tensor
+    target_logits: torch.Tensor
+    target_probs: torch.Tensor
+
+
+@dataclass
+class PathOutputs:
+    """Target logits and softmax probabilities (n, P) at every grid point (no gradients)."""
+
+    target_logits: torch.Tensor
+    target_probs: torch.Tensor
+
+
+def validate_batch(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a method's inputs; return x detached (maps must not carry a caller's graph) and
+    ``target`` as int64 on x's device.
+
+    Errors name the parameter and the first offending sample, so a bad sample in a large
+    shard can be found.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"parameter x must be (n, C, H, W); got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("parameter x holds no samples")
+    target = torch.as_tensor(target, device=x.device)
+    if target.dim() != 1 or target.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"parameter target must have shape ({x.shape[0]},) to match x; got {tuple(target.shape)}"
+        )
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"parameter target must hold integer class indices; got {target.dtype}")
+    finite = torch.isfinite(x).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        sample = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"sample {sample}: parameter x holds a non-finite value (NaN or inf)")
+    num_classes = int(model.num_classes)
+    out_of_range = (target < 0) | (target >= num_classes)
+    if bool(out_of_range.any()):
+        sample = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"sample {sample}: parameter target is {int(target[sample])}, outside "
+            f"[0, {num_classes}) for model {getattr(model, 'name', '')!r}"
+        )
+    return x.detach(), target.long()
+
+
+def check_max_batch(max_batch: int) -> int:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"parameter max_batch must be an integer >= 1; got {max_batch!r}")
+    return max_batch
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate in eval mode (BatchNorm/dropout must not couple or perturb the points of a
+    chunk) and hand the model back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _chunks(total: int, max_batch: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, max_batch):
+        yield start, min(start + max_batch, total)
+
+
+def _grid_indices(start: int, stop: int, n_points: int, device: torch.device):
+    flat = torch.arange(start, stop, device=device)
+    return flat // n_points, flat % n_points
+
+
+def _sums_per_sample(values: torch.Tensor, start: int, n_points: int) -> torch.Tensor:
+    """Sum the rows of a chunk that starts at flat index ``start`` sample by sample.
+
+    Returns one row per sample the chunk touches, in order: a partial head sample, whole
+    samples (one reshape), a partial tail sample.
+    """
+    count = values.shape[0]
+    offset = start % n_points
+    pieces = []
+    done = 0
+    if offset:
+        done = min(count, n_points - offset)
+        pieces.append(values[:done].sum(dim=0, keepdim=True))
+    whole = (count - done) // n_points
+    if whole:
+        block = values[done : done + whole * n_points]
+        pieces.append(block.reshape(whole, n_points, *values.shape[1:]).sum(dim=1))
+        done += whole * n_points
+    if done < count:
+        pieces.append(values[done:].sum(dim=0, keepdim=True))
+    return torch.cat(pieces)
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    target: torch.Tensor,
+    *,
+    n_points: int,
+    points: PointBuilder,
+    weigh: GradientWeigher,
+    max_batch: int,
+) -> PathGradients:
+    """Sum weighted input gradients of the target logit over ``n_points`` points per sample.
+
+    ``target`` (n,) gives the class per sample; every point of sample s explains target[s].
+    One forward and one backward per chunk of at most ``max_batch`` points; the model's
+    parameters are never differentiated. Methods that draw random points must make
+    ``points`` depend only on (sample, point) (e.g. draw all noise up front, or per sample
+    from a seeded generator) so that maps do not depend on ``max_batch``.
+    """
+    check_max_batch(max_batch)
+    n = int(target.shape[0])
+    total = n * n_points
+    sums: torch.Tensor | None = None
+    logits_flat: list[torch.Tensor] = []
+    probs_flat: list[torch.Tensor] = []
+    with evaluation_mode(model), torch.enable_grad():
+        for start, stop in _chunks(total, max_batch):
+            sample_idx, point_idx = _grid_indices(start, stop, n_points, target.device)
+            with torch.no_grad():
+                inputs = points(sample_idx, point_idx)
+            inputs = inputs.detach().requires_grad_(True)
+            logits = model(inputs)
+            index = target[sample_idx].unsqueeze(1)
+            chosen = logits.gather(1, index).squeeze(1)
+            (grads,) = torch.autograd.grad(chosen.sum(), inputs)
+            with torch.no_grad():
+                contributions = _sums_per_sample(
+                    weigh(grads, sample_idx, point_idx), start, n_points
+                )
+                if sums is None:
+                    sums = torch.zeros(
+                        (n, *contributions.shape[1:]), dtype=grads.dtype, device=grads.device
+                    )
+                first = start // n_points
+                sums[first : first + contributions.shape[0]] += contributions
+                logits_flat.append(chosen.detach())
+                probs_flat.append(torch.softmax(logits.detach(), dim=1).gather(1, index).squeeze(1))
+    if sums is None:
+        raise ValueError("accumulate_gradients needs at least one sample and one point")
+    return PathGradients(
+        gradient_sums=sums,
+        target_logits=torch.cat(logits_flat).reshape(n, n_points),
+        target_probs=torch.cat(probs_flat).reshape(n, n_points),
+    )
+
+
+def evaluate_outputs(
+    model: torch.nn.Module,
+    target: torch.Tensor,
+    *,
+    n_points: int,
+    points: PointBuilder,
+    max_batch: int,
+) -> PathOutputs:
+    """Target logits and probabilities at ``n_points`` points per sample, forward passes only."""
+    check_max_batch(max_batch)
+    n = int(target.shape[0])
+    logits_flat: list[torch.Tensor] = []
+    probs_flat: list[torch.Tensor] = []
+    with evaluation_mode(model), torch.no_grad():
+        for start, stop in _chunks(n * n_points, max_batch):
+            sample_idx, point_idx = _grid_indices(start, stop, n_points, target.device)
+            logits = model(points(sample_idx, point_idx))
+            index = target[sample_idx].unsqueeze(1)
+            logits_flat.append(logits.gather(1, index).squeeze(1))
+            probs_flat.append(torch.softmax(logits, dim=1).gather(1, index).squeeze(1))
+    return PathOutputs(
+        target_logits=torch.cat(logits_flat).reshape(n, n_points),
+        target_probs=torch.cat(probs_flat).reshape(n, n_points),
+    )
+
+
+def input_gradients(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, *, max_batch: int
+) -> PathGradients:
+    """∇_x logit_target at x itself (one point per sample), in chunks of ``max_batch``."""
+    return accumulate_gradients(
+        model,
+        target,
+        n_points=1,
+        points=lambda sample_idx, point_idx: x[sample_idx],
+        weigh=lambda grads, sample_idx, point_idx: grads,
+        max_batch=max_batch,
+    )
