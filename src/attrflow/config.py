@@ -26,6 +26,8 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
 GENERIC_METHOD_KEYS = {"fn", "keep_channels"}
 GENERIC_METRIC_KEYS = {"fn"}
+# What each dataset kind can provide to metrics that declare `requires=[...]`.
+DATASET_PROVIDES = {"synthetic_shapes": {"masks"}, "image_folder": set(), "cifar": set()}
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,21 @@ def _check_selection(config: dict) -> None:
             raise ConfigError(f"models.{name}.dataset", f"{ds!r} is not an entry of 'datasets'")
 
 
+def _check_requirements(config: dict) -> None:
+    registered = catalog("metrics")
+    for i, metric in enumerate(config["run"]["metrics"]):
+        needs = set(registered[config["metrics"][metric]["fn"]].options.get("requires", []))
+        for dataset in config["run"]["datasets"]:
+            kind = config["datasets"][dataset]["kind"]
+            missing = needs - DATASET_PROVIDES.get(kind, set())
+            if missing:
+                raise ConfigError(
+                    f"run.metrics[{i}]",
+                    f"metric {metric!r} needs {', '.join(sorted(missing))}, which dataset {dataset!r} "
+                    f"(kind {kind}) does not provide; select it only with datasets that do",
+                )
+
+
 def _check_paths(config: dict, workdir: Path) -> None:
     run = config["run"]
     datasets = set(run["datasets"])
@@ -136,6 +153,7 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check_selection(checked)
     _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
     _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
+    _check_requirements(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
     return checked
 

@@ -76,3 +76,18 @@ def test_missing_checkpoint_names_the_key(config, tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_config(bad, workdir=tmp_path)
     assert err.value.key_path == "models.r18.checkpoint"
+
+
+def test_metric_needing_masks_is_refused_on_a_dataset_without_them(config, tmp_path):
+    bad = copy.deepcopy(config)
+    (tmp_path / "val").mkdir()
+    bad["datasets"]["folder"] = {"kind": "image_folder", "root": str(tmp_path / "val")}
+    bad["metrics"]["pg"] = {"fn": "pointing_game"}
+    bad["run"]["datasets"] = ["folder"]
+    bad["run"]["metrics"] = ["deletion", "pg"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, workdir=tmp_path)
+    assert err.value.key_path == "run.metrics[1]"
+    assert "masks" in str(err.value) and "'folder'" in str(err.value)
+    bad["run"]["datasets"] = ["shapes"]
+    validate_config(bad, workdir=tmp_path)

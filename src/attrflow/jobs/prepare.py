@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import logging
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def prepare_model_files(
     from attrflow.models.loading import prepare_model, save_model
 
     model, card = prepare_model(
-        name, spec, dataset_store=Path(samples_path) if samples_path else None, seed=seed, threads=threads, log=LOG
+        name, spec, dataset_store=Path(samples_path) if samples_path else None, seed=seed, threads=threads, log=sys.stderr
     )
     save_model(model, card, out_dir)
     LOG.info("%s: test accuracy %s", name, card.get("test_accuracy"))

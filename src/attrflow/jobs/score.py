@@ -98,7 +98,7 @@ def score_method(
         else:
             output = _score_batches(
                 info, params, net, images, maps, targets, labels, masks, diags, samples.ids,
-                method, shards, explain, dev, derive_seed(seed, dataset, model, method, metric), max_batch,
+                method, method_entry, shards, explain, dev, derive_seed(seed, dataset, model, method, metric), max_batch,
             )
         table = _rows(output, dataset, model, method, metric, info, entry, shards, targets, method_code, metrics_code[metric])
         write_table(table, out_paths[metric])
@@ -106,7 +106,7 @@ def score_method(
         LOG.info("%s: %d ok, mean %.4f", metric, ok.sum(), np.nanmean(output.values[ok]) if ok.any() else float("nan"))
 
 
-def _score_batches(info, params, net, images, maps, targets, labels, masks, diags, ids, method, shards, explain, dev, seed, max_batch):
+def _score_batches(info, params, net, images, maps, targets, labels, masks, diags, ids, method, method_entry, shards, explain, dev, seed, max_batch):
     values, curves, status, reasons = [], [], [], []
     any_curve = False
     for lo in range(0, images.shape[0], SAMPLES_PER_CALL):
@@ -124,6 +124,7 @@ def _score_batches(info, params, net, images, maps, targets, labels, masks, diag
             method_fn=shards.method_fn,
             method_claims_completeness=shards.claims_completeness,
             explain=explain,
+            method_params=method_params(method_entry),
         )
         # Seeded per batch position: the same config gives the same subsets and noise.
         out = call_metric(info, inputs, params, generator=generator_for(dev, seed + lo), max_batch=max_batch)
@@ -145,16 +146,22 @@ def _score_batches(info, params, net, images, maps, targets, labels, masks, diag
 
 
 def _explainer(method_entry, net, max_batch, seed):
-    """Re-runs the method on new inputs, for explainer metrics (attack robustness, …)."""
+    """Re-runs the method, for explainer metrics (attack robustness, sanity checks, …).
+
+    `explain(x, target, model=None, **overrides)` returns maps reduced like the stored ones;
+    `model` swaps the network (e.g. a randomised copy) and `overrides` replace method
+    parameters (e.g. `steps` for Riemann-step stability).
+    """
     from attrflow.methods import call_method, get_method, reduce_channels
 
     info = get_method(method_entry["fn"])
     params = method_params(method_entry)
     keep = bool(method_entry.get("keep_channels", False))
 
-    def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def explain(x: torch.Tensor, target: torch.Tensor, model=None, **overrides) -> torch.Tensor:
         gen = generator_for(x.device, seed)
-        maps = call_method(info, net, x, target, params, generator=gen, max_batch=max_batch).maps
+        chosen = {**params, **overrides}
+        maps = call_method(info, model or net, x, target, chosen, generator=gen, max_batch=max_batch).maps
         return maps if keep else reduce_channels(maps)
 
     return explain

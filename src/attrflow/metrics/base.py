@@ -46,7 +46,10 @@ class MetricInputs:
     method: str = ""  # config entry name of the method that produced the maps
     method_fn: str = ""
     method_claims_completeness: bool = False
-    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # for explainers
+    # For explainer metrics: explain(x, target, model=None, **param_overrides) -> maps reduced
+    # like the stored ones; `model` swaps the network, overrides replace method parameters.
+    explain: Callable[..., torch.Tensor] | None = None
+    method_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -88,18 +91,35 @@ class MetricInfo:
     kind: str
     direction: str
     module: str
+    requires: tuple[str, ...] = ()  # what the dataset must provide, e.g. ("masks",)
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
 
 
+REQUIREMENTS = ("masks",)
+
+
 def register_metric(
-    name: str, *, kind: str, direction: str, params: dict[str, dict] | None = None
+    name: str,
+    *,
+    kind: str,
+    direction: str,
+    params: dict[str, dict] | None = None,
+    requires: list[str] | None = None,
 ) -> Callable[[Callable[..., MetricOutput]], Callable[..., MetricOutput]]:
+    """Register ``fn`` under ``name``.
+
+    ``requires`` lists what the dataset must provide (``"masks"``: ground-truth object masks);
+    the config check refuses such a metric on a dataset kind that cannot provide it.
+    """
     if kind not in KINDS:
         raise ValueError(f"{name}: kind must be one of {KINDS}, not {kind!r}")
     if direction not in DIRECTIONS:
         raise ValueError(f"{name}: direction must be one of {DIRECTIONS}, not {direction!r}")
+    unknown = set(requires or ()) - set(REQUIREMENTS)
+    if unknown:
+        raise ValueError(f"{name}: unknown requirement(s) {sorted(unknown)}; known: {REQUIREMENTS}")
     declared = dict(params or {})
 
     def decorate(fn: Callable[..., MetricOutput]) -> Callable[..., MetricOutput]:
@@ -107,7 +127,8 @@ def register_metric(
             k: v for k, v in signature_params(fn, positional=1).items() if k not in RUNTIME_KWARGS
         }
         _check_declared(name, declared, in_signature)
-        METRICS.add(name, MetricInfo(name, fn, declared, kind, direction, fn.__module__))
+        info = MetricInfo(name, fn, declared, kind, direction, fn.__module__, tuple(requires or ()))
+        METRICS.add(name, info)
         return fn
 
     return decorate
