@@ -33,10 +33,14 @@ wildcard_constraints:
 
 
 def final_outputs():
+    # The caches are targets too: Snakemake would otherwise accept a missing intermediate
+    # (a store deleted, or moved aside above) as long as the reports downstream exist.
     return [
         f"{RESULTS}/reports/scores.parquet",
         f"{RESULTS}/reports/summary.parquet",
         f"{RESULTS}/reports/summary.md",
+        *PLAN.sample_stores(RESULTS),
+        *PLAN.attribution_stores(RESULTS),
     ]
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from attrflow.store import verify_store
 
-from .conftest import TINY_CONFIG, Workflow, copy_workflow
+from harness import TINY_CONFIG, Workflow, copy_workflow
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
