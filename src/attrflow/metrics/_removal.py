@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from attrflow.metrics.base import NAN, OK, MetricInputs, MetricOutput
 
 FILLS = ("black", "blur", "mean")
-OUTPUTS = ("prob", "logit")
+OUTPUTS = ("prob", "logit", "top1")
 ORDERS = ("signed", "absolute")
 NONFINITE_MAP = "attribution map has non-finite values"
+CONSTANT_MAP = "attribution map is constant: it ranks no pixel above another"
 
 
 def gaussian_kernel1d(size: int, sigma: float, *, device: torch.device | None = None) -> torch.Tensor:
@@ -134,8 +135,11 @@ def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> tor
 
 
 def select_output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
-    """The target's softmax probability or logit, in float64."""
+    """The target's softmax probability or logit, or top-1 correctness (1.0 when the argmax is the
+    target, ties going to the lower class index), in float64."""
     logits = logits.double()
+    if output == "top1":
+        return (logits.argmax(dim=1) == targets.view(-1).long()).double()
     if output == "prob":
         logits = logits.softmax(dim=1)
     elif output != "logit":
@@ -156,13 +160,14 @@ def target_outputs(
 
 
 ReplaceMask = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CopyCanvas = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
 def masked_outputs(
     model: torch.nn.Module,
     images: torch.Tensor,
-    canvas: torch.Tensor,
+    canvas: torch.Tensor | CopyCanvas,
     targets: torch.Tensor,
     replace_mask: ReplaceMask,
     variants: int,
@@ -174,8 +179,10 @@ def masked_outputs(
 
     Copy (i, v) shows ``canvas[i]`` where ``replace_mask(sample_idx, variant_idx)`` is True and
     ``images[i]`` elsewhere; `replace_mask` receives two (b,) index tensors and returns (b, H, W)
-    bool. All n·variants copies go through the model in chunks of at most `max_batch`, so the
-    result does not depend on `max_batch`.
+    bool. A canvas that differs between the copies of one image (DiffID fills with the mean of
+    the pixels each copy preserves) is given as a function of the same two index tensors that
+    returns a tensor broadcastable to (b, C, H, W). All n·variants copies go through the model in
+    chunks of at most `max_batch`, so the result does not depend on `max_batch`.
     """
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -185,7 +192,8 @@ def masked_outputs(
         pair = torch.arange(start, min(start + max_batch, n * variants), device=images.device)
         sample, variant = pair // variants, pair % variants
         mask = replace_mask(sample, variant).unsqueeze(1)
-        copies = torch.where(mask, canvas[sample], images[sample])
+        fill = canvas(sample, variant) if callable(canvas) else canvas[sample]
+        copies = torch.where(mask, fill, images[sample])
         flat[start : start + pair.shape[0]] = select_output(model(copies), targets[sample], output)
     return flat.view(n, variants)
 
@@ -200,6 +208,12 @@ def checked_maps(inputs: MetricInputs, metric: str) -> torch.Tensor:
             f"{tuple(inputs.images.shape)}"
         )
     return maps
+
+
+def constant_maps(scores: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: maps whose every pixel has the same (finite) score, so no ranking exists."""
+    flat = scores.reshape(scores.shape[0], -1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
 
 
 def trapezoid_auc(curves: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -1,26 +1,43 @@
-"""MuFidelity (Bhatt et al. 2021; S0 §5.1; seed digest B.1).
+"""MuFidelity and Faithfulness Correlation (Bhatt et al. 2020; S0 §5.1; seed digest B.1).
 
     μ_F = corr_S ( Σ_{i∈S} A_i ,  F_c(x) − F_c(x with S filled) )
 
-over random subsets S of a fixed size: the summed attribution of a subset ("predicted
-importance") should track the output drop when that subset is removed ("actual influence").
+over random subsets S: the summed attribution of a subset ("predicted importance") should track
+the output drop when that subset is removed ("actual influence"). Two registered readings differ
+in how S is drawn and which correlation is taken, so both are offered under their own names:
 
-What the seed leaves open, and what we choose:
+``mufidelity`` — as Xplique's ``MuFidelity`` computes it (deel-ai/xplique,
+``xplique/metrics/fidelity.py``), which is where UNI's Table 2 numbers come from (S0 cites Fel et
+al. 2022a):
 
-* *Features.* Pixels are grouped into a `grid` × `grid` lattice of cells and subsets are drawn
-  over cells, as Xplique's MuFidelity (which UNI's numbers come from) does with its
-  `grid_size`; removing single pixels of a 224² image barely moves a CNN. `grid` equal to the
-  image side makes every pixel its own cell. A cell is removed with all channels.
-* *Subset size.* Fixed, round(`subset_fraction` · cells), as in Bhatt et al. and Quantus
-  (Xplique instead drops each cell independently with that probability).
-* *Correlation.* Pearson, as Bhatt et al. and Quantus (Xplique uses Spearman). S0 reports the
-  absolute value ("attribution methods can yield strong positive or negative correlation"),
-  hence `absolute=True` by default.
-* *Baseline.* The fill canvas (black by default), output the softmax probability by default.
+* the image is cut into a ``grid`` × ``grid`` lattice of cells (9 × 9), and each subset drops every
+  cell *independently* with probability ``subset_fraction`` (0.2), so subset sizes vary; cells
+  follow Xplique's nearest-neighbour upsampling of the grid (TensorFlow's half-pixel centres:
+  pixel y belongs to cell floor((y + ½)·grid / H));
+* ``subsets`` = 200 subsets per image; the correlation is **Spearman's** (average ranks for ties,
+  as ``scipy.stats.spearmanr``);
+* Xplique does not take the absolute value; S0 reports |corr| ("attribution methods can yield
+  strong positive or negative correlation"), hence ``absolute=True`` by default;
+* Xplique's baseline is the constant 0.0 in whatever space its model reads; ours is the fill
+  canvas in pixel space (black by default). Xplique's output is the model's raw output (its
+  ``activation=None``); S0 writes F_c as the class probability, our default ``output="prob"``;
+* Xplique draws one set of masks per batch and shares it across the batch's images, and turns an
+  undefined correlation (constant predictions) into 0. We draw independently per image from the
+  injected generator, and report an undefined correlation as NaN with its reason, so that a
+  constant map is not silently scored as "no correlation".
+
+``faithfulness_correlation`` — as Bhatt et al. and Quantus's ``FaithfulnessCorrelation`` define it:
+``subsets`` = 100 random subsets of exactly ``subset_size`` = 224 pixels, Pearson correlation,
+black fill, the target logit (Quantus's default ``softmax=False``), no absolute value. Quantus
+draws *elements* of the C×H×W input, so on colour images it removes single colour values; we
+remove whole pixels (as every removal metric here does), which is the same on one-channel images
+(tests/conformance/test_quantus_faithfulness.py matches Quantus there to float precision).
 
 A correlation is undefined when either side does not vary over the subsets (a constant map, a
-model the fill does not affect): such samples are NaN with the reason. `subset_fidelity` takes
-explicit subsets, so Sensitivity-N and the Quantus conformance test reuse the same arithmetic.
+model the fill does not affect): such samples are NaN with the reason. So is a constant map
+under variable-size subsets, whose sums vary only with the number of cells removed. The subset machinery
+(`correlate_removals`) takes explicit subsets, so Sensitivity-N and the Quantus conformance tests
+reuse the same arithmetic.
 """
 
 from __future__ import annotations
@@ -28,8 +45,10 @@ from __future__ import annotations
 import torch
 
 from attrflow.metrics._removal import (
+    CONSTANT_MAP,
     NONFINITE_MAP,
     checked_maps,
+    constant_maps,
     fill_image,
     masked_outputs,
     target_outputs,
@@ -39,29 +58,74 @@ from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
 CONSTANT_OUTPUT = "the output drops do not vary over the subsets (correlation undefined)"
+CORRELATIONS = ("pearson", "spearman")
 
 
-def grid_cells(height: int, width: int, grid: int, *, device: torch.device | None = None) -> torch.Tensor:
-    """(H, W) long: the cell of each pixel in a grid × grid lattice of near-equal cells."""
+def grid_cells(
+    height: int,
+    width: int,
+    grid: int,
+    *,
+    half_pixel: bool = False,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """(H, W) long: the cell of each pixel in a grid × grid lattice of near-equal cells.
+
+    Pixel y lies in cell floor(y·grid / H), or floor((y + ½)·grid / H) with `half_pixel` (what
+    TensorFlow's nearest-neighbour resize of a grid × grid mask gives, i.e. Xplique's cells).
+    """
     if grid < 1 or grid > min(height, width):
         raise ValueError(f"grid={grid} must be between 1 and the image side ({height}x{width})")
-    rows = torch.arange(height, device=device) * grid // height
-    cols = torch.arange(width, device=device) * grid // width
-    return rows[:, None] * grid + cols[None, :]
+
+    def cell_of(side: int) -> torch.Tensor:
+        pixel = torch.arange(side, device=device)
+        return (2 * pixel + 1) * grid // (2 * side) if half_pixel else pixel * grid // side
+
+    return cell_of(height)[:, None] * grid + cell_of(width)[None, :]
+
+
+def _generator(generator: torch.Generator | None) -> torch.Generator:
+    """The injected generator, or a fixed seed (0): a score never depends on global RNG state."""
+    return torch.Generator().manual_seed(0) if generator is None else generator
 
 
 def draw_subsets(
     n: int, subsets: int, cells: int, size: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(n, subsets, cells) bool: `size` distinct cells per subset, uniformly, from `generator`.
-
-    Without a generator a fixed seed (0) is used, so a score never depends on global RNG state.
-    """
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    """(n, subsets, cells) bool: `size` distinct cells per subset, uniformly, from `generator`."""
+    generator = _generator(generator)
     keys = torch.rand(n, subsets, cells, generator=generator, device=generator.device)
     chosen = keys.argsort(dim=-1)[..., :size]
     return torch.zeros_like(keys, dtype=torch.bool).scatter_(-1, chosen, True)
+
+
+def draw_bernoulli_subsets(
+    n: int, subsets: int, cells: int, probability: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(n, subsets, cells) bool: each cell removed independently with `probability` (Xplique)."""
+    generator = _generator(generator)
+    keys = torch.rand(n, subsets, cells, generator=generator, device=generator.device)
+    return keys < probability
+
+
+def draw_index_subsets(
+    n: int, subsets: int, cells: int, size: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(n, subsets, size) long: `size` distinct cells per subset, uniformly, as indices.
+
+    Index form keeps per-pixel subsets of 224² images small (a bool mask per subset would hold
+    50 176 entries); keys are drawn one image at a time, in float64 so ties are negligible.
+    """
+    generator = _generator(generator)
+    parts = [
+        torch.rand(subsets, cells, generator=generator, device=generator.device, dtype=torch.float64)
+        .topk(size, dim=1)
+        .indices
+        for _ in range(n)
+    ]
+    if not parts:
+        return torch.zeros(0, subsets, size, dtype=torch.long, device=generator.device)
+    return torch.stack(parts)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,41 +142,81 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return corr, flat_a, flat_b
 
 
-def subset_fidelity(
-    inputs: MetricInputs,
-    cell_subsets: torch.Tensor,
-    cells_of_pixels: torch.Tensor,
-    *,
-    metric: str,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "prob",
-    absolute: bool = True,
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Correlation of summed attribution and output drop over given subsets, per sample.
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Row-wise ranks of (n, S) values, 0-based, tied values sharing their average rank."""
+    n, s = values.shape
+    ordered, order = values.sort(dim=1, stable=True)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = (starts.cumsum(dim=1) - 1) + s * torch.arange(n, device=values.device)[:, None]
+    positions = torch.arange(s, dtype=torch.float64, device=values.device).expand(n, s)
+    totals = torch.zeros(n * s, dtype=torch.float64, device=values.device)
+    totals.index_add_(0, group.flatten(), positions.flatten())
+    counts = torch.zeros_like(totals).index_add_(0, group.flatten(), torch.ones_like(totals))
+    shared = (totals / counts.clamp(min=1))[group]
+    return torch.empty_like(shared).scatter_(1, order, shared)
 
-    `cell_subsets` (n, S, cells) bool says which cells each subset removes; `cells_of_pixels`
-    (H, W) long maps pixels to cells. Curves hold nothing: the S pairs are not an ordered curve.
+
+def correlate(
+    a: torch.Tensor, b: torch.Tensor, correlation: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row-wise Pearson or Spearman correlation, with the rows where a or b is constant.
+
+    Constancy is judged on the values themselves (with `pearson`'s rounding tolerance), so
+    float noise in a flat output is not promoted to distinct ranks.
     """
-    maps = checked_maps(inputs, metric)
-    finite = torch.isfinite(maps)
-    maps = torch.where(finite, maps, torch.zeros_like(maps))
-    device = inputs.images.device
-    cell_subsets = cell_subsets.to(device)
-    cells_flat = cells_of_pixels.to(device).reshape(-1)
-    n, count, cells = cell_subsets.shape
-    h, w = maps.shape[1:]
+    corr, flat_a, flat_b = pearson(a, b)
+    if correlation == "spearman":
+        corr = pearson(average_ranks(a.double()), average_ranks(b.double()))[0]
+    elif correlation != "pearson":
+        raise ValueError(f"unknown correlation {correlation!r}; use one of {CORRELATIONS}")
+    return corr, flat_a, flat_b
 
-    cell_sums = torch.zeros(n, cells, dtype=torch.float64, device=device)
-    cell_sums.index_add_(1, cells_flat, maps.reshape(n, -1).double())
-    attribution_sums = (cell_subsets.double() * cell_sums[:, None, :]).sum(dim=-1)
+
+def correlate_removals(
+    inputs: MetricInputs,
+    maps: torch.Tensor,
+    subsets: torch.Tensor,
+    cells_of_pixels: torch.Tensor | None,
+    canvas: torch.Tensor,
+    *,
+    output: str,
+    correlation: str,
+    max_batch: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Correlation, per sample, of summed attribution and output drop over given subsets.
+
+    `subsets` is either (n, S, cells) bool (which cells each subset removes) or (n, S, k) long
+    (the k cells each subset removes); `cells_of_pixels` (H, W) long maps pixels to cells, None
+    making every pixel its own cell. `maps` (n, H, W) must be finite. Returns the signed
+    correlation and the masks of samples whose attribution sums / output drops are constant.
+    """
+    device = inputs.images.device
+    n, h, w = maps.shape
+    subsets = subsets.to(device)
+    cells_flat = None if cells_of_pixels is None else cells_of_pixels.to(device).reshape(-1)
+    if subsets.dtype == torch.bool:
+        cells = subsets.shape[-1]
+    else:
+        cells = h * w if cells_flat is None else int(cells_flat.max()) + 1
+    if cells_flat is None:
+        cell_sums = maps.reshape(n, -1).double()
+    else:
+        cell_sums = torch.zeros(n, cells, dtype=torch.float64, device=device)
+        cell_sums.index_add_(1, cells_flat, maps.reshape(n, -1).double())
+    count = subsets.shape[1]
+    if subsets.dtype == torch.bool:
+        attribution_sums = (subsets.double() * cell_sums[:, None, :]).sum(dim=-1)
+    else:
+        attribution_sums = cell_sums.gather(1, subsets.reshape(n, -1)).view(n, count, -1).sum(dim=-1)
 
     def replace_mask(sample: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
-        return cell_subsets[sample, variant][:, cells_flat].view(-1, h, w)
+        chosen = subsets[sample, variant]
+        if chosen.dtype != torch.bool:
+            removed = torch.zeros(chosen.shape[0], cells, dtype=torch.bool, device=device)
+            chosen = removed.scatter_(1, chosen, True)
+        return (chosen if cells_flat is None else chosen[:, cells_flat]).view(-1, h, w)
 
-    canvas = fill_image(inputs.images, fill, blur_kernel=blur_kernel, blur_sigma=blur_sigma)
     clean = target_outputs(inputs.model, inputs.images, inputs.targets, output, max_batch)
     removed = masked_outputs(
         inputs.model,
@@ -124,16 +228,78 @@ def subset_fidelity(
         output=output,
         max_batch=max_batch,
     )
-    corr, flat_attribution, flat_output = pearson(attribution_sums, clean[:, None] - removed)
+    return correlate(attribution_sums, clean[:, None] - removed, correlation)
+
+
+def _finite_maps(inputs: MetricInputs, metric: str) -> tuple[torch.Tensor, list[bool]]:
+    """The checked maps with non-finite entries zeroed, and which samples were all finite."""
+    maps = checked_maps(inputs, metric)
+    finite = torch.isfinite(maps)
+    return torch.where(finite, maps, torch.zeros_like(maps)), finite.flatten(1).all(dim=1).tolist()
+
+
+def _reason(finite: bool, flat_attribution: bool, constant: bool, flat_output: bool) -> str | None:
+    """Why a sample has no correlation, checked in this order. A constant map whose subset sums
+    still vary (Xplique's variable-size subsets) would only correlate the *number* of cells
+    removed with the drop, which says nothing about the map, so it is NaN too."""
+    if not finite:
+        return NONFINITE_MAP
+    if flat_attribution:
+        return CONSTANT_ATTRIBUTION
+    if constant:
+        return CONSTANT_MAP
+    return CONSTANT_OUTPUT if flat_output else None
+
+
+def _fidelity_output(
+    corr: torch.Tensor,
+    flat_attribution: torch.Tensor,
+    flat_output: torch.Tensor,
+    finite: list[bool],
+    constant: list[bool],
+    absolute: bool,
+) -> MetricOutput:
     if absolute:
         corr = corr.abs()
     reasons = [
-        NONFINITE_MAP if not ok else CONSTANT_ATTRIBUTION if fa else CONSTANT_OUTPUT if fo else None
-        for ok, fa, fo in zip(
-            finite.flatten(1).all(dim=1).tolist(), flat_attribution.tolist(), flat_output.tolist()
-        )
+        _reason(*flags) for flags in zip(finite, flat_attribution.tolist(), constant, flat_output.tolist())
     ]
     return with_reasons(corr.cpu().numpy(), None, reasons)
+
+
+def subset_fidelity(
+    inputs: MetricInputs,
+    subsets: torch.Tensor,
+    cells_of_pixels: torch.Tensor | None,
+    *,
+    metric: str,
+    fill: str = "black",
+    blur_kernel: int = 29,
+    blur_sigma: float = 15.0,
+    output: str = "prob",
+    absolute: bool = True,
+    correlation: str = "pearson",
+    max_batch: int = 256,
+) -> MetricOutput:
+    """Correlation of summed attribution and output drop over given subsets, as a MetricOutput.
+
+    `subsets` and `cells_of_pixels` are as in `correlate_removals`. Curves hold nothing: the S
+    pairs are not an ordered curve.
+    """
+    maps, finite = _finite_maps(inputs, metric)
+    canvas = fill_image(inputs.images, fill, blur_kernel=blur_kernel, blur_sigma=blur_sigma)
+    corr, flat_attribution, flat_output = correlate_removals(
+        inputs,
+        maps,
+        subsets,
+        cells_of_pixels,
+        canvas,
+        output=output,
+        correlation=correlation,
+        max_batch=max_batch,
+    )
+    constant = constant_maps(maps).tolist()
+    return _fidelity_output(corr, flat_attribution, flat_output, finite, constant, absolute)
 
 
 @register_metric(
@@ -141,40 +307,44 @@ def subset_fidelity(
     kind="map",
     direction="higher",
     params={
-        "subsets": {"type": "integer", "minimum": 2, "default": 128},
+        "subsets": {"type": "integer", "minimum": 2, "default": 200},
         "subset_fraction": {
             "type": "number",
             "exclusiveMinimum": 0,
             "exclusiveMaximum": 1,
             "default": 0.2,
         },
-        "grid": {"type": "integer", "minimum": 2, "default": 8},
+        "grid": {"type": "integer", "minimum": 2, "default": 9},
         "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
         "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
         "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
         "output": {"enum": ["prob", "logit"], "default": "prob"},
+        "correlation": {"enum": ["spearman", "pearson"], "default": "spearman"},
         "absolute": {"type": "boolean", "default": True},
     },
 )
 def mufidelity(
     inputs: MetricInputs,
     *,
-    subsets: int = 128,
+    subsets: int = 200,
     subset_fraction: float = 0.2,
-    grid: int = 8,
+    grid: int = 9,
     fill: str = "black",
     blur_kernel: int = 29,
     blur_sigma: float = 15.0,
     output: str = "prob",
+    correlation: str = "spearman",
     absolute: bool = True,
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
-    """Pearson correlation, over `subsets` random subsets of round(`subset_fraction`·grid²) cells,
-    between the subset's summed attribution and the output drop when it is filled (higher is better).
+    """Xplique's MuFidelity: the `correlation` (Spearman by default), over `subsets` random
+    subsets of a `grid` × `grid` lattice that each drop every cell with probability
+    `subset_fraction`, between the subset's summed attribution and the output drop when it is
+    filled (higher is better).
 
-    `grid` = 1 is refused (one cell cannot form subsets that differ); `absolute` reports |corr|
-    as S0 does. Subsets come from the injected `generator`, one independent draw per sample.
+    `grid` must be at least 2 and at most the image side; `absolute` reports |corr| as S0 does.
+    Subsets come from the injected `generator`, one independent draw per sample.
     """
     if subsets < 2:
         raise ValueError(f"mufidelity: subsets must be >= 2 to correlate, got {subsets}")
@@ -183,10 +353,10 @@ def mufidelity(
     if grid < 2:
         raise ValueError(f"mufidelity: grid must be >= 2 (grid² cells to draw subsets from), got {grid}")
     h, w = inputs.images.shape[2:]
-    cells_of_pixels = grid_cells(h, w, grid, device=inputs.images.device)
-    cells = grid * grid
-    size = min(max(round(subset_fraction * cells), 1), cells - 1)
-    cell_subsets = draw_subsets(inputs.n, subsets, cells, size, generator)
+    if grid > min(h, w):
+        raise ValueError(f"mufidelity: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
+    cells_of_pixels = grid_cells(h, w, grid, half_pixel=True, device=inputs.images.device)
+    cell_subsets = draw_bernoulli_subsets(inputs.n, subsets, grid * grid, subset_fraction, generator)
     return subset_fidelity(
         inputs,
         cell_subsets,
@@ -197,5 +367,63 @@ def mufidelity(
         blur_sigma=blur_sigma,
         output=output,
         absolute=absolute,
+        correlation=correlation,
+        max_batch=max_batch,
+    )
+
+
+@register_metric(
+    "faithfulness_correlation",
+    kind="map",
+    direction="higher",
+    params={
+        "subsets": {"type": "integer", "minimum": 2, "default": 100},
+        "subset_size": {"type": "integer", "minimum": 1, "default": 224},
+        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
+        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
+        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
+        "output": {"enum": ["logit", "prob"], "default": "logit"},
+        "absolute": {"type": "boolean", "default": False},
+    },
+)
+def faithfulness_correlation(
+    inputs: MetricInputs,
+    *,
+    subsets: int = 100,
+    subset_size: int = 224,
+    fill: str = "black",
+    blur_kernel: int = 29,
+    blur_sigma: float = 15.0,
+    output: str = "logit",
+    absolute: bool = False,
+    generator: torch.Generator | None = None,
+    max_batch: int = 256,
+) -> MetricOutput:
+    """Bhatt et al.'s Faithfulness Correlation as Quantus defines it: the Pearson correlation, over
+    `subsets` random sets of exactly `subset_size` pixels, between the set's summed attribution
+    and the drop of the target `output` when the set is filled (higher is better).
+
+    `subset_size` must be smaller than the number of pixels; `absolute` reports |corr|.
+    """
+    if subsets < 2:
+        raise ValueError(f"faithfulness_correlation: subsets must be >= 2 to correlate, got {subsets}")
+    h, w = inputs.images.shape[2:]
+    if not 1 <= subset_size < h * w:
+        raise ValueError(
+            f"faithfulness_correlation: subset_size={subset_size} must be between 1 and the number "
+            f"of pixels minus one ({h}x{w} = {h * w} pixels); lower `subset_size`"
+        )
+    pixel_subsets = draw_index_subsets(inputs.n, subsets, h * w, subset_size, generator)
+    return subset_fidelity(
+        inputs,
+        pixel_subsets,
+        None,
+        metric="faithfulness_correlation",
+        fill=fill,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+        output=output,
+        absolute=absolute,
+        correlation="pearson",
         max_batch=max_batch,
     )
