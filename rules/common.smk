@@ -39,6 +39,7 @@ def final_outputs():
         f"{RESULTS}/reports/scores.parquet",
         f"{RESULTS}/reports/summary.parquet",
         f"{RESULTS}/reports/summary.md",
+        f"{RESULTS}/reports/costs.parquet",
         *PLAN.sample_stores(RESULTS),
         *PLAN.attribution_stores(RESULTS),
     ]
@@ -56,10 +57,12 @@ def model_files(model):
 
 
 def prepare_model_inputs(wildcards):
+    # `ancient` for the same reason as in attribute_inputs: adding evaluation samples must not
+    # retrain; the dataset spec in params (less its evaluation count) re-runs on real changes.
     inputs = {}
     dataset = PLAN.model_dataset(wildcards.model)
     if dataset:
-        inputs["samples"] = samples_store(dataset)
+        inputs["samples"] = ancient(samples_store(dataset))
     weights_file = PLAN.model_spec(wildcards.model).get("checkpoint")
     if weights_file:
         inputs["checkpoint"] = weights_file
@@ -120,6 +123,7 @@ def prepare_model_params(wildcards):
     return {
         "model": wildcards.model,
         "spec": PLAN.model_spec(wildcards.model),
+        "dataset_spec": PLAN.model_dataset_spec(wildcards.model),
         "code": PLAN.models_code,
         **PLAN.runtime(),
     }

@@ -1,9 +1,11 @@
 rule aggregate:
     input:
         scores=PLAN.score_files(RESULTS),
+        maps=PLAN.attribution_stores(RESULTS),
     output:
         scores=f"{RESULTS}/reports/scores.parquet",
         summary=f"{RESULTS}/reports/summary.parquet",
+        costs=f"{RESULTS}/reports/costs.parquet",
     log:
         "logs/aggregate.log",
     benchmark:
@@ -17,6 +19,7 @@ rule report:
     input:
         scores=rules.aggregate.output.scores,
         summary=rules.aggregate.output.summary,
+        costs=rules.aggregate.output.costs,
     output:
         markdown=f"{RESULTS}/reports/summary.md",
     log:

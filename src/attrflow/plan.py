@@ -64,6 +64,10 @@ class Plan:
     def model_dataset(self, model: str) -> str | None:
         return self.config["models"][model].get("dataset")
 
+    def model_dataset_spec(self, model: str) -> dict:
+        dataset = self.model_dataset(model)
+        return self.shard_dataset_spec(dataset) if dataset else {}
+
     @cached_property
     def models_code(self) -> str:
         return code_fingerprint(PACKAGE_DIR / "models" / "loading.py")

@@ -139,3 +139,13 @@ def test_f_bad_config_fails_before_any_job(tmp_path, mutate, key):
     assert proc.returncode != 0
     assert f"'{key}'" in proc.stdout + proc.stderr
     assert not (wf.workdir / "results").exists(), "no job ran"
+
+
+def test_g_more_samples_add_shards_and_keep_finished_ones(finished_run: Workflow):
+    grown = copy.deepcopy(TINY_CONFIG)
+    grown["datasets"]["tiny"]["n_test"] = 20  # shard 0 is full; shard 1 grows; shard 2 is new
+    jobs = finished_run.planned(finished_run.write_config(grown, "grown.yaml"))
+    rules = {rule for rule, _ in jobs}
+    assert "prepare_model" not in rules, "evaluation samples must not retrain the models"
+    shards = {wc["shard"] for rule, wc in jobs if rule == "attribute"}
+    assert shards == {"1", "2"}

@@ -62,3 +62,21 @@ def write_table(table: pa.Table, path) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+COSTS = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("method_fn", pa.string()),
+        ("applicable", pa.bool_()),
+        ("reason", pa.string()),
+        ("n", pa.int64()),
+        ("wall_s", pa.float64()),  # attribution wall time, all shards
+        ("wall_ms_per_image", pa.float64()),
+        ("forward_per_image", pa.float64()),  # model forward samples per explained image
+        ("backward_per_image", pa.float64()),  # backward samples (gradient evaluations) per image
+        ("peak_memory_mb", pa.float64()),  # the largest of the shards' peaks
+        ("device", pa.string()),
+    ]
+)

@@ -1,4 +1,10 @@
-"""`summary.md`: one table per metric, methods × models, shaped like the seed papers' tables."""
+"""`summary.md`: tables shaped like the seed papers' tables.
+
+First the groups of metrics the seeds report side by side (seed 003 Table 3: KPM/KNM/KAM/RAM per
+model; UNI Tables 3–4: attack robustness; …) as methods × metrics per model, then one table per
+metric as methods × models (UNI Tables 1–2, the dissertation's insertion/deletion table), then what
+each method cost (gradient evaluations per image, as seed 003 prints them next to each method).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,16 @@ from pathlib import Path
 import pandas as pd
 
 ARROW = {"higher": "↑", "lower": "↓"}
+
+# Metrics the seeds tabulate together; a group is shown when at least two of its metrics ran.
+SEED_GROUPS = [
+    ("Lundberg et al. masking metrics (seed 003, Table 3)", ["kpm", "knm", "kam", "ram"]),
+    ("Insertion / deletion (seed 004, App. Table 3)", ["insertion", "deletion"]),
+    ("Attribution attack, FGSM ε = 8/255 (UNI, Tables 3–4)", ["attack_spearman", "attack_topk"]),
+    ("Faithfulness (UNI Table 2; Bhatt et al.)", ["mufidelity", "faithfulness_correlation", "sensitivity_n", "diffid"]),
+    ("Localisation against object masks", ["pointing_game", "relevance_mass", "ehr", "iou"]),
+    ("Axiomatic diagnostics", ["completeness", "path_monotonicity", "mard_ig", "ig_convergence"]),
+]
 
 
 def _cell(row: pd.Series) -> str:
@@ -37,7 +53,36 @@ def metric_table(summary: pd.DataFrame, dataset: str, metric: str) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(summary: pd.DataFrame) -> str:
+def group_table(summary: pd.DataFrame, dataset: str, model: str, metrics: list[str]) -> str:
+    part = summary[(summary["dataset"] == dataset) & (summary["model"] == model)]
+    header = [f"{m} {ARROW.get(part.loc[part['metric'] == m, 'direction'].iloc[0], '')}" for m in metrics]
+    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(metrics)]
+    for method in dict.fromkeys(part["method"]):
+        cells = []
+        for metric in metrics:
+            hit = part[(part["method"] == method) & (part["metric"] == metric)]
+            cells.append(_cell(hit.iloc[0]) if len(hit) else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(costs: pd.DataFrame) -> str:
+    lines = [
+        "| dataset | model | method | n | gradient evals / image | forward passes / image | ms / image | peak MB | device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in costs.itertuples():
+        if not row.applicable:
+            lines.append(f"| {row.dataset} | {row.model} | {row.method} | {row.n} | not applicable: {row.reason} | | | | |")
+            continue
+        lines.append(
+            f"| {row.dataset} | {row.model} | {row.method} | {row.n} | {row.backward_per_image:.4g} | "
+            f"{row.forward_per_image:.4g} | {row.wall_ms_per_image:.3g} | {row.peak_memory_mb:.0f} | {row.device} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None) -> str:
     out = [
         "# attrflow summary",
         "",
@@ -45,19 +90,29 @@ def render_markdown(summary: pd.DataFrame) -> str:
         "Bold: best method for that model (rank 1). ↑ higher is better, ↓ lower is better.",
         "",
     ]
+    for title, metrics in SEED_GROUPS:
+        for dataset in dict.fromkeys(summary["dataset"]):
+            present = [m for m in metrics if m in set(summary.loc[summary["dataset"] == dataset, "metric"])]
+            if len(present) < 2:
+                continue
+            for model in dict.fromkeys(summary.loc[summary["dataset"] == dataset, "model"]):
+                out += [f"## {title} — {model} on {dataset}", "", group_table(summary, dataset, model, present), ""]
     for dataset in dict.fromkeys(summary["dataset"]):
         for metric in dict.fromkeys(summary.loc[summary["dataset"] == dataset, "metric"]):
             direction = summary.loc[summary["metric"] == metric, "direction"].iloc[0]
             n = summary.loc[(summary["dataset"] == dataset) & (summary["metric"] == metric), "n"].max()
             out += [f"## {metric} {ARROW.get(direction, '')} — {dataset} (n = {n})", "", metric_table(summary, dataset, metric), ""]
+    if costs is not None and len(costs):
+        out += ["## Cost of each method", "", cost_table(costs), ""]
     return "\n".join(out)
 
 
-def write_markdown(summary_path: str | Path, out_path: str | Path) -> None:
+def write_markdown(summary_path: str | Path, out_path: str | Path, costs_path: str | Path | None = None) -> None:
     import os
 
     summary = pd.read_parquet(summary_path)
+    costs = pd.read_parquet(costs_path) if costs_path else None
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(render_markdown(summary))
+    tmp.write_text(render_markdown(summary, costs))
     os.replace(tmp, out_path)

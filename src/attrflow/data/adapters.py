@@ -1,0 +1,179 @@
+"""One entry point from a `datasets:` config entry to sample sets: `prepare_dataset`.
+
+A config entry names its `kind` and that kind's options:
+
+* ``synthetic_shapes`` — the embedded dataset (`attrflow.data.synthetic_shapes`): ``n_train``
+  (default 4000; 0 for no train split), ``n_test`` (default 256), ``size`` (default 64),
+  ``classes`` (default 8, at most 10), ``seed`` (overrides the run's seed).
+* ``image_folder`` — images on disk (`attrflow.data.image_folder`): ``root`` (required),
+  ``labels_file``, ``resize`` (256), ``crop`` (224), ``n`` (first n images; all by default),
+  ``train_root`` (same layout; no train split without it), ``n_train``.
+* ``cifar`` — local CIFAR python batches (`attrflow.data.cifar`): ``root`` (required),
+  ``variant`` (cifar10 | cifar100), ``n`` (first n test images; all 10 000 by default),
+  ``n_train`` (first n train images; all by default; 0 for no train split).
+
+Every kind accepts ``seed`` (the workflow fills in the run's seed); only the synthetic data uses it.
+Unknown kinds and unknown or ill-typed options are errors naming the key. `count_eval_samples`
+tells how many evaluation samples an entry yields without reading any pixels: the Snakefile
+calls it while planning how many attribution shards exist, so this module imports only the
+standard library at import time and the heavy modules inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from attrflow.data.sample_store import SampleSet
+
+CIFAR_TEST_SIZE = 10_000  # the number of test images of CIFAR-10 and CIFAR-100
+
+# Every option of every kind, with its default; `None` marks an optional value without default.
+REQUIRED = object()
+OPTIONS: dict[str, dict[str, Any]] = {
+    "synthetic_shapes": {"n_train": 4000, "n_test": 256, "size": 64, "classes": 8, "seed": None},
+    "image_folder": {
+        "root": REQUIRED,
+        "labels_file": None,
+        "resize": 256,
+        "crop": 224,
+        "n": None,
+        "train_root": None,
+        "n_train": None,
+        "seed": None,
+    },
+    "cifar": {"root": REQUIRED, "variant": "cifar10", "n": None, "n_train": None, "seed": None},
+}
+INTEGER_OPTIONS = {
+    "n_train": 0,
+    "n_test": 1,
+    "size": 16,
+    "classes": 2,
+    "seed": 0,
+    "resize": 1,
+    "crop": 1,
+    "n": 1,
+}
+PATH_OPTIONS = {"root", "labels_file", "train_root"}
+CHOICES = {"variant": ("cifar10", "cifar100")}
+
+
+class DatasetSpecError(ValueError):
+    """A dataset config entry is invalid; the message names the key."""
+
+
+def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The entry's kind and its options with defaults filled in, validated."""
+    if not isinstance(spec, dict):
+        raise DatasetSpecError(f"a dataset entry must be a mapping, got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in OPTIONS:
+        raise DatasetSpecError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(OPTIONS)}")
+    known = OPTIONS[kind]
+    unknown = sorted(set(spec) - set(known) - {"kind"})
+    if unknown:
+        raise DatasetSpecError(
+            f"unknown option(s) {unknown} for dataset kind {kind!r}; known: {sorted(known)}"
+        )
+    options = {}
+    for key, default in known.items():
+        value = spec.get(key, default)
+        if value is REQUIRED:
+            raise DatasetSpecError(f"dataset kind {kind!r} needs the option {key!r}")
+        if value is not None and key in INTEGER_OPTIONS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < INTEGER_OPTIONS[key]:
+                raise DatasetSpecError(
+                    f"option {key!r} must be an integer >= {INTEGER_OPTIONS[key]}, got {value!r}"
+                )
+        if value is not None and key in PATH_OPTIONS and not isinstance(value, str):
+            raise DatasetSpecError(f"option {key!r} must be a path string, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise DatasetSpecError(f"option {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
+        options[key] = value
+    return kind, options
+
+
+def count_eval_samples(spec: dict[str, Any]) -> int:
+    """The number of evaluation samples `prepare_dataset(spec)` yields, without reading pixels."""
+    kind, opt = _options(spec)
+    if kind == "synthetic_shapes":
+        return opt["n_test"]
+    if kind == "image_folder":
+        from attrflow.data.image_folder import count_images
+
+        available = count_images(opt["root"], flat=opt["labels_file"] is not None)
+        return available if opt["n"] is None else min(opt["n"], available)
+    return _cifar_count(opt)
+
+
+def _cifar_count(opt: dict[str, Any]) -> int:
+    return CIFAR_TEST_SIZE if opt["n"] is None else min(opt["n"], CIFAR_TEST_SIZE)
+
+
+def prepare_dataset(
+    name: str, spec: dict[str, Any], seed: int
+) -> tuple[SampleSet, SampleSet | None, dict[str, Any]]:
+    """(evaluation split, train split or None, store attrs) for the config entry `name`.
+
+    The attrs record the dataset name, kind, source (a path or "embedded"), the pre-processing,
+    the class names and count, and the entry itself, so a sample store documents its origin.
+    """
+    try:
+        kind, opt = _options(spec)
+    except DatasetSpecError as err:
+        raise DatasetSpecError(f"datasets.{name}: {err}") from None
+    if kind == "synthetic_shapes":
+        evaluation, train, source, preprocessing, class_names = _synthetic(opt, seed)
+    elif kind == "image_folder":
+        evaluation, train, source, preprocessing, class_names = _image_folder(opt)
+    else:
+        evaluation, train, source, preprocessing, class_names = _cifar(opt)
+    attrs = {
+        "dataset": name,
+        "kind": kind,
+        "source": source,
+        "preprocessing": preprocessing,
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "spec": dict(spec),
+    }
+    return evaluation, train, attrs
+
+
+def _synthetic(opt: dict[str, Any], seed: int) -> tuple:
+    from attrflow.data.synthetic_shapes import class_names, generate_shapes
+
+    seed = opt["seed"] if opt["seed"] is not None else seed
+    shape = {"seed": seed, "size": opt["size"], "classes": opt["classes"]}
+    evaluation = generate_shapes("test", opt["n_test"], **shape)
+    train = generate_shapes("train", opt["n_train"], **shape) if opt["n_train"] else None
+    preprocessing = {**shape, "pixel_range": [0.0, 1.0], "masks": "object pixels"}
+    return evaluation, train, "embedded", preprocessing, class_names(opt["classes"])
+
+
+def _image_folder(opt: dict[str, Any]) -> tuple:
+    from attrflow.data.image_folder import load_image_folder
+
+    common = {"labels_file": opt["labels_file"], "resize": opt["resize"], "crop": opt["crop"]}
+    evaluation, class_names = load_image_folder(opt["root"], n=opt["n"], **common)
+    train = None
+    if opt["train_root"] is not None and opt["n_train"] != 0:
+        train, _ = load_image_folder(opt["train_root"], n=opt["n_train"], class_names=class_names, **common)
+    preprocessing = {
+        "resize_shorter_side": opt["resize"],
+        "center_crop": opt["crop"],
+        "interpolation": "bilinear (PIL, antialiased)",
+        "pixel_range": [0.0, 1.0],
+    }
+    return evaluation, train, str(Path(opt["root"])), preprocessing, class_names
+
+
+def _cifar(opt: dict[str, Any]) -> tuple:
+    from attrflow.data.cifar import load_cifar
+
+    evaluation, train, class_names, folder = load_cifar(
+        opt["root"], variant=opt["variant"], n_test=_cifar_count(opt), n_train=opt["n_train"]
+    )
+    preprocessing = {"variant": opt["variant"], "pixels": "uint8 / 255", "pixel_range": [0.0, 1.0]}
+    return evaluation, train, str(folder), preprocessing, class_names
