@@ -91,3 +91,24 @@ def test_wrong_schema_is_refused(tmp_path):
     pq.write_table(pa.table({"value": [1.0]}), path)
     with pytest.raises(ValueError, match="bad.parquet"):
         aggregate([path], tmp_path / "s.parquet", tmp_path / "m.parquet")
+
+
+def test_costs_come_from_store_provenance(tmp_path):
+    from attrflow.report.costs import collect_costs
+    from attrflow.report.tables import cost_table
+    from attrflow.store import write_store
+
+    def shard(k, n, fwd, bwd, wall, applicable=True):
+        attrs = {
+            "dataset": "d", "model": "m", "method": "ig", "fn": "integrated_gradients",
+            "sample_range": [k * 4, k * 4 + n], "wall_time_s": wall, "forward_samples": fwd,
+            "backward_samples": bwd, "peak_memory_bytes": (k + 1) * 2**20, "device": "cpu",
+            "applicable": applicable, "reason": None if applicable else "no",
+        }
+        return write_store(tmp_path / f"s{k}.zarr", {"ids": np.array(["a"] * n)}, attrs)
+
+    costs = collect_costs([shard(0, 4, 36, 32, 2.0), shard(1, 2, 18, 16, 1.0)])
+    row = costs.iloc[0]
+    assert row["n"] == 6 and row["backward_per_image"] == 8 and row["forward_per_image"] == 9
+    assert row["wall_ms_per_image"] == pytest.approx(500.0) and row["peak_memory_mb"] == 2
+    assert "| d | m | ig | 6 | 8 | 9 |" in cost_table(costs)
