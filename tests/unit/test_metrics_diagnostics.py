@@ -19,7 +19,7 @@ from torch import nn
 
 from attrflow.methods import call_method, get_method
 from attrflow.metrics import MetricInputs, call_metric, get_metric
-from attrflow.metrics.path_diagnostics import average_ranks
+from attrflow.metrics._stats import average_ranks
 from attrflow.models import WrappedModel
 
 from tiny_models import images as tiny_images

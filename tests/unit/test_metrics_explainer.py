@@ -37,12 +37,8 @@ from attrflow.metrics.attack import (
     topk_size,
 )
 from attrflow.metrics.randomization import parametric_layers, randomize_layer, ssim, unit_range
-from attrflow.metrics.stability import (
-    average_ranks_sorted,
-    flat_scores,
-    l1_agreement_rows,
-    spearman_rows,
-)
+from attrflow.metrics._stats import average_ranks, spearman_rows
+from attrflow.metrics.stability import flat_scores, l1_agreement_rows
 from attrflow.models import WrappedModel
 
 from tiny_models import images as tiny_images
@@ -157,7 +153,7 @@ def test_spearman_rows_match_scipy_with_ties():
     expected = [stats.spearmanr(a[i], b[i]).statistic for i in range(3)]
     np.testing.assert_allclose(rho.numpy(), expected, atol=1e-12)
     assert not constant.any()
-    ranks = average_ranks_sorted(torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0]]))
+    ranks = average_ranks(torch.tensor([[3.0, 1.0, 3.0, 2.0, 3.0]]))
     assert ranks.tolist() == [[4.0, 1.0, 4.0, 2.0, 4.0]]
     rho, constant = spearman_rows(torch.ones(1, 5), torch.arange(5.0).view(1, 5))
     assert constant.tolist() == [True] and rho.item() == 0.0

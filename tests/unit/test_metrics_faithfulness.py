@@ -24,10 +24,10 @@ from attrflow.metrics import MetricInputs, call_metric, get_metric
 from attrflow.metrics._removal import CONSTANT_MAP, NONFINITE_MAP, gaussian_blur
 from attrflow.metrics.diffid import NONPOSITIVE_LOGIT
 from attrflow.metrics.keep_remove_mask import blur_sigma_for, keep_fractions, kept_counts
+from attrflow.metrics._stats import average_ranks
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
     CONSTANT_OUTPUT,
-    average_ranks,
     correlate,
     draw_bernoulli_subsets,
     draw_index_subsets,
@@ -158,7 +158,7 @@ def test_registrations_and_defaults():
 
 def test_average_ranks_match_scipy_with_ties():
     values = torch.tensor([[3.0, 1.0, 3.0, 2.0, 1.0, 3.0], [0.5, 0.5, 0.5, 0.5, 0.5, -1.0]], dtype=torch.float64)
-    expected = np.stack([stats.rankdata(row) - 1 for row in values.numpy()])
+    expected = np.stack([stats.rankdata(row) for row in values.numpy()])
     np.testing.assert_allclose(average_ranks(values).numpy(), expected)
 
 

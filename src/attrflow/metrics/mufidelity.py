@@ -54,6 +54,7 @@ from attrflow.metrics._removal import (
     target_outputs,
     with_reasons,
 )
+from attrflow.metrics._stats import average_ranks
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
@@ -140,21 +141,6 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     flat_b = sb <= 1e-12 * b.abs().amax(dim=1) * b.shape[1] ** 0.5
     corr = (da * db).sum(dim=1) / (sa * sb)
     return corr, flat_a, flat_b
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise ranks of (n, S) values, 0-based, tied values sharing their average rank."""
-    n, s = values.shape
-    ordered, order = values.sort(dim=1, stable=True)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    group = (starts.cumsum(dim=1) - 1) + s * torch.arange(n, device=values.device)[:, None]
-    positions = torch.arange(s, dtype=torch.float64, device=values.device).expand(n, s)
-    totals = torch.zeros(n * s, dtype=torch.float64, device=values.device)
-    totals.index_add_(0, group.flatten(), positions.flatten())
-    counts = torch.zeros_like(totals).index_add_(0, group.flatten(), torch.ones_like(totals))
-    shared = (totals / counts.clamp(min=1))[group]
-    return torch.empty_like(shared).scatter_(1, order, shared)
 
 
 def correlate(

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, with_reasons
+from attrflow.metrics._stats import spearman_rows
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 IG_FN = "integrated_gradients"
@@ -21,26 +22,6 @@ PATH_KEYS = {"prob": "path_probs", "logit": "path_logits"}
 
 def _who(inputs: MetricInputs) -> str:
     return f"method {inputs.method!r} (fn {inputs.method_fn!r})"
-
-
-def average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise ranks 1..P of (n, P) values, ties sharing their average rank (float64).
-
-    Pairwise counts, O(P²) per row: paths hold at most a few hundred points.
-    """
-    v = values.double()
-    less = (v[:, None, :] < v[:, :, None]).sum(dim=2)
-    equal = (v[:, None, :] == v[:, :, None]).sum(dim=2)
-    return less.double() + (equal.double() + 1.0) / 2.0
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise Spearman correlation of (n, P) tensors, and a mask of rows where either is constant."""
-    ra, rb = average_ranks(a), average_ranks(b)
-    da, db = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    sa, sb = da.norm(dim=1), db.norm(dim=1)
-    constant = (sa == 0) | (sb == 0)
-    return (da * db).sum(dim=1) / torch.where(constant, torch.ones_like(sa), sa * sb), constant
 
 
 @register_metric(
@@ -89,7 +70,7 @@ def path_monotonicity(inputs: MetricInputs, *, output: str = "prob") -> MetricOu
             f"{key!r} {tuple(outputs.shape)}"
         )
     finite = torch.isfinite(outputs).all(dim=1)
-    rho, constant = spearman(alphas.to(outputs), torch.where(torch.isfinite(outputs), outputs, 0.0))
+    rho, constant = spearman_rows(alphas.to(outputs), torch.where(torch.isfinite(outputs), outputs, 0.0))
     reasons = [
         "the path has fewer than two points" if outputs.shape[1] < 2
         else f"{key} has non-finite values" if not ok

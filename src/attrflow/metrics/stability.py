@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, with_reasons
+from attrflow.metrics._stats import spearman_rows
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 AGREEMENTS = ("spearman", "l1")
@@ -32,38 +33,6 @@ def flat_scores(maps: torch.Tensor, order: str = "signed") -> torch.Tensor:
     if order == "signed":
         return flat
     raise ValueError(f"order must be 'absolute' or 'signed', not {order!r}")
-
-
-def average_ranks_sorted(values: torch.Tensor) -> torch.Tensor:
-    """Row-wise ranks 1..P of (n, P) values, ties sharing their average rank (float64).
-
-    One stable sort per row; a tie group spanning sorted positions [first, last] gets
-    (first + last) / 2, found with a running max of group starts and a reversed running min of
-    group ends.
-    """
-    n, p = values.shape
-    ordered, order = torch.sort(values.double(), dim=1, stable=True)
-    position = torch.arange(1, p + 1, dtype=torch.float64, device=values.device).expand(n, p)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    ends = torch.ones_like(starts)
-    ends[:, :-1] = starts[:, 1:]
-    first = torch.cummax(torch.where(starts, position, 0.0), dim=1).values
-    last_reversed = torch.where(ends, position, float(p + 1)).flip(1)
-    last = torch.cummin(last_reversed, dim=1).values.flip(1)
-    return torch.empty_like(first).scatter_(1, order, (first + last) / 2)
-
-
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise Spearman ρ of (n, P) tensors (0 where undefined), and a mask of the rows where
-    either side is constant, for which ρ is undefined."""
-    ra, rb = average_ranks_sorted(a), average_ranks_sorted(b)
-    da, db = ra - ra.mean(dim=1, keepdim=True), rb - rb.mean(dim=1, keepdim=True)
-    sa, sb = da.norm(dim=1), db.norm(dim=1)
-    constant = (sa == 0) | (sb == 0)
-    rho = (da * db).sum(dim=1) / torch.where(constant, torch.ones_like(sa), sa * sb)
-    rho = rho.clamp(-1.0, 1.0)  # |ρ| may exceed 1 by an ulp
-    return torch.where(constant, torch.zeros_like(rho), rho), constant
 
 
 def l1_agreement_rows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
