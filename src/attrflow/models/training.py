@@ -1,0 +1,194 @@
+"""Deterministic training of the small classifiers the workflow builds itself.
+
+The embedded default trains two small CNNs (regular and X-variant) on a 2-core CPU, and the ROAR
+family retrains on masked data, so training must be quick, reproducible and need no tuning per
+dataset: AdamW under a one-cycle schedule (short warm-up, cosine decay) reaches good accuracy in a
+few epochs for both the BatchNorm network and the bias-free X-network, whose lack of
+normalisation makes it sensitive to a large initial step size (the warm-up absorbs that).
+
+Reproducibility: weights are initialised by the caller (seed before constructing the network);
+here the shuffling order comes from a dedicated generator seeded with `seed`, the global torch
+seed is set for anything else random, and deterministic algorithms are requested for the
+duration of the call. The same seed on the same machine and thread count gives the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attrflow.data.sample_store import SampleSet
+
+WEIGHT_DECAY = 1e-4
+WARMUP_FRACTION = 0.15  # of all optimisation steps, for the one-cycle schedule
+
+
+@contextmanager
+def reproducible_torch(seed: int, threads: int | None) -> Iterator[None]:
+    """Seed torch, request deterministic kernels and fix the thread count; restore afterwards."""
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.manual_seed(seed)
+    # warn_only: on CUDA a few kernels have no deterministic version; warn rather than fail.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn_only)
+        torch.set_num_threads(previous_threads)
+
+
+def evaluate_accuracy(model: nn.Module, samples: SampleSet, batch_size: int = 256) -> float:
+    """Top-1 accuracy of `model` (pixel-space input) on `samples`, in eval mode, without grad."""
+    if len(samples) == 0:
+        raise ValueError("cannot evaluate accuracy on an empty sample set")
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(samples), batch_size):
+            images = torch.from_numpy(samples.images[start : start + batch_size]).to(device)
+            labels = torch.from_numpy(samples.labels[start : start + batch_size]).to(device)
+            correct += int((model(images).argmax(dim=1) == labels).sum())
+    model.train(was_training)
+    return correct / len(samples)
+
+
+def train_classifier(
+    net: nn.Module,
+    train: SampleSet,
+    test: SampleSet,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    threads: int | None = None,
+    log: TextIO | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Train `net` in place on `train` with cross-entropy and report accuracies.
+
+    `net` maps pixel-space images in [0, 1] to logits (a `WrappedModel`, so normalisation is part
+    of what is trained through). `lr` is the peak learning rate of the one-cycle schedule. The
+    returned metrics hold `test_accuracy` (eval mode, on `test`), `train_accuracy` (running
+    accuracy over the last epoch, in train mode: free to compute), per-epoch `history`, the
+    number of optimisation `steps` and the wall time in `seconds`. `net` is left in eval mode.
+    """
+    _check_training_inputs(train, epochs, batch_size, lr)
+    log = log if log is not None else sys.stderr
+    device = torch.device(device)
+    images = torch.from_numpy(train.images)
+    labels = torch.from_numpy(train.labels)
+    outputs = _output_size(net, images[:1], device)
+    if int(labels.max()) >= outputs:
+        raise ValueError(
+            f"train labels go up to {int(labels.max())} but the network has only {outputs} outputs"
+        )
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    started = time.perf_counter()
+    history = []
+    with reproducible_torch(seed, threads):
+        order_generator = torch.Generator().manual_seed(seed)
+        # Channels-last lets oneDNN pick faster convolution kernels: ~1.3x on a 2-core CPU.
+        net.to(device, memory_format=torch.channels_last).train()
+        optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimiser,
+            max_lr=lr,
+            total_steps=epochs * steps_per_epoch,
+            pct_start=WARMUP_FRACTION,
+            anneal_strategy="cos",
+        )
+        for epoch in range(1, epochs + 1):
+            net.train()
+            order = torch.randperm(len(train), generator=order_generator)
+            loss_sum, correct = 0.0, 0
+            for start in range(0, len(train), batch_size):
+                batch = order[start : start + batch_size]
+                x = images[batch].to(device).contiguous(memory_format=torch.channels_last)
+                y = labels[batch].to(device)
+                logits = net(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr={lr}"
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                loss_sum += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(dim=1) == y).sum())
+            entry = {
+                "epoch": epoch,
+                "loss": loss_sum / len(train),
+                "train_accuracy": correct / len(train),
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(entry)
+            print(
+                f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, "
+                f"train accuracy {entry['train_accuracy']:.3f}, {entry['seconds']:.1f} s",
+                file=log,
+                flush=True,
+            )
+        net.to(memory_format=torch.contiguous_format)
+        test_accuracy = evaluate_accuracy(net, test, batch_size=max(batch_size, 256))
+    net.eval()
+    seconds = time.perf_counter() - started
+    print(f"test accuracy {test_accuracy:.4f} after {seconds:.1f} s", file=log, flush=True)
+    return {
+        "test_accuracy": test_accuracy,
+        "train_accuracy": history[-1]["train_accuracy"],
+        "final_loss": history[-1]["loss"],
+        "epochs": epochs,
+        "steps": epochs * steps_per_epoch,
+        "batch_size": batch_size,
+        "lr": lr,
+        "optimiser": "AdamW",
+        "weight_decay": WEIGHT_DECAY,
+        "schedule": f"one-cycle cosine, warm-up {WARMUP_FRACTION:.0%}",
+        "seed": seed,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "n_train": len(train),
+        "n_test": len(test),
+        "seconds": seconds,
+        "history": history,
+    }
+
+
+def _check_training_inputs(train: SampleSet, epochs: int, batch_size: int, lr: float) -> None:
+    if len(train) == 0:
+        raise ValueError("cannot train on an empty sample set")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr}")
+
+
+def _output_size(net: nn.Module, probe: torch.Tensor, device: torch.device) -> int:
+    num_classes = getattr(net, "num_classes", None)
+    if num_classes is not None:
+        return int(num_classes)
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        size = int(net.to(device)(probe.to(device)).shape[1])
+    net.train(was_training)
+    return size
