@@ -9,7 +9,9 @@ model's device:
   runner when the function's signature names them, and are never config keys:
   ``generator`` (a seeded `torch.Generator` on the model's device) and ``max_batch`` (how many
   model inputs one forward/backward pass may hold; steps, noise samples and references are
-  chunked to it).
+  chunked to it). Methods registered with ``references="train_pool"`` or ``"lpi"`` also get
+  ``references`` ((K, C, H, W) images on the model's device, drawn from the dataset's train split,
+  or LPI's cluster representatives) and ``reference_weights`` ((K,) summing to 1).
 
 It registers itself with `register_method`, whose arguments must be literals: the workflow reads
 them from the source with `attrflow.catalog` while planning, without importing torch.
@@ -25,7 +27,10 @@ import torch
 
 from attrflow.registry import Registry, signature_params
 
-RUNTIME_KWARGS = ("generator", "max_batch")
+RUNTIME_KWARGS = ("generator", "max_batch", "references", "reference_weights")
+# Reference sets a method may ask for with `register_method(..., references=KIND)`; the workflow
+# builds each once per (dataset, model) with `attrflow.methods.references.build_references`.
+REFERENCE_KINDS = ("train_pool", "lpi")
 DEFAULT_MAX_BATCH = 256
 
 
@@ -58,6 +63,7 @@ class MethodInfo:
     completeness: bool  # claims sum(maps) == F(x) - F(baseline), baseline stored as diagnostic
     channel_free: bool  # returns (n, H, W) maps
     module: str
+    references: str | None = None  # which reference set the method needs, if any
 
 
 METHODS: Registry[MethodInfo] = Registry("attribution method")
@@ -69,6 +75,7 @@ def register_method(
     params: dict[str, dict] | None = None,
     completeness: bool = False,
     channel_free: bool = False,
+    references: str | None = None,
 ) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
     """Register ``fn`` under ``name``.
 
@@ -76,6 +83,8 @@ def register_method(
     default). It must name exactly the function's keyword parameters (less the runtime ones),
     with the same defaults; registration fails otherwise, so schema and code cannot drift.
     """
+    if references is not None and references not in REFERENCE_KINDS:
+        raise ValueError(f"{name}: references must be one of {REFERENCE_KINDS}, not {references!r}")
     declared = dict(params or {})
 
     def decorate(fn: Callable[..., Attribution]) -> Callable[..., Attribution]:
@@ -83,7 +92,8 @@ def register_method(
             k: v for k, v in signature_params(fn, positional=3).items() if k not in RUNTIME_KWARGS
         }
         _check_declared(name, declared, in_signature)
-        METHODS.add(name, MethodInfo(name, fn, declared, completeness, channel_free, fn.__module__))
+        info = MethodInfo(name, fn, declared, completeness, channel_free, fn.__module__, references)
+        METHODS.add(name, info)
         return fn
 
     return decorate
@@ -125,6 +135,8 @@ def call_method(
     *,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    references: torch.Tensor | None = None,
+    reference_weights: torch.Tensor | None = None,
 ) -> Attribution:
     """Call a registered method with config params plus the runtime keywords it accepts."""
     unknown = set(params) - set(info.params)
@@ -136,6 +148,12 @@ def call_method(
         runtime["generator"] = generator
     if "max_batch" in accepted:
         runtime["max_batch"] = max_batch
+    if info.references is not None:
+        if references is None:
+            raise ValueError(f"{info.name} needs a {info.references!r} reference set and got none")
+        runtime["references"] = references
+        if "reference_weights" in accepted:
+            runtime["reference_weights"] = reference_weights
     result = info.fn(model, x, target, **params, **runtime)
     if not isinstance(result, Attribution):
         raise TypeError(f"{info.name} returned {type(result).__name__}, not Attribution")
