@@ -27,6 +27,7 @@ for _store in PLAN.sample_stores(RESULTS) + PLAN.attribution_stores(RESULTS):
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     model="[A-Za-z0-9_.-]+",
+    references="train_pool|lpi",
     method="[A-Za-z0-9_.-]+",
     metric="[A-Za-z0-9_.-]+",
     shard="[0-9]+",
@@ -69,13 +70,34 @@ def prepare_model_inputs(wildcards):
     return inputs
 
 
+def references_store(dataset, model, kind):
+    return f"{RESULTS}/references/{dataset}/{model}/{kind}.zarr"
+
+
 def attribute_inputs(wildcards):
     # The sample store is `ancient`: a store rebuilt only to add samples must not re-run
     # finished shards. What a shard really depends on (the dataset spec less its sample
     # count, and the shard's index range) is in params, so real changes still re-run it.
-    return {
+    inputs = {
         "samples": ancient(samples_store(wildcards.dataset)),
         **model_files(wildcards.model),
+    }
+    kind = PLAN.method_references(wildcards.method)
+    if kind:
+        inputs["references"] = references_store(
+            wildcards.dataset, wildcards.model, kind
+        )
+    return inputs
+
+
+def references_params(wildcards):
+    return {
+        "kind": wildcards.references,
+        "params": PLAN.references_spec(wildcards.references),
+        "code": PLAN.references_code,
+        "device": config["device"],
+        "seed": config["seed"],
+        "max_batch": config["max_batch"],
     }
 
 
@@ -92,7 +114,14 @@ def attribute_params(wildcards):
 
 def score_inputs(wildcards):
     shards = PLAN.shards(wildcards.dataset)
+    kind = PLAN.method_references(wildcards.method)
+    extra = (
+        {"references": references_store(wildcards.dataset, wildcards.model, kind)}
+        if kind
+        else {}
+    )
     return {
+        **extra,
         "samples": samples_store(wildcards.dataset),
         **model_files(wildcards.model),
         "maps": [

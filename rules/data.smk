@@ -5,6 +5,8 @@ rule prepare_dataset:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
+    conda:
+        "../envs/attrflow.yaml"
     params:
         spec=dataset_params,
     script:

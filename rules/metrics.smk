@@ -10,6 +10,8 @@ rule score:
         "logs/score/{dataset}/{model}/{method}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score/{{dataset}}/{{model}}/{{method}}.tsv"
+    conda:
+        "../envs/attrflow.yaml"
     threads: 1
     resources:
         gpu=GPU_PER_JOB,

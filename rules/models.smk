@@ -8,6 +8,8 @@ rule prepare_model:
         "logs/prepare_model/{model}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_model/{{model}}.tsv"
+    conda:
+        "../envs/attrflow.yaml"
     threads: workflow.cores
     resources:
         gpu=GPU_PER_JOB,

@@ -11,6 +11,8 @@ rule aggregate:
     benchmark:
         f"{RESULTS}/benchmarks/aggregate.tsv"
     localrule: True
+    conda:
+        "../envs/attrflow.yaml"
     script:
         "../workflow_scripts/aggregate.py"
 
@@ -27,5 +29,7 @@ rule report:
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
     localrule: True
+    conda:
+        "../envs/attrflow.yaml"
     script:
         "../workflow_scripts/report.py"

@@ -17,5 +17,6 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         dataset=snakemake.wildcards.dataset,
         model_name=snakemake.wildcards.model,
         shard=int(snakemake.wildcards.shard),
+        references_path=snakemake.input.get("references"),
         **setting,
     )

@@ -14,6 +14,7 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         samples_path=snakemake.input.samples,
         model_dir=Path(snakemake.input.card).parent,
         map_paths=list(snakemake.input.maps),
+        references_path=snakemake.input.get("references"),
         out_paths={Path(p).stem: p for p in snakemake.output},
         **setting,
     )

@@ -26,8 +26,14 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
 GENERIC_METHOD_KEYS = {"fn", "keep_channels"}
 GENERIC_METRIC_KEYS = {"fn"}
-# What each dataset kind can provide to metrics that declare `requires=[...]`.
-DATASET_PROVIDES = {"synthetic_shapes": {"masks"}, "image_folder": set(), "cifar": set()}
+def dataset_provides(spec: dict) -> set[str]:
+    """What a dataset entry can give to metrics (`requires=[...]`) and methods (`references=...`)."""
+    kind = spec["kind"]
+    if kind == "synthetic_shapes":
+        return {"masks", "train_split"}
+    if kind == "cifar":
+        return {"train_split"}
+    return {"train_split"} if spec.get("train_root") else set()
 
 
 class ConfigError(ValueError):
@@ -107,13 +113,25 @@ def _check_requirements(config: dict) -> None:
     for i, metric in enumerate(config["run"]["metrics"]):
         needs = set(registered[config["metrics"][metric]["fn"]].options.get("requires", []))
         for dataset in config["run"]["datasets"]:
-            kind = config["datasets"][dataset]["kind"]
-            missing = needs - DATASET_PROVIDES.get(kind, set())
+            spec = config["datasets"][dataset]
+            missing = needs - dataset_provides(spec)
             if missing:
                 raise ConfigError(
                     f"run.metrics[{i}]",
                     f"metric {metric!r} needs {', '.join(sorted(missing))}, which dataset {dataset!r} "
-                    f"(kind {kind}) does not provide; select it only with datasets that do",
+                    f"(kind {spec['kind']}) does not provide; select it only with datasets that do",
+                )
+    methods = catalog("methods")
+    for i, method in enumerate(config["run"]["methods"]):
+        kind = methods[config["methods"][method]["fn"]].options.get("references")
+        if kind is None:
+            continue
+        for dataset in config["run"]["datasets"]:
+            if "train_split" not in dataset_provides(config["datasets"][dataset]):
+                raise ConfigError(
+                    f"run.methods[{i}]",
+                    f"method {method!r} draws {kind!r} references from a train split, which dataset "
+                    f"{dataset!r} does not have (an image_folder needs train_root)",
                 )
 
 

@@ -79,6 +79,17 @@ class Plan:
     def method_fingerprint(self, method: str) -> str:
         return code_fingerprint(catalog("methods")[self.config["methods"][method]["fn"]].module)
 
+    def method_references(self, method: str) -> str | None:
+        """The reference set a method entry needs (e.g. "train_pool" for Expected Gradients)."""
+        return catalog("methods")[self.config["methods"][method]["fn"]].options.get("references")
+
+    def references_spec(self, kind: str) -> dict:
+        return dict(self.config.get("references", {}).get(kind, {}))
+
+    @cached_property
+    def references_code(self) -> str:
+        return code_fingerprint(PACKAGE_DIR / "methods" / "references.py")
+
     def metric_entries(self) -> dict[str, dict]:
         return {name: dict(self.config["metrics"][name]) for name in self.run["metrics"]}
 

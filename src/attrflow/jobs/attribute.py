@@ -69,6 +69,7 @@ def attribute_shard(
     max_batch: int,
     target: str,
     dataset_spec: dict[str, Any] | None = None,
+    references_path: str | Path | None = None,
 ) -> Path:
     from attrflow.models.loading import load_model
 
@@ -87,6 +88,13 @@ def attribute_shard(
     params = method_params(entry)
     keep_channels = bool(entry.get("keep_channels", False))
     gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, shard))
+    references = reference_weights = None
+    if info.references is not None:
+        from attrflow.jobs.references import load_references
+
+        if references_path is None:
+            raise ValueError(f"method {method!r} needs {info.references!r} references and none were given")
+        references, reference_weights = load_references(references_path, dev)
 
     images = torch.from_numpy(samples.images).to(dev)
     labels = torch.from_numpy(samples.labels).to(dev)
@@ -123,7 +131,9 @@ def attribute_shard(
     }
     groups: dict[str, dict[str, np.ndarray]] = {}
     try:
-        maps, diagnostics = _explain(info, model, images, targets, params, gen, max_batch, keep_channels)
+        maps, diagnostics = _explain(
+            info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights
+        )
     except MethodNotApplicable as why:
         LOG.warning("%s is not applicable to model %s: %s", method, model_name, why)
         attrs.update(applicable=False, reason=str(why))
@@ -145,14 +155,17 @@ def attribute_shard(
     return write_store(out_path, arrays, attrs, groups=groups)
 
 
-def _explain(info, model, images, targets, params, gen, max_batch, keep_channels):
+def _explain(info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights):
     from tqdm import tqdm
 
     maps, diagnostics = [], {}
     n = images.shape[0]
     for lo in tqdm(range(0, n, SAMPLES_PER_CALL), desc=info.name, mininterval=5, file=None):
         hi = min(lo + SAMPLES_PER_CALL, n)
-        result = call_method(info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch)
+        result = call_method(
+            info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch,
+            references=references, reference_weights=reference_weights,
+        )
         chunk = result.maps.detach()
         maps.append((chunk if keep_channels else reduce_channels(chunk)).float().cpu().numpy())
         for key, value in result.diagnostics.items():

@@ -70,6 +70,7 @@ def score_method(
     seed: int,
     max_batch: int,
     target: str,
+    references_path: str | Path | None = None,
 ) -> None:
     from attrflow.models.loading import load_model
 
@@ -88,7 +89,12 @@ def score_method(
     targets = torch.from_numpy(shards.targets).to(dev)
     maps = torch.from_numpy(shards.maps).to(dev) if shards.maps is not None else None
     diags = {k: torch.from_numpy(v).to(dev) for k, v in shards.diagnostics.items()}
-    explain = _explainer(method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"))
+    references = None
+    if references_path is not None:
+        from attrflow.jobs.references import load_references
+
+        references = load_references(references_path, dev)
+    explain = _explainer(method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references)
 
     for metric, entry in metrics.items():
         info = get_metric(entry["fn"])
@@ -145,7 +151,7 @@ def _score_batches(info, params, net, images, maps, targets, labels, masks, diag
     return MetricOutput(np.concatenate(values) if values else np.zeros(0), curves if any_curve else None, status, reasons)
 
 
-def _explainer(method_entry, net, max_batch, seed):
+def _explainer(method_entry, net, max_batch, seed, references=None):
     """Re-runs the method, for explainer metrics (attack robustness, sanity checks, …).
 
     `explain(x, target, model=None, **overrides)` returns maps reduced like the stored ones;
@@ -161,7 +167,11 @@ def _explainer(method_entry, net, max_batch, seed):
     def explain(x: torch.Tensor, target: torch.Tensor, model=None, **overrides) -> torch.Tensor:
         gen = generator_for(x.device, seed)
         chosen = {**params, **overrides}
-        maps = call_method(info, model or net, x, target, chosen, generator=gen, max_batch=max_batch).maps
+        pool, weights = references if references is not None else (None, None)
+        maps = call_method(
+            info, model or net, x, target, chosen, generator=gen, max_batch=max_batch,
+            references=pool, reference_weights=weights,
+        ).maps
         return maps if keep else reduce_channels(maps)
 
     return explain
