@@ -3,8 +3,9 @@
 The Snakefile plans the DAG on every invocation (a no-op `snakemake -n` must stay fast), so it
 cannot import torch just to learn which functions are registered and which parameters they take.
 Each method or metric module registers its functions with a decorator whose arguments are
-literals; this module finds those decorators with `ast` and evaluates their arguments with
-`ast.literal_eval`. The runtime registry (`attrflow.methods`, `attrflow.metrics`) receives the very
+literals, or names of module-level constants assigned a literal (so several registrations can
+share one parameter schema); this module finds those decorators with `ast` and evaluates their
+arguments with `ast.literal_eval`. The runtime registry (`attrflow.methods`, `attrflow.metrics`) receives the very
 same literals, and a unit test checks that both views agree.
 """
 
@@ -44,8 +45,29 @@ def _decorator_call(node: ast.expr) -> tuple[str, ast.Call] | None:
     return None
 
 
+def _module_literals(tree: ast.Module) -> dict[str, object]:
+    """Module-level `NAME = <literal>` assignments, so registrations can share a parameter schema."""
+    found: dict[str, object] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if len(targets) != 1 or not isinstance(targets[0], ast.Name) or getattr(node, "value", None) is None:
+            continue
+        try:
+            found[targets[0].id] = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError):
+            continue
+    return found
+
+
+def _literal(node: ast.expr, names: dict[str, object]) -> object:
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    return ast.literal_eval(node)
+
+
 def scan_module(path: Path) -> list[CatalogEntry]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = _module_literals(tree)
     entries = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.FunctionDef):
@@ -56,8 +78,8 @@ def scan_module(path: Path) -> list[CatalogEntry]:
                 continue
             kind, call = found
             try:
-                (fn_name,) = [ast.literal_eval(a) for a in call.args]
-                kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+                (fn_name,) = [_literal(a, names) for a in call.args]
+                kwargs = {k.arg: _literal(k.value, names) for k in call.keywords}
             except (ValueError, TypeError) as err:
                 raise CatalogError(
                     f"{path}:{call.lineno}: {kind}(...) must take one name and literal keyword "

@@ -36,7 +36,7 @@ def test_every_registered_param_has_a_default():
 
 def test_non_literal_registration_is_refused(tmp_path):
     module = tmp_path / "bad.py"
-    module.write_text("STEPS = {}\n@register_method('x', params=STEPS)\ndef x(model, x, target):\n    pass\n")
+    module.write_text("STEPS = dict(steps=3)\n@register_method('x', params=STEPS)\ndef x(model, x, target):\n    pass\n")
     with pytest.raises(CatalogError, match="literal"):
         scan_module(module)
 
@@ -55,3 +55,17 @@ def test_fingerprint_ignores_mtime_and_separates_modules():
     module_closure.cache_clear()
     assert code_fingerprint(path) == before
     assert code_fingerprint(PKG / "methods" / "gradient.py") != before
+
+
+def test_registrations_may_share_a_module_level_literal(tmp_path):
+    module = tmp_path / "shared.py"
+    module.write_text(
+        "PARAMS = {'steps': {'type': 'integer', 'default': 3}}\n"
+        "@register_metric('a', kind='map', direction='higher', params=PARAMS)\n"
+        "def a(inputs, *, steps=3):\n    pass\n"
+        "@register_metric('b', kind='map', direction='lower', params=PARAMS)\n"
+        "def b(inputs, *, steps=3):\n    pass\n"
+    )
+    entries = scan_module(module)
+    assert [e.fn for e in entries] == ["a", "b"]
+    assert entries[0].params == entries[1].params == {"steps": {"type": "integer", "default": 3}}
