@@ -302,61 +302,65 @@ def _scored(
     return with_reasons(values.cpu().numpy(), curves, reasons)
 
 
+# One parameter schema for every registration below (read as a literal by attrflow.catalog).
+ATTACK_PARAMS = {
+    "epsilon": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "default": 0.03137254901960784,
+        "description": "ℓ∞ budget in pixel space [0, 1] (S0: 8/255)",
+    },
+    "k": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "default": None,
+        "description": "size of the top-k set; null: 1000 at 224², scaled by the map's area",
+    },
+    "order": {
+        "enum": ["absolute", "signed"],
+        "default": "absolute",
+        "description": "rank map elements by magnitude (Ghorbani) or by signed value",
+    },
+    "softplus_beta": {
+        "type": "number",
+        "minimum": 0,
+        "default": 10.0,
+        "description": "β of the Softplus replacing nn.ReLU for the attack direction; "
+        "0: no surrogate",
+    },
+    "spsa_samples": {
+        "type": "integer",
+        "minimum": 1,
+        "default": 16,
+        "description": "random ±1 directions of the SPSA gradient (2 method calls each)",
+    },
+    "spsa_step": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "default": 0.00392156862745098,
+        "description": "finite-difference step c of SPSA, pixel space (default 1/255)",
+    },
+    "spsa_tile": {
+        "type": "integer",
+        "minimum": 1,
+        "default": 4,
+        "description": "SPSA directions are constant over tile × tile pixels",
+    },
+    "max_halvings": {
+        "type": "integer",
+        "minimum": 0,
+        "default": 3,
+        "description": "how often ε is halved while the attack changes the predicted label",
+    },
+}
+
+
 @register_metric(
     "attack_spearman",
     kind="explainer",
     direction="higher",
-    params={
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.03137254901960784,
-            "description": "ℓ∞ budget in pixel space [0, 1] (S0: 8/255)",
-        },
-        "k": {
-            "type": ["integer", "null"],
-            "minimum": 1,
-            "default": None,
-            "description": "size of the top-k set; null: 1000 at 224², scaled by the map's area",
-        },
-        "order": {
-            "enum": ["absolute", "signed"],
-            "default": "absolute",
-            "description": "rank map elements by magnitude (Ghorbani) or by signed value",
-        },
-        "softplus_beta": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "β of the Softplus replacing nn.ReLU for the attack direction; "
-            "0: no surrogate",
-        },
-        "spsa_samples": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 16,
-            "description": "random ±1 directions of the SPSA gradient (2 method calls each)",
-        },
-        "spsa_step": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.00392156862745098,
-            "description": "finite-difference step c of SPSA, pixel space (default 1/255)",
-        },
-        "spsa_tile": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 4,
-            "description": "SPSA directions are constant over tile × tile pixels",
-        },
-        "max_halvings": {
-            "type": "integer",
-            "minimum": 0,
-            "default": 3,
-            "description": "how often ε is halved while the attack changes the predicted label",
-        },
-    },
+    params=ATTACK_PARAMS,
 )
 def attack_spearman(
     inputs: MetricInputs,
@@ -390,57 +394,7 @@ def attack_spearman(
     "attack_topk",
     kind="explainer",
     direction="higher",
-    params={
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.03137254901960784,
-            "description": "ℓ∞ budget in pixel space [0, 1] (S0: 8/255)",
-        },
-        "k": {
-            "type": ["integer", "null"],
-            "minimum": 1,
-            "default": None,
-            "description": "size of the top-k set; null: 1000 at 224², scaled by the map's area",
-        },
-        "order": {
-            "enum": ["absolute", "signed"],
-            "default": "absolute",
-            "description": "rank map elements by magnitude (Ghorbani) or by signed value",
-        },
-        "softplus_beta": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "β of the Softplus replacing nn.ReLU for the attack direction; "
-            "0: no surrogate",
-        },
-        "spsa_samples": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 16,
-            "description": "random ±1 directions of the SPSA gradient (2 method calls each)",
-        },
-        "spsa_step": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.00392156862745098,
-            "description": "finite-difference step c of SPSA, pixel space (default 1/255)",
-        },
-        "spsa_tile": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 4,
-            "description": "SPSA directions are constant over tile × tile pixels",
-        },
-        "max_halvings": {
-            "type": "integer",
-            "minimum": 0,
-            "default": 3,
-            "description": "how often ε is halved while the attack changes the predicted label",
-        },
-    },
+    params=ATTACK_PARAMS,
 )
 def attack_topk(
     inputs: MetricInputs,

@@ -181,17 +181,30 @@ def _keep_remove(
     return with_reasons(values, list(curves.cpu().numpy()), reasons)
 
 
+# Parameter schemas shared by the registrations below (read as literals by attrflow.catalog):
+# the signed orders score the target logit, the absolute ones top-1 accuracy.
+LOGIT_PARAMS = {
+    "fractions": {"type": "integer", "minimum": 2, "default": 16},
+    "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
+    "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
+    "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
+    "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
+}
+ACCURACY_PARAMS = {
+    "fractions": {"type": "integer", "minimum": 2, "default": 16},
+    "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
+    "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
+    "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
+    "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
+    "accuracy_against": {"enum": ["target", "label"], "default": "target"},
+}
+
+
 @register_metric(
     "kpm",
     kind="map",
     direction="higher",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-    },
+    params=LOGIT_PARAMS,
 )
 def kpm(
     inputs: MetricInputs,
@@ -225,13 +238,7 @@ def kpm(
     "knm",
     kind="map",
     direction="lower",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-    },
+    params=LOGIT_PARAMS,
 )
 def knm(
     inputs: MetricInputs,
@@ -262,13 +269,7 @@ def knm(
     "rpm",
     kind="map",
     direction="lower",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-    },
+    params=LOGIT_PARAMS,
 )
 def rpm(
     inputs: MetricInputs,
@@ -299,13 +300,7 @@ def rpm(
     "rnm",
     kind="map",
     direction="higher",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-    },
+    params=LOGIT_PARAMS,
 )
 def rnm(
     inputs: MetricInputs,
@@ -336,14 +331,7 @@ def rnm(
     "kam",
     kind="map",
     direction="higher",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-        "accuracy_against": {"enum": ["target", "label"], "default": "target"},
-    },
+    params=ACCURACY_PARAMS,
 )
 def kam(
     inputs: MetricInputs,
@@ -377,14 +365,7 @@ def kam(
     "ram",
     kind="map",
     direction="lower",
-    params={
-        "fractions": {"type": "integer", "minimum": 2, "default": 16},
-        "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-        "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-        "accuracy_against": {"enum": ["target", "label"], "default": "target"},
-    },
+    params=ACCURACY_PARAMS,
 )
 def ram(
     inputs: MetricInputs,
