@@ -566,34 +566,23 @@ def test_cached_torchvision_weights_are_used_offline(tmp_path, x_dnn):
 # The embedded dataset: the accuracy the workflow's default models must reach
 
 
-@pytest.fixture(scope="module")
-def shapes_splits() -> tuple[SampleSet, SampleSet]:
-    from attrflow.data.synthetic_shapes import generate_shapes
-
-    return (
-        generate_shapes("train", 4000, seed=0, size=64, classes=8),
-        generate_shapes("test", 256, seed=0, size=64, classes=8),
-    )
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("x_dnn", [False, True])
-def test_small_cnn_reaches_90_percent_on_synthetic_shapes(x_dnn, shapes_splits, capsys):
-    """The embedded default's models, with the default training settings, on 2 threads."""
-    from attrflow.models.loading import TRAINED_DEFAULTS, _normalisation_for_training
+@pytest.mark.parametrize("model_name", ["shapes_cnn", "shapes_xcnn"])
+def test_embedded_default_models_reach_90_percent(model_name, tmp_path, capsys):
+    """The models of config.yaml, trained as `make run` trains them (2 threads), reach >= 90 %."""
+    import yaml
 
-    train, test = shapes_splits
-    torch.manual_seed(0)
-    net = SmallCNN(8, width=TRAINED_DEFAULTS["width"], x_dnn=x_dnn)
-    mean, std = _normalisation_for_training(train, x_dnn)
-    model = WrappedModel(net, num_classes=8, mean=mean, std=std, is_x_dnn=x_dnn)
-    metrics = train_classifier(
-        model, train, test, epochs=TRAINED_DEFAULTS["epochs"], batch_size=TRAINED_DEFAULTS["batch_size"],
-        lr=TRAINED_DEFAULTS["lr"], seed=0, threads=2, log=io.StringIO(),
-    )  # fmt: skip
+    from attrflow.config import validate_config
+    from attrflow.data.adapters import prepare_dataset
+    from attrflow.data.sample_store import write_sample_store
+
+    repo = Path(__file__).resolve().parents[2]
+    config = validate_config(yaml.safe_load((repo / "config.yaml").read_text()), workdir=repo)
+    spec = config["models"][model_name]
+    dataset_spec = {**config["datasets"][spec["dataset"]], "seed": config["seed"]}
+    evaluation, train, attrs = prepare_dataset(spec["dataset"], dataset_spec, config["seed"])
+    store = write_sample_store(tmp_path / "samples.zarr", evaluation, train, attrs)
+    _, card = prepare_model(model_name, spec, dataset_store=store, seed=config["seed"], threads=2, log=io.StringIO())
     with capsys.disabled():
-        print(
-            f"\nsmall_cnn x_dnn={x_dnn}: test accuracy {metrics['test_accuracy']:.3f} "
-            f"in {metrics['seconds']:.0f} s"
-        )
-    assert metrics["test_accuracy"] >= 0.9
+        print(f"\n{model_name}: test accuracy {card['test_accuracy']:.3f} in {card['training']['seconds']:.0f} s")
+    assert card["test_accuracy"] >= 0.9
