@@ -135,6 +135,17 @@ def _check_requirements(config: dict) -> None:
                 )
 
 
+def _check_lpi_layout(config: dict) -> None:
+    """An `lpi` entry reads its references in blocks of `sub_clusters`: both settings must agree."""
+    built = config.get("references", {}).get("lpi", {}).get("sub_clusters", 20)
+    for name, entry in config["methods"].items():
+        if entry["fn"] == "lpi" and entry.get("sub_clusters", 20) != built:
+            raise ConfigError(
+                f"methods.{name}.sub_clusters",
+                f"{entry.get('sub_clusters', 20)} differs from references.lpi.sub_clusters ({built}); set both alike",
+            )
+
+
 def _check_paths(config: dict, workdir: Path) -> None:
     run = config["run"]
     datasets = set(run["datasets"])
@@ -172,6 +183,7 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
     _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
     _check_requirements(checked)
+    _check_lpi_layout(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
     return checked
 
