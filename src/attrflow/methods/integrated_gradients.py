@@ -13,6 +13,11 @@ is replaced by Σ_k w_k ∇F(x' + α_k(x − x')) for one of four rules over ``s
 
 The rule is stored with the result because the completeness gap depends on it (seed digest §E.4).
 Every (sample, step) point is evaluated in chunks of at most ``max_batch`` model inputs.
+
+Baselines are built by `attrflow.methods._baselines` (black, white, uniform and Gaussian noise,
+blurred input, mean colour, homogeneity origin, or an image file). The seeds name the static
+baselines but give no parameters (S0 §3.1); the defaults here — noise σ = 0.15 (SmoothGrad's
+15 % of the [0, 1] range, the field's usual noise level) and blur σ = 10 pixels — are ours.
 """
 
 from __future__ import annotations
@@ -20,20 +25,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from attrflow.methods._baselines import BASELINES, make_baseline
 from attrflow.methods._batching import (
     PointBuilder,
     accumulate_gradients,
     evaluate_outputs,
     validate_batch,
 )
-from attrflow.methods.base import (
-    DEFAULT_MAX_BATCH,
-    Attribution,
-    MethodNotApplicable,
-    register_method,
-)
+from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 
-BASELINES = ("black", "white", "mean", "origin")
+__all__ = [
+    "BASELINES",
+    "RULES",
+    "integrated_gradients",
+    "make_baseline",
+    "quadrature",
+    "straight_line_attribution",
+]
+
 RULES = ("left", "right", "trapezoid", "gausslegendre")
 
 
@@ -56,35 +65,17 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"parameter rule must be one of {', '.join(RULES)}; got {rule!r}")
 
 
-def make_baseline(model: torch.nn.Module, x: torch.Tensor, baseline: str) -> torch.Tensor:
-    """The reference image x' per sample, (n, C, H, W), in pixel space."""
-    if baseline == "black":
-        return torch.zeros_like(x)
-    if baseline == "white":
-        return torch.ones_like(x)
-    if baseline == "mean":  # each image's own mean colour
-        return x.mean(dim=(2, 3), keepdim=True).expand_as(x).contiguous()
-    if baseline == "origin":
-        origin = model.homogeneity_origin if getattr(model, "is_x_dnn", False) else None
-        if origin is None:
-            raise MethodNotApplicable(
-                f"integrated_gradients with baseline 'origin' needs an X-DNN; model "
-                f"{getattr(model, 'name', '')!r} has no homogeneity origin"
-            )
-        return origin.to(dtype=x.dtype, device=x.device).expand_as(x).contiguous()
-    raise ValueError(f"parameter baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
-
-
 @register_method(
     "integrated_gradients",
     completeness=True,
     params={
         "baseline": {
             "type": "string",
-            "enum": ["black", "white", "mean", "origin"],
+            "enum": ["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
             "default": "black",
-            "description": "reference x': black (0), white (1), each image's mean colour, or "
-            "the X-DNN's homogeneity origin",
+            "description": "reference x': black (0), white (1), uniform noise U[0,1), "
+            "clip(x + N(0, noise_sigma²)), x blurred with blur_sigma, each image's mean colour, "
+            "the X-DNN's homogeneity origin, or the image in baseline_file",
         },
         "steps": {
             "type": "integer",
@@ -98,6 +89,26 @@ def make_baseline(model: torch.nn.Module, x: torch.Tensor, baseline: str) -> tor
             "default": "right",
             "description": "quadrature rule; right is S0's Riemann sum over k = 1..B",
         },
+        "noise_sigma": {
+            "type": "number",
+            "minimum": 0,
+            "default": 0.15,
+            "description": "std of the Gaussian noise added to x for baseline 'gaussian' "
+            "(pixel units; the result is clipped to [0, 1])",
+        },
+        "blur_sigma": {
+            "type": "number",
+            "minimum": 0,
+            "default": 10.0,
+            "description": "Gaussian blur σ in pixels for baseline 'blur' (taps to ⌊4σ+0.5⌋, "
+            "reflect padding)",
+        },
+        "baseline_file": {
+            "type": ["string", "null"],
+            "default": None,
+            "description": "for baseline 'file': a .npy or .safetensors (C, H, W) or "
+            "(1, C, H, W) pixel-space image shared by every sample",
+        },
     },
 )
 def integrated_gradients(
@@ -108,18 +119,57 @@ def integrated_gradients(
     baseline: str = "black",
     steps: int = 32,
     rule: str = "right",
+    noise_sigma: float = 0.15,
+    blur_sigma: float = 10.0,
+    baseline_file: str | None = None,
+    generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """IG of the target logit along the straight line from ``baseline`` to x.
 
+    Noise baselines draw from ``generator`` (the global RNG when None), all samples at once.
     Diagnostics (n leading): ``baselines`` (n, C, H, W); ``path_alphas``, ``path_logits``,
     ``path_probs`` (n, P) at every evaluated point in ascending α, always including α = 0 and
     α = 1 (a missing endpoint costs one forward pass, no backward); ``output_delta``
     F(x) − F(x') and ``completeness_residual`` |Σ maps − output_delta|.
     """
     x, target = validate_batch(model, x, target)
+    quadrature(rule, steps)  # bad steps/rule fail before any baseline is drawn or file read
+    reference = make_baseline(
+        model,
+        x,
+        baseline,
+        noise_sigma=noise_sigma,
+        blur_sigma=blur_sigma,
+        baseline_file=baseline_file,
+        generator=generator,
+    )
+    return straight_line_attribution(
+        model, x, target, reference, steps=steps, rule=rule, max_batch=max_batch
+    )
+
+
+def straight_line_attribution(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    steps: int,
+    rule: str,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Attribution:
+    """IG from the given per-sample ``reference`` (n, C, H, W) to x, with IG's diagnostics.
+
+    The shared core of every straight-line path method: ``x`` and ``target`` must already be
+    validated (`validate_batch`); ``reference`` is used as given.
+    """
+    if reference.shape != x.shape:
+        raise ValueError(
+            f"parameter reference must have the inputs' shape {tuple(x.shape)}; "
+            f"got {tuple(reference.shape)}"
+        )
     alphas_np, weights_np = quadrature(rule, steps)
-    reference = make_baseline(model, x, baseline)
     delta = x - reference
     weights = torch.as_tensor(weights_np, dtype=x.dtype, device=x.device)
 
