@@ -91,3 +91,12 @@ def test_metric_needing_masks_is_refused_on_a_dataset_without_them(config, tmp_p
     assert "masks" in str(err.value) and "'folder'" in str(err.value)
     bad["run"]["datasets"] = ["shapes"]
     validate_config(bad, workdir=tmp_path)
+
+
+def test_imagenet_config_is_valid_once_its_folders_exist(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
+    for key in ("root", "train_root"):
+        (tmp_path / key).mkdir()
+        config["datasets"]["imagenet_val"][key] = str(tmp_path / key)
+    checked = validate_config(config, workdir=tmp_path)
+    assert checked["methods"]["ig_black"]["steps"] == 128
