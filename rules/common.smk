@@ -16,10 +16,16 @@ PLAN = Plan(config)
 RESULTS = "results"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 
-# A store that is present but incomplete or damaged (killed copy, edited file, full disk) is
-# moved aside here, before the DAG is built, so Snakemake sees it missing and recomputes it.
-for _store in PLAN.sample_stores(RESULTS) + PLAN.attribution_stores(RESULTS):
+# A store that is present but incomplete or damaged (killed copy, edited file, full disk), or a
+# shard written for another sample range (the last, partial shard of a grown dataset), is moved
+# aside here, before the DAG is built, so Snakemake sees it missing and recomputes it. (Snakemake
+# does not re-check params of a job whose `ancient` input is being rebuilt upstream.)
+for _store in PLAN.sample_stores(RESULTS):
     _moved = quarantine_if_damaged(_store)
+    if _moved:
+        logger.warning(f"attrflow: {_moved}")
+for _store, _range in PLAN.attribution_stores_with_ranges(RESULTS):
+    _moved = quarantine_if_damaged(_store, expect={"sample_range": _range})
     if _moved:
         logger.warning(f"attrflow: {_moved}")
 

@@ -127,6 +127,15 @@ class Plan:
             for s in self.shards(d)
         ]
 
+    def attribution_stores_with_ranges(self, results: str = "results") -> list[tuple[str, list[int]]]:
+        return [
+            (f"{results}/attributions/{d}/{m}/{me}/shard-{s}.zarr", self.shard_range(d, s))
+            for d in self.run["datasets"]
+            for m in self.run["models"]
+            for me in self.run["methods"]
+            for s in self.shards(d)
+        ]
+
     def score_files(self, results: str = "results") -> list[str]:
         return [
             f"{results}/scores/{d}/{m}/{me}/{mt}.parquet"

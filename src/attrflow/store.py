@@ -153,16 +153,25 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     return dict(meta.get("attributes", {}))
 
 
-def quarantine_if_damaged(path: str | os.PathLike) -> str | None:
-    """Move a damaged store aside (nothing is deleted) so the workflow recomputes it.
+def quarantine_if_damaged(path: str | os.PathLike, expect: Mapping[str, Any] | None = None) -> str | None:
+    """Move a damaged or stale store aside (nothing is deleted) so the workflow recomputes it.
 
-    Returns a message describing what was moved, or None if the store is absent or intact.
-    Only the cheap structural check runs here: this is called while planning every DAG.
+    Stale means an attribute in `expect` (e.g. the shard's `sample_range`) differs from what
+    the store was written with. Returns a message describing what was moved, or None if the
+    store is absent, intact and current. Only the cheap structural check runs here: this is
+    called while planning every DAG.
     """
     root = Path(path)
     if not root.exists():
         return None
     problems = verify_store(root, deep=False)
+    if not problems and expect:
+        attrs = read_attrs(root)
+        problems = [
+            f"{root} was written for {key}={attrs.get(key)!r}, the plan now needs {value!r}"
+            for key, value in expect.items()
+            if attrs.get(key) != value
+        ]
     if not problems:
         return None
     aside = root.with_name(f"{root.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")

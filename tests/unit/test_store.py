@@ -82,3 +82,10 @@ def test_manifest_lists_every_file(tmp_path):
     listed = set(manifest["files"])
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert listed == on_disk
+
+
+def test_store_written_for_other_settings_is_quarantined_as_stale(tmp_path):
+    path = write_store(tmp_path / "s.zarr", {"a": np.zeros(2)}, {"sample_range": [8, 12]})
+    assert quarantine_if_damaged(path, expect={"sample_range": [8, 12]}) is None
+    message = quarantine_if_damaged(path, expect={"sample_range": [8, 16]})
+    assert message and "sample_range" in message and not path.exists()
