@@ -10,7 +10,8 @@ rule prepare_model:
         f"{RESULTS}/benchmarks/prepare_model/{{model}}.tsv"
     conda:
         "../envs/attrflow.yaml"
-    threads: workflow.cores
+    # Snakemake caps this at --cores (or --max-threads on a cluster); training scales with threads.
+    threads: 8
     resources:
         gpu=GPU_PER_JOB,
     params:
