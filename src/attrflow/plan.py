@@ -119,13 +119,7 @@ class Plan:
 
     # ---------------------------------------------------------------- outputs
     def attribution_stores(self, results: str = "results") -> list[str]:
-        return [
-            f"{results}/attributions/{d}/{m}/{me}/shard-{s}.zarr"
-            for d in self.run["datasets"]
-            for m in self.run["models"]
-            for me in self.run["methods"]
-            for s in self.shards(d)
-        ]
+        return [path for path, _ in self.attribution_stores_with_ranges(results)]
 
     def attribution_stores_with_ranges(self, results: str = "results") -> list[tuple[str, list[int]]]:
         return [

@@ -229,3 +229,24 @@ def input_gradients(
         weigh=lambda grads, sample_idx, point_idx: grads,
         max_batch=max_batch,
     )
+
+
+def path_diagnostics(
+    maps: torch.Tensor,
+    baselines: torch.Tensor,
+    alphas: torch.Tensor,
+    path_logits: torch.Tensor,
+    path_probs: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """What every path method stores: the path (alphas in [0, 1], shared by all samples, with the
+    target logit and probability at each point, first = baseline, last = input) and the
+    completeness residual |Σ maps − (F(x) − F(x'))| in logits."""
+    output_delta = path_logits[:, -1] - path_logits[:, 0]
+    return {
+        "baselines": baselines,
+        "path_alphas": alphas.expand(maps.shape[0], -1).contiguous(),
+        "path_logits": path_logits,
+        "path_probs": path_probs,
+        "output_delta": output_delta,
+        "completeness_residual": (maps.flatten(1).sum(dim=1) - output_delta).abs(),
+    }

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from attrflow.methods._baselines import apply_blur, gaussian_blur, gaussian_blur_matrices
-from attrflow.methods._batching import accumulate_gradients, evaluate_outputs, validate_batch
+from attrflow.methods._batching import accumulate_gradients, evaluate_outputs, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 
 SPACINGS = ("linear", "sqrt")
@@ -187,15 +187,4 @@ def blur_ig(
     path_logits = torch.cat([start.target_logits, path.target_logits.flip(1)], dim=1)
     path_probs = torch.cat([start.target_probs, path.target_probs.flip(1)], dim=1)
     alphas = torch.as_tensor(1.0 - sigmas[::-1] / sigmas[-1], dtype=x.dtype, device=x.device)
-    output_delta = path_logits[:, -1] - path_logits[:, 0]
-    return Attribution(
-        maps=maps,
-        diagnostics={
-            "baselines": most_blurred,
-            "path_alphas": alphas.expand(x.shape[0], -1).contiguous(),
-            "path_logits": path_logits,
-            "path_probs": path_probs,
-            "output_delta": output_delta,
-            "completeness_residual": (maps.flatten(1).sum(dim=1) - output_delta).abs(),
-        },
-    )
+    return Attribution(maps=maps, diagnostics=path_diagnostics(maps, most_blurred, alphas, path_logits, path_probs))

@@ -46,7 +46,7 @@ import math
 import torch
 
 from attrflow.methods._baselines import make_baseline
-from attrflow.methods._batching import evaluate_outputs, input_gradients, validate_batch
+from attrflow.methods._batching import evaluate_outputs, input_gradients, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 
 CLOSE = 1e-9  # PAIR's tolerance for "the step's L1 goal is met"
@@ -237,15 +237,4 @@ def guided_ig(
     path_probs = torch.cat([*probs, end.target_probs], dim=1)
     maps = attribution.to(x.dtype).view_as(x)
     alphas = torch.arange(steps + 1, dtype=x.dtype, device=x.device) / steps
-    output_delta = path_logits[:, -1] - path_logits[:, 0]
-    return Attribution(
-        maps=maps,
-        diagnostics={
-            "baselines": reference,
-            "path_alphas": alphas.expand(x.shape[0], -1).contiguous(),
-            "path_logits": path_logits,
-            "path_probs": path_probs,
-            "output_delta": output_delta,
-            "completeness_residual": (maps.flatten(1).sum(dim=1) - output_delta).abs(),
-        },
-    )
+    return Attribution(maps=maps, diagnostics=path_diagnostics(maps, reference, alphas, path_logits, path_probs))

@@ -30,6 +30,7 @@ from attrflow.methods._batching import (
     PointBuilder,
     accumulate_gradients,
     evaluate_outputs,
+    path_diagnostics,
     validate_batch,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
@@ -210,15 +211,4 @@ def straight_line_attribution(
     order = torch.as_tensor(np.argsort(all_alphas, kind="stable"), device=x.device)
     path_logits, path_probs = path_logits[:, order], path_probs[:, order]
     path_alphas = torch.as_tensor(all_alphas, dtype=x.dtype, device=x.device)[order]
-    output_delta = path_logits[:, -1] - path_logits[:, 0]
-    return Attribution(
-        maps=maps,
-        diagnostics={
-            "baselines": reference,
-            "path_alphas": path_alphas.expand(x.shape[0], -1).contiguous(),
-            "path_logits": path_logits,
-            "path_probs": path_probs,
-            "output_delta": output_delta,
-            "completeness_residual": (maps.flatten(1).sum(dim=1) - output_delta).abs(),
-        },
-    )
+    return Attribution(maps=maps, diagnostics=path_diagnostics(maps, reference, path_alphas, path_logits, path_probs))
