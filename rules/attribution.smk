@@ -31,6 +31,7 @@ rule prepare_references:
         "logs/prepare_references/{dataset}/{model}/{references}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_references/{{dataset}}/{{model}}/{{references}}.tsv"
+    priority: 5  # every EG, LPI, DeepSHAP and IBA job waits on it
     conda:
         "../envs/attrflow.yaml"
     threads: 1

@@ -29,16 +29,22 @@ def prepare_reference_store(
     seed: int,
     max_batch: int,
 ) -> Path:
-    from attrflow.methods.references import build_references
+    from attrflow.methods.references import build_feature_statistics, build_references
     from attrflow.models.loading import load_model
 
     dev = resolve_device(device)
     train = read_samples(samples_path, "train")
     model = load_model(model_dir, dev)
-    images, weights, attrs = build_references(
-        kind, model, train, seed=derive_seed(seed, dataset, model_name, kind), max_batch=max_batch, **params
-    )
-    LOG.info("%s references for %s/%s: %d images", kind, dataset, model_name, len(images))
+    kind_seed = derive_seed(seed, dataset, model_name, kind)
+    arrays: dict[str, np.ndarray] = {}
+    groups: dict[str, dict[str, np.ndarray]] | None = None
+    if kind == "feature_stats":  # one group per layer name: mean, std, nonzero (C, h, w)
+        groups, attrs = build_feature_statistics(model, train, seed=kind_seed, max_batch=max_batch, **params)
+        LOG.info("feature statistics for %s/%s at %s", dataset, model_name, attrs["layers"])
+    else:
+        images, weights, attrs = build_references(kind, model, train, seed=kind_seed, max_batch=max_batch, **params)
+        arrays = {"images": np.asarray(images, np.float32), "weights": np.asarray(weights, np.float64)}
+        LOG.info("%s references for %s/%s: %d images", kind, dataset, model_name, len(images))
     meta = {
         "kind": "references",
         "references": kind,
@@ -50,14 +56,29 @@ def prepare_reference_store(
         "versions": library_versions(),
         **attrs,
     }
-    return write_store(out_path, {"images": np.asarray(images, np.float32), "weights": np.asarray(weights, np.float64)}, meta)
+    return write_store(out_path, arrays, meta, groups=groups)
 
 
 def load_references(path: str | Path, device: Any) -> tuple[Any, Any]:
-    """(images, weights) of a verified reference store, as tensors on `device`."""
+    """(images, weights) of a verified reference store, as tensors on `device`.
+
+    A ``feature_stats`` store gives (statistics, None) instead: a mapping from each layer name
+    and its module path to a `LayerStatistics` (mean, std, nonzero) of (C, h, w) tensors.
+    """
     import torch
 
     group = open_store(path)
+    if group.attrs.get("references") == "feature_stats":
+        from attrflow.methods._bottleneck import LayerStatistics
+
+        statistics: dict[str, Any] = {}
+        for name, module_path in group.attrs["layers"].items():
+            layer = group[name]
+            statistics[name] = LayerStatistics(
+                *(torch.from_numpy(layer[key][:]).to(device) for key in LayerStatistics._fields)
+            )
+            statistics.setdefault(module_path, statistics[name])
+        return statistics, None
     images = torch.from_numpy(group["images"][:]).to(device)
     weights = torch.from_numpy(group["weights"][:]).to(device=device, dtype=images.dtype)
     return images, weights

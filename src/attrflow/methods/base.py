@@ -11,7 +11,9 @@ model's device:
   model inputs one forward/backward pass may hold; steps, noise samples and references are
   chunked to it). Methods registered with ``references="train_pool"`` or ``"lpi"`` also get
   ``references`` ((K, C, H, W) images on the model's device, drawn from the dataset's train split,
-  or LPI's cluster representatives) and ``reference_weights`` ((K,) summing to 1).
+  or LPI's cluster representatives) and ``reference_weights`` ((K,) summing to 1). Methods
+  registered with ``references="feature_stats"`` (IBA, InputIBA) get ``references`` as a mapping
+  from layer name (and module path) to that layer's cached `LayerStatistics` (mean, std, nonzero).
 
 It registers itself with `register_method`, whose arguments must be literals: the workflow reads
 them from the source with `attrflow.catalog` while planning, without importing torch.
@@ -19,7 +21,7 @@ them from the source with `attrflow.catalog` while planning, without importing t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from attrflow.registry import Registry, signature_params
 RUNTIME_KWARGS = ("generator", "max_batch", "references", "reference_weights")
 # Reference sets a method may ask for with `register_method(..., references=KIND)`; the workflow
 # builds each once per (dataset, model) with `attrflow.methods.references.build_references`.
-REFERENCE_KINDS = ("train_pool", "lpi")
+REFERENCE_KINDS = ("train_pool", "lpi", "feature_stats")
 DEFAULT_MAX_BATCH = 256
 
 
@@ -135,7 +137,7 @@ def call_method(
     *,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
-    references: torch.Tensor | None = None,
+    references: torch.Tensor | Mapping[str, Any] | None = None,
     reference_weights: torch.Tensor | None = None,
 ) -> Attribution:
     """Call a registered method with config params plus the runtime keywords it accepts."""

@@ -29,6 +29,11 @@ Kinds:
   as its own reference and its remaining rows are filled with copies of its first member at
   weight 0 (recorded in ``attrs["padded_rows"]``), so the layout stays rectangular.
 
+* ``"feature_stats"`` — not images but the per-element mean and standard deviation of the
+  activations at the layers IBA and InputIBA place their bottleneck (`FEATURE_LAYERS`), with the
+  share of images in which each element is nonzero. `build_feature_statistics` computes them; see
+  its docstring.
+
 k-means here is Lloyd's algorithm in float64 torch on the CPU, k-means++ seeding from a seeded
 `torch.Generator`, at most ``iterations`` rounds (it stops early once no label changes, which is
 what further rounds would also give), best of ``restarts`` by inertia. An emptied cluster is
@@ -45,6 +50,7 @@ import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode
 from attrflow.methods.lpi import estimated_centres, squared_distances
+from attrflow.models.layers import STAGES, prefix_tokens, resolve_layer, tokens_to_grid
 
 if TYPE_CHECKING:
     from attrflow.data.sample_store import SampleSet
@@ -302,3 +308,127 @@ def _check_positive_int(kind: str, name: str, value: Any) -> None:
         raise ValueError(
             f"{kind} references: parameter {name} must be an integer >= 1; got {value!r}"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature statistics for the information-bottleneck methods (IBA, InputIBA).
+
+FEATURE_LAYERS = ("default", *STAGES)
+DEFAULT_FEATURE_TRAIN = 5000  # the IBA README estimates from 5000 images (10 000 recommended)
+
+
+def build_feature_statistics(
+    model: torch.nn.Module,
+    train: SampleSet,
+    *,
+    seed: int,
+    max_batch: int = 256,
+    max_train: int = DEFAULT_FEATURE_TRAIN,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """({layer name: {"mean", "std", "nonzero"}}, attrs) over at most ``max_train`` train images.
+
+    IBA's variational prior Q(Z) = N(μ_R, σ_R²) is estimated per feature element (channel ×
+    position), as Schulz et al.'s estimator does, at every layer name of `FEATURE_LAYERS`, so
+    that one cached store serves ``iba`` and its layerwise variants. ``std`` is the unbiased
+    (n − 1) standard deviation; ``nonzero`` is the share of images in which the element is not 0
+    (IBA calls an element active when it is nonzero in more than 1 % of images). Arrays are
+    (C, h, w) float32; ViT token outputs are reshaped to their patch grid first (prefix tokens
+    dropped). A layer name the model cannot resolve (no CAM layer), or whose output is not a
+    feature map, is listed in ``attrs["unavailable"]`` with the reason instead of failing the
+    job: a method asking for it then names that reason.
+
+    Sums run in float64, merged chunk by chunk with Chan et al.'s pairwise update, so neither
+    the result nor its precision depends on ``max_batch``.
+    """
+    check_max_batch(max_batch)
+    _check_positive_int("feature_stats", "max_train", max_train)
+    if len(train) == 0:
+        raise ValueError("feature_stats references need a train split, and it holds no images")
+    generator = torch.Generator().manual_seed(int(seed))
+    candidates = np.arange(len(train))
+    if max_train < len(train):
+        candidates = torch.randperm(len(train), generator=generator)[:max_train].sort().values.numpy()
+
+    paths: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
+    for name in FEATURE_LAYERS:
+        try:
+            paths[name] = resolve_layer(model, name)[0]
+        except ValueError as why:
+            unavailable[name] = str(why)
+    net = getattr(model, "net", model)
+    moments = {path: _RunningMoments() for path in dict.fromkeys(paths.values())}
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(path: str):
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() in (3, 4):
+                captured[path] = tokens_to_grid(output, prefix_tokens(net)).detach()
+
+        return hook
+
+    handles = [net.get_submodule(path).register_forward_hook(capture(path)) for path in moments]
+    device, dtype = _model_device_dtype(model)
+    try:
+        with evaluation_mode(model), torch.no_grad():
+            for start in range(0, len(candidates), max_batch):
+                chunk = np.ascontiguousarray(train.images[candidates[start : start + max_batch]])
+                captured.clear()
+                model(torch.from_numpy(chunk).to(device=device, dtype=dtype))
+                for path, running in moments.items():
+                    if path in captured:
+                        running.add(captured[path])
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for name, path in paths.items():
+        running = moments[path]
+        if running.count == 0:
+            unavailable[name] = f"layer {name!r} ({path!r}) does not output a (n, C, h, w) feature map or tokens"
+            continue
+        stats[name] = running.arrays()
+    attrs = {
+        "layers": {name: paths[name] for name in stats},
+        "unavailable": unavailable,
+        "train_size": int(len(candidates)),
+        "train_indices": candidates.tolist(),
+        "std": "unbiased (n - 1), per element (channel x position)",
+    }
+    return stats, attrs
+
+
+class _RunningMoments:
+    """Count, mean, sum of squared deviations and nonzero count per element, in float64."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+        self.nonzero: torch.Tensor | None = None
+
+    def add(self, batch: torch.Tensor) -> None:
+        batch = batch.double()
+        k = batch.shape[0]
+        batch_mean = batch.mean(dim=0)
+        batch_squares = ((batch - batch_mean) ** 2).sum(dim=0)
+        batch_nonzero = (batch != 0).sum(dim=0).double()
+        if self.mean is None:
+            self.count, self.mean, self.squares, self.nonzero = k, batch_mean, batch_squares, batch_nonzero
+            return
+        total = self.count + k
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (k / total)
+        self.squares = self.squares + batch_squares + delta**2 * (self.count * k / total)
+        self.nonzero = self.nonzero + batch_nonzero
+        self.count = total
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        assert self.mean is not None and self.squares is not None and self.nonzero is not None
+        variance = self.squares / max(self.count - 1, 1)
+        return {
+            "mean": self.mean.float().cpu().numpy(),
+            "std": variance.sqrt().float().cpu().numpy(),
+            "nonzero": (self.nonzero / self.count).float().cpu().numpy(),
+        }
