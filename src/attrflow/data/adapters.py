@@ -11,6 +11,15 @@ A config entry names its `kind` and that kind's options:
 * ``cifar`` — local CIFAR python batches (`attrflow.data.cifar`): ``root`` (required),
   ``variant`` (cifar10 | cifar100), ``n`` (first n test images; all 10 000 by default),
   ``n_train`` (first n train images; all by default; 0 for no train split).
+* ``corrupted`` — an ImageNet-C corruption of another entry (`attrflow.data.corruptions`):
+  ``of`` (required: that entry's spec, resolved from its name by the planner; not itself
+  corrupted), ``corruption`` (required: brightness, saturate or saturation, gaussian_blur,
+  defocus_blur, gaussian_noise, shot_noise), ``severity`` (required: 1–5), ``train`` (clean |
+  corrupted | none; default clean). The evaluation split is the base's samples — same ids,
+  labels and masks — with corrupted pixels; noise is keyed by ``seed`` and each sample's id, so
+  the variant stays prefix-stable like its base. As in ImageNet-C only the evaluation data is
+  corrupted by default: the train split (references of EG/LPI) stays the base's clean one, so a
+  clean/corrupted comparison changes the explained inputs only; ``none`` drops it (saves a copy).
 
 Every kind accepts ``seed`` (the workflow fills in the run's seed); only the synthetic data uses it.
 Unknown kinds and unknown or ill-typed options are errors naming the key. `count_eval_samples`
@@ -44,6 +53,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "seed": None,
     },
     "cifar": {"root": REQUIRED, "variant": "cifar10", "n": None, "n_train": None, "seed": None},
+    "corrupted": {"of": REQUIRED, "corruption": REQUIRED, "severity": REQUIRED, "train": "clean", "seed": None},
 }
 INTEGER_OPTIONS = {
     "n_train": 0,
@@ -54,9 +64,10 @@ INTEGER_OPTIONS = {
     "resize": 1,
     "crop": 1,
     "n": 1,
+    "severity": 1,
 }
 PATH_OPTIONS = {"root", "labels_file", "train_root"}
-CHOICES = {"variant": ("cifar10", "cifar100")}
+CHOICES = {"variant": ("cifar10", "cifar100"), "train": ("clean", "corrupted", "none")}
 
 
 class DatasetSpecError(ValueError):
@@ -91,12 +102,32 @@ def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if key in CHOICES and value not in CHOICES[key]:
             raise DatasetSpecError(f"option {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
         options[key] = value
+    if kind == "corrupted":
+        _check_corruption(options)
     return kind, options
+
+
+def _check_corruption(options: dict[str, Any]) -> None:
+    from attrflow.data.corruption_catalog import ALIASES, SEVERITIES, SEVERITY_TABLES
+
+    if options["corruption"] not in (*SEVERITY_TABLES, *ALIASES):
+        known = ", ".join([*SEVERITY_TABLES, *ALIASES])
+        raise DatasetSpecError(f"option 'corruption' must be one of {known}, got {options['corruption']!r}")
+    if options["severity"] not in SEVERITIES:
+        raise DatasetSpecError(f"option 'severity' must be an integer from 1 to 5, got {options['severity']!r}")
+    base = options["of"]
+    if not isinstance(base, dict) or base.get("kind") == "corrupted":
+        raise DatasetSpecError(
+            "option 'of' must be the spec of a dataset entry that is not itself corrupted, "
+            f"got {base!r}"
+        )
 
 
 def count_eval_samples(spec: dict[str, Any]) -> int:
     """The number of evaluation samples `prepare_dataset(spec)` yields, without reading pixels."""
     kind, opt = _options(spec)
+    if kind == "corrupted":
+        return count_eval_samples(opt["of"])
     if kind == "synthetic_shapes":
         return opt["n_test"]
     if kind == "image_folder":
@@ -123,6 +154,8 @@ def prepare_dataset(
         kind, opt = _options(spec)
     except DatasetSpecError as err:
         raise DatasetSpecError(f"datasets.{name}: {err}") from None
+    if kind == "corrupted":
+        return _corrupted(name, spec, opt, seed)
     if kind == "synthetic_shapes":
         evaluation, train, source, preprocessing, class_names = _synthetic(opt, seed)
     elif kind == "image_folder":
@@ -139,6 +172,48 @@ def prepare_dataset(
         "spec": dict(spec),
     }
     return evaluation, train, attrs
+
+
+def _corrupted(
+    name: str, spec: dict[str, Any], opt: dict[str, Any], seed: int
+) -> tuple[SampleSet, SampleSet | None, dict[str, Any]]:
+    """The base entry's splits with corrupted pixels; ids, labels and masks unchanged."""
+    from attrflow.data.corruptions import canonical_corruption, corrupt, corruption_parameters
+    from attrflow.data.sample_store import SampleSet
+
+    base_spec = opt["of"]
+    if opt["train"] == "none":  # every base kind reads n_train 0 as "no train split": none is read
+        base_spec = {**base_spec, "n_train": 0}
+    evaluation, train, base_attrs = prepare_dataset(f"{name}.of", base_spec, int(base_spec.get("seed", seed)))
+    corruption = canonical_corruption(opt["corruption"])
+    seed = opt["seed"] if opt["seed"] is not None else seed
+
+    def corrupted(samples: SampleSet, stream: str) -> SampleSet:
+        images = corrupt(samples.images, corruption, opt["severity"], ids=samples.ids, seed=seed, stream=stream)
+        return SampleSet(images, samples.labels, samples.ids, samples.masks)
+
+    height, width = evaluation.images.shape[2:]
+    preprocessing = {
+        **base_attrs["preprocessing"],
+        "corruption": {
+            "name": corruption,
+            "severity": opt["severity"],
+            "parameters": corruption_parameters(corruption, opt["severity"], height, width),
+            "seed": seed,
+            "train_split": opt["train"],
+            "definition": "Hendrycks & Dietterich 2019 (ImageNet-C), see attrflow.data.corruptions",
+        },
+    }
+    attrs = {
+        **base_attrs,
+        "dataset": name,
+        "kind": "corrupted",
+        "preprocessing": preprocessing,
+        "spec": dict(spec),
+    }
+    if train is not None and opt["train"] == "corrupted":
+        train = corrupted(train, "train")
+    return corrupted(evaluation, "eval"), train, attrs
 
 
 def _synthetic(opt: dict[str, Any], seed: int) -> tuple:

@@ -31,6 +31,7 @@ from torch import nn
 
 from attrflow.data.sample_store import SampleSet, read_samples
 from attrflow.fingerprint import file_sha256
+from attrflow.models.preact_resnet import PreActResNet18
 from attrflow.models.small_cnn import SmallCNN
 from attrflow.models.training import evaluate_accuracy, reproducible_torch, train_classifier
 from attrflow.models.wrapper import WrappedModel
@@ -53,7 +54,9 @@ TRAINED_DEFAULTS = {
     "width": 32,
     "x_dnn": False,
 }
-TRAINED_ARCHS = ("small_cnn",)
+# Architectures `kind: trained` models and ROAR retraining build; keep the schema's `arch` enums in step.
+TRAINABLE_NETWORKS: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN, "preact_resnet18": PreActResNet18}
+TRAINED_ARCHS = tuple(TRAINABLE_NETWORKS)
 EVAL_BATCH = 64
 HOMOGENEITY_PROBE = 16  # eval samples on which the card records the X-DNN homogeneity residual
 
@@ -164,9 +167,9 @@ def build_architecture(arch: Mapping[str, Any]) -> nn.Module:
     """
     library, name, kwargs = arch["library"], arch["name"], dict(arch.get("kwargs", {}))
     if library == "attrflow":
-        if name != "small_cnn":
+        if name not in TRAINABLE_NETWORKS:
             raise ModelLoadError(f"unknown attrflow architecture {name!r}; known: {TRAINED_ARCHS}")
-        return SmallCNN(**kwargs)
+        return TRAINABLE_NETWORKS[name](**kwargs)
     if library == "timm":
         import timm
 
@@ -180,16 +183,36 @@ def build_architecture(arch: Mapping[str, Any]) -> nn.Module:
     return to_x_dnn(net) if arch.get("x_dnn") else net
 
 
+def trainable_network(arch: str, num_classes: int, *, in_channels: int, width: int, x_dnn: bool = False) -> nn.Module:
+    """A fresh network of a trainable architecture (random init from the global torch seed).
+
+    Only the small CNN has a bias-free X-variant; PreActResNet-18 normalises with BatchNorm,
+    which breaks nonnegative homogeneity, so asking for its X-variant is refused.
+    """
+    if arch not in TRAINABLE_NETWORKS:
+        raise ValueError(f"unknown trainable architecture {arch!r}; known: {list(TRAINED_ARCHS)}")
+    if arch == "small_cnn":
+        return SmallCNN(num_classes, in_channels=in_channels, width=width, x_dnn=x_dnn)
+    if x_dnn:
+        raise ValueError(f"{arch} has BatchNorm layers, which break homogeneity: it has no X-variant")
+    return TRAINABLE_NETWORKS[arch](num_classes, in_channels=in_channels, width=width)
+
+
 def default_cam_layer(net: nn.Module) -> str | None:
     """The layer CAM methods use unless told otherwise.
 
     The small CNN names its own; ResNets (timm and torchvision alike) use their last stage
-    ``layer4``, as Grad-CAM papers do; anything else uses its last 2-D convolution.
+    ``layer4``, as Grad-CAM papers do; ViTs the input norm of their last block (see
+    `attrflow.models.layers.vit_cam_layer`); anything else uses its last 2-D convolution.
     """
-    if isinstance(net, SmallCNN):
-        return SmallCNN.default_cam_layer
+    if isinstance(net, (SmallCNN, PreActResNet18)):
+        return net.default_cam_layer
     if isinstance(getattr(net, "layer4", None), nn.Module):
         return "layer4"
+    if isinstance(getattr(net, "blocks", None), nn.Sequential) and hasattr(net, "patch_embed"):
+        from attrflow.models.layers import vit_cam_layer
+
+        return vit_cam_layer(net)
     convs = [name for name, module in net.named_modules() if isinstance(module, nn.Conv2d)]
     return convs[-1] if convs else None
 
@@ -291,11 +314,13 @@ def _prepare_trained(
     num_classes = _num_classes(dataset_store, train, evaluation)
     x_dnn = bool(settings["x_dnn"])
     torch.manual_seed(seed)
-    net = SmallCNN(num_classes, in_channels=train.images.shape[1], width=int(settings["width"]), x_dnn=x_dnn)
+    net = trainable_network(
+        settings["arch"], num_classes, in_channels=train.images.shape[1], width=int(settings["width"]), x_dnn=x_dnn
+    )
     mean, std = _normalisation_for_training(train, x_dnn)
     model = _wrap(name, net, spec, num_classes=num_classes, mean=mean, std=std)
     print(
-        f"model {name}: training {'X-' if x_dnn else ''}small_cnn on {len(train)} samples of {dataset_store}",
+        f"model {name}: training {'X-' if x_dnn else ''}{settings['arch']} on {len(train)} samples of {dataset_store}",
         file=log,
         flush=True,
     )
@@ -313,7 +338,7 @@ def _prepare_trained(
     )
     architecture = {
         "library": "attrflow",
-        "name": "small_cnn",
+        "name": settings["arch"],
         "kwargs": net.architecture_kwargs(),
         "x_dnn": x_dnn,
     }

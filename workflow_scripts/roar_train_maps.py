@@ -1,0 +1,20 @@
+"""Rule roar_train_maps → attrflow.jobs.roar.attribute_train_split."""
+
+from pathlib import Path
+
+from attrflow.jobs.runtime import job_log, mark_ready
+
+with job_log(snakemake.log[0], threads=snakemake.threads):
+    from attrflow.jobs.roar import attribute_train_split
+
+    mark_ready()
+
+    attribute_train_split(
+        samples_path=snakemake.input.samples,
+        model_dir=Path(snakemake.input.card).parent,
+        out_path=snakemake.output[0],
+        dataset=snakemake.wildcards.dataset,
+        model_name=snakemake.wildcards.model,
+        references_path=snakemake.input.get("references"),
+        **dict(snakemake.params.setting),
+    )
