@@ -1,6 +1,6 @@
 rule aggregate:
     input:
-        scores=PLAN.score_files(RESULTS),
+        scores=PLAN.score_files(RESULTS) + PLAN.axiom_score_files(RESULTS),
         maps=PLAN.attribution_stores(RESULTS),
     output:
         scores=f"{RESULTS}/reports/scores.parquet",

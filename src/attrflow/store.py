@@ -50,7 +50,8 @@ def _write_arrays(group: Any, arrays: Mapping[str, np.ndarray]) -> None:
             if data.size:
                 arr[...] = data
             continue
-        chunks = _chunks_for(value.shape, value.dtype.itemsize) if value.size else None
+        # An empty array (e.g. no accepted axiom sample) still needs a valid chunk shape.
+        chunks = _chunks_for(value.shape, value.dtype.itemsize) if value.size else tuple(max(1, d) for d in value.shape)
         arr = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks)
         if value.size:
             arr[...] = value

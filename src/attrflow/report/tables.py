@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from attrflow.report.axiom_tables import AXIOM_PREFIX, axiom_sections
+
 ARROW = {"higher": "↑", "lower": "↓"}
 
 # Metrics the seeds tabulate together; a group is shown when at least two of its metrics ran.
@@ -90,6 +92,16 @@ def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None) ->
         "Bold: best method for that model (rank 1). ↑ higher is better, ↓ lower is better.",
         "",
     ]
+    out += _generic_sections(summary[~summary["dataset"].str.startswith(AXIOM_PREFIX)])
+    out += axiom_sections(summary, _cell)
+    if costs is not None and len(costs):
+        out += ["## Cost of each method", "", cost_table(costs), ""]
+    return "\n".join(out)
+
+
+def _generic_sections(summary: pd.DataFrame) -> list[str]:
+    """The seed groups and the per-metric tables; axiom scores have their own tables (seed 004 shape)."""
+    out: list[str] = []
     for title, metrics in SEED_GROUPS:
         for dataset in dict.fromkeys(summary["dataset"]):
             present = [m for m in metrics if m in set(summary.loc[summary["dataset"] == dataset, "metric"])]
@@ -102,9 +114,7 @@ def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None) ->
             direction = summary.loc[summary["metric"] == metric, "direction"].iloc[0]
             n = summary.loc[(summary["dataset"] == dataset) & (summary["metric"] == metric), "n"].max()
             out += [f"## {metric} {ARROW.get(direction, '')} — {dataset} (n = {n})", "", metric_table(summary, dataset, metric), ""]
-    if costs is not None and len(costs):
-        out += ["## Cost of each method", "", cost_table(costs), ""]
-    return "\n".join(out)
+    return out
 
 
 def write_markdown(summary_path: str | Path, out_path: str | Path, costs_path: str | Path | None = None) -> None:

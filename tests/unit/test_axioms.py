@@ -1,0 +1,298 @@
+"""Axiom synthesis: accepted samples really have their property, hand-computed scores, determinism,
+failures reported per sample, and config-time rejections."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from attrflow.axioms.metrics import score_scenario, spearman
+from attrflow.axioms.placement import box_masks, coalitions, random_boxes
+from attrflow.axioms.settings import SCENARIOS, resolve_setting
+from attrflow.axioms.synthesis import (
+    choose_classes,
+    compose_stored,
+    rank_background_classes,
+    relative_change,
+    synthesize,
+)
+from attrflow.config import ConfigError, validate_config
+from attrflow.models import WrappedModel
+from attrflow.plan import Plan
+from attrflow.store import write_store
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE, PATCH = 16, 6
+
+
+class ColourMax(nn.Module):
+    """Logit c = gain · the largest value of colour channel c: a patch of pure colour c drives
+    class c, other colours leave it alone, and two such patches saturate (max, not sum)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 30.0 * x.amax(dim=(2, 3))
+
+
+@pytest.fixture
+def model() -> WrappedModel:
+    return WrappedModel(ColourMax(), num_classes=3).eval()
+
+
+def setting(scenario: str, **overrides) -> dict:
+    config = {
+        "models": {"m": {"kind": "trained", "dataset": "d"}},
+        "datasets": {"d": {"kind": "synthetic_shapes", "size": SIZE}},
+        "axioms": {scenario: {"samples": 2, "batch": 6, "iterations": 60, "warmup": 10, "check_after": 5,
+                              "lr": 0.05, "patch_size": PATCH, "prior_width": 8, **overrides}},
+    }
+    return resolve_setting(config, "m", scenario)
+
+
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(s, marks=pytest.mark.slow) if s == "null_feature" else s for s in SCENARIOS]
+)
+def test_every_accepted_sample_has_its_property_on_all_coalitions(model, scenario):
+    chosen = setting(scenario)
+    result = synthesize(model, chosen, seed=3)
+    sc = SCENARIOS[scenario]
+    assert result.accepted.sum() == chosen["samples"]
+    ok = result.accepted
+    subsets = coalitions(sc.patches)
+    with torch.no_grad():
+        logits = {
+            s: model(torch.from_numpy(compose_stored(result.backgrounds[ok], result.patches[ok], result.boxes[ok], s)))
+            for s in subsets
+        }
+    targets = torch.from_numpy(result.targets[ok])
+    for s in subsets:  # what was stored is what the model says on the stored inputs
+        stored = torch.from_numpy(result.coalition_logits[ok][:, subsets.index(s)])
+        torch.testing.assert_close(logits[s].gather(1, targets), stored, atol=1e-4, rtol=1e-5)
+    for i, cls in enumerate(sc.patch_class):
+        own = torch.softmax(logits[(i,)], 1).gather(1, targets[:, cls : cls + 1])
+        assert (own > chosen["accuracy_threshold"]).all(), (scenario, i, own)
+    for c in sc.constraints:
+        t = targets[:, c.cls : c.cls + 1]
+        change = torch.tanh(relative_change(logits[c.with_patches].gather(1, t), logits[c.without_patches].gather(1, t)))
+        assert (change < chosen["independence_threshold"] + 1e-5).all(), (scenario, c, change)
+    # the explained input carries every patch, each inside its own box
+    masks = result.masks()[ok]
+    assert masks.shape == (ok.sum(), sc.patches, SIZE, SIZE) and (masks.sum(axis=(2, 3)) == PATCH**2).all()
+    if sc.patches == 2:
+        assert not (masks[:, 0] & masks[:, 1]).any()
+    inputs = result.inputs()[ok]
+    for i in range(sc.patches):
+        top, left = result.boxes[ok][0, i]
+        np.testing.assert_array_equal(inputs[0, :, top : top + PATCH, left : left + PATCH], result.patches[ok][0, i])
+
+
+def test_same_seed_same_samples_other_seed_other_samples(model):
+    chosen = setting("class_sensitivity_single")
+    first, again, other = (synthesize(model, chosen, seed=s) for s in (5, 5, 6))
+    for name in ("backgrounds", "patches", "boxes", "targets", "accepted", "iterations"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert not np.array_equal(first.backgrounds, other.backgrounds)
+
+
+def test_candidates_not_accepted_in_budget_are_reported_never_valid(model):
+    chosen = setting("saturation", iterations=4, check_after=10, max_candidates=3)
+    result = synthesize(model, chosen, seed=0)
+    assert len(result.accepted) == 3 and not result.accepted.any()
+    assert (result.iterations == 4).all()
+    assert result.stats["accepted"] == 0 and result.stats["failed"] == 3 and np.isnan(result.stats["feasibility_ratio"])
+
+
+def test_placements_never_overlap_and_stay_inside():
+    gen = torch.Generator().manual_seed(0)
+    boxes = random_boxes(500, 2, 20, 10, gen)
+    masks = box_masks(boxes, 20, 10)
+    assert (masks.sum(dim=(2, 3)) == 100).all()
+    assert not (masks[:, 0] & masks[:, 1]).any()
+    assert boxes.min() >= 0 and boxes.max() <= 10
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _two_patch_masks(n: int) -> np.ndarray:
+    masks = np.zeros((n, 2, 8, 8), dtype=bool)
+    masks[:, 0, 0:2, 0:2] = True  # f_a (or f_a1)
+    masks[:, 1, 5:7, 5:7] = True  # f_null / f_b / f_a2
+    return masks
+
+
+def test_null_feature_hand_values():
+    masks = _two_patch_masks(3)
+    right_only = masks[:, 0].astype(float)  # all of S_a on f_a
+    both = (masks[:, 0] | masks[:, 1]).astype(float)
+    both[:, 5:7, 5:7] *= 3.0  # 12 on f_null out of 16
+    both[:, 3, 3] = -4.0  # negative mass elsewhere counts (signed, as the seed): total 12
+    zero = np.zeros_like(right_only)
+    for maps, expected in ((right_only, 0.0), (both, 1.0)):
+        out = score_scenario("null_feature", maps, zero, masks)
+        np.testing.assert_allclose(out.values, expected)
+        assert out.status == ["ok"] * 3 and out.per_sample
+    out = score_scenario("null_feature", zero, zero, masks)
+    assert out.status == ["nan"] * 3
+
+
+def test_class_sensitivity_double_hand_values():
+    masks = _two_patch_masks(2)
+    on_a, on_b = masks[:, 0].astype(float), masks[:, 1].astype(float)
+    # switches fully from f_a to f_b with the explained class: 0
+    np.testing.assert_allclose(score_scenario("class_sensitivity_double", on_a, on_b, masks).values, 0.0)
+    # class-insensitive: the same map for both classes: 1
+    same = on_a + on_b
+    np.testing.assert_allclose(score_scenario("class_sensitivity_double", same, same, masks).values, 1.0)
+    # S_a = 2 on f_a and 1 on f_b, S_b = 1 on f_a and 2 on f_b: min is 1 on 8 pixels; denominator 8 + 8
+    maps_a, maps_b = 2 * on_a + on_b, on_a + 2 * on_b
+    np.testing.assert_allclose(score_scenario("class_sensitivity_double", maps_a, -maps_b, masks).values, 8 / 16)
+
+
+def test_class_sensitivity_single_and_saturation_hand_values():
+    masks = _two_patch_masks(4)
+    scale = np.array([1.0, 2.0, 3.0, 4.0])[:, None, None]
+    outside = ~masks[:, 0]
+    class_a = masks[:, 0] * scale + outside * 1.0  # r_a = (s + ε) / (1 + ε): increasing
+    class_b = masks[:, 0] * 1.0 + outside * scale  # r_b = (1 + ε) / (s + ε): decreasing
+    out = score_scenario("class_sensitivity_single", class_a, class_b, masks)
+    assert not out.per_sample and out.status == ["ok"]
+    np.testing.assert_allclose(out.values, [-1.0])
+    # class-insensitive: the same map for both classes correlates perfectly
+    np.testing.assert_allclose(score_scenario("class_sensitivity_single", class_a, class_a, masks).values, [1.0])
+    # saturation: equal shares on both patches → 1; only one patch (the other's share falls) → −1
+    equal = (masks[:, 0] | masks[:, 1]) * scale
+    np.testing.assert_allclose(score_scenario("saturation", equal, equal * 0, masks).values, [1.0])
+    lopsided = masks[:, 0] * scale + masks[:, 1] * (5.0 - scale)
+    np.testing.assert_allclose(score_scenario("saturation", lopsided, lopsided * 0, masks).values, [-1.0])
+    assert score_scenario("saturation", equal[:2], equal[:2], masks[:2]).status == ["nan"]
+
+
+def test_spearman_uses_average_ranks():
+    np.testing.assert_allclose(spearman([1, 2, 2, 3], [1, 3, 3, 4]), 1.0)
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+# ------------------------------------------------------------------------------------ scoring job
+def test_score_job_skips_failed_candidates_and_scores_every_method_on_every_entry(tmp_path):
+    from attrflow.jobs.axioms import score_axioms
+    from attrflow.report.schema import SCORES
+
+    masks = np.repeat(_two_patch_masks(1), 3, axis=0)
+    write_store(tmp_path / "inputs.zarr", {
+        "ids": np.array(["s0", "s1", "s2"]), "masks": masks, "accepted": np.array([True, False, True]),
+        "iterations": np.array([7, 60, 9]), "targets": np.array([[0, 1], [0, 2], [1, 2]]),
+    }, {"scenario": "null_feature", "model_fingerprint": "m", "code_fingerprint": "c"})
+    maps_a = masks[[0, 2], 0].astype(float)
+    maps_a[1] += masks[2, 1]  # second sample: half on the null patch
+    entry = {"ids": np.array(["s0", "s2"]), "maps_a": maps_a, "maps_b": maps_a}
+    write_store(tmp_path / "g.zarr", {}, {"entries": {"nf": {"applicable": True}}}, groups={"nf": entry})
+    write_store(tmp_path / "eg.zarr", {}, {"entries": {"nf": {"applicable": False, "reason": "needs references"}}},
+                groups={"nf": {"ids": entry["ids"]}})
+    table = score_axioms(inputs_paths=[tmp_path / "inputs.zarr"], maps_paths=[tmp_path / "g.zarr", tmp_path / "eg.zarr"],
+                         out_path=tmp_path / "s.parquet", model_name="m", entries=["nf"],
+                         methods={"g": {"fn": "gradient", "code": "x"}, "eg": {"fn": "expected_gradients", "code": "z"}},
+                         metric_code="y")
+    assert table.schema.equals(SCORES) and pq.read_table(tmp_path / "s.parquet").schema.equals(SCORES)
+    frame = table.to_pandas()
+    rows = frame[frame.method == "g"].set_index("sample_id")
+    assert rows.loc["s0", "value"] == 0.0 and rows.loc["s2", "value"] == 0.5
+    assert rows.loc["s1", "status"] == "skipped" and "not accepted within 60" in rows.loc["s1", "reason"]
+    assert set(frame["dataset"]) == {"axioms/nf"} and set(frame["metric"]) == {"null_feature"}
+    not_applicable = frame[frame.method == "eg"]
+    assert (not_applicable.status == "skipped").all() and len(not_applicable) == 3
+    assert set(not_applicable.method_fn) == {"expected_gradients"}
+
+
+def test_automatic_classes_leave_out_the_background_class_and_respect_the_pool():
+    class GreyIsZero(nn.Module):
+        """The grey background is class 0 (logit 20); colours 1–3 follow their channel's maximum."""
+
+        def forward(self, x):
+            return torch.cat([torch.full((len(x), 1), 20.0), 10.0 * x.amax(dim=(2, 3)) + torch.tensor([3.0, 2.0, 1.0])], 1)
+
+    grey = WrappedModel(GreyIsZero(), num_classes=4).eval()
+    ranked = rank_background_classes(grey, 3, SIZE, torch.Generator().manual_seed(0))
+    assert ranked == [0, 1, 2, 3]
+    gen = torch.Generator().manual_seed(0)
+    drawn = choose_classes(200, ranked, None, None, gen)
+    assert (drawn != 0).all() and (drawn[:, 0] != drawn[:, 1]).all() and set(drawn.flatten().tolist()) == {1, 2, 3}
+    assert set(choose_classes(200, ranked, None, 2, gen).flatten().tolist()) == {1, 2}
+    assert choose_classes(3, ranked, [3, 0], None, gen).tolist() == [[3, 0]] * 3
+
+
+# ------------------------------------------------------------------------------------ config
+@pytest.fixture
+def config() -> dict:
+    cfg = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    cfg["run"]["axioms"] = ["null_feature", "single"]
+    cfg["axioms"] = {"null_feature": {"samples": 2}, "single": {"scenario": "class_sensitivity_single"}}
+    return cfg
+
+
+def test_axiom_config_defaults_follow_the_seed_and_the_input_size(config):
+    checked = validate_config(config, workdir=REPO)
+    chosen = resolve_setting(checked, "cnn", "null_feature")
+    assert chosen["patch_size"] == round(32 * 86 / 224) and chosen["input_size"] == 32
+    assert (chosen["accuracy_threshold"], chosen["independence_threshold"], chosen["warmup"]) == (0.94, 0.14, 300)
+    assert resolve_setting(checked, "cnn", "single")["scenario"] == "class_sensitivity_single"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "key_path", "words"),
+    [
+        (lambda c: c["axioms"]["null_feature"].update(patch_size=40), "axioms.null_feature.patch_size", "larger than"),
+        (lambda c: c["axioms"]["null_feature"].update(patch_size=17), "axioms.null_feature.patch_size", "do not fit"),
+        (lambda c: c["axioms"]["single"].update(accuracy_threshold=1.0), "axioms.single.accuracy_threshold", "maximum"),
+        (lambda c: c["axioms"]["single"].update(independence_threshold=0), "axioms.single.independence_threshold", "minimum"),
+        (lambda c: c["axioms"]["single"].update(classes=[2, 2]), "axioms.single.classes", "differ"),
+        (lambda c: c["axioms"]["single"].update(classes=[0, 9]), "axioms.single.classes", "does not exist"),
+        (lambda c: c["axioms"].update(bogus={}), "axioms.bogus", "unknown scenario"),
+        (lambda c: c["axioms"]["single"].update(class_pool=4), "axioms.single.class_pool", "besides the background"),
+        (lambda c: c["datasets"]["tiny"].update(classes=2) or c["models"].update(
+            one={"kind": "timm", "name": "resnet18", "num_classes": 1, "pretrained": False}) or c["run"]["models"].append("one"),
+         "run.axioms[0]", "two classes"),
+    ],
+)
+def test_bad_axiom_settings_are_rejected_naming_the_key(config, mutate, key_path, words):
+    bad = copy.deepcopy(config)
+    mutate(bad)
+    with pytest.raises(ConfigError) as err:
+        validate_config(bad, workdir=REPO)
+    assert err.value.key_path == key_path and words in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ plan
+def test_one_attribution_job_per_model_and_method_and_one_scoring_job_per_model(config):
+    config["methods"]["xg"]["models"] = ["xcnn"]
+    config["methods"]["ig"]["samples"] = 1  # irrelevant on axiom inputs
+    plan = Plan(validate_config(config, workdir=REPO))
+    assert plan.axiom_methods("cnn") == ["random", "gradient", "ig"]
+    assert plan.axiom_methods("xcnn") == ["random", "gradient", "ig", "xg"]
+    assert len(plan.axiom_pairs()) == 7
+    assert plan.axiom_score_files() == ["results/axioms/cnn/scores.parquet", "results/axioms/xcnn/scores.parquet"]
+    assert plan.axiom_inputs("cnn") == ["results/axioms/cnn/null_feature/inputs.zarr", "results/axioms/cnn/single/inputs.zarr"]
+    assert "results/axioms/xcnn/maps/xg.zarr" in plan.axiom_stores()
+    assert "results/axioms/cnn/maps/xg.zarr" not in plan.axiom_stores()
+    assert "samples" not in plan.method_entry("ig")
+
+
+def test_run_axiom_methods_selects_a_subset_and_may_name_unselected_entries(config):
+    config["run"]["axiom_methods"] = ["gradient", "extra"]
+    config["methods"]["extra"] = {"fn": "gradient"}
+    plan = Plan(validate_config(config, workdir=REPO))
+    assert plan.axiom_pairs() == [(m, me) for m in ("cnn", "xcnn") for me in ("gradient", "extra")]
+    config["run"]["axiom_methods"] = ["nope"]
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, workdir=REPO)
+    assert err.value.key_path == "run.axiom_methods[0]"
+
+
+def test_no_axiom_entries_plan_no_axiom_job(config):
+    config["run"]["axioms"] = []
+    plan = Plan(validate_config(config, workdir=REPO))
+    assert plan.axiom_pairs() == [] and plan.axiom_stores() == [] and plan.axiom_score_files() == []

@@ -1,0 +1,24 @@
+"""Rule attribute_axioms → attrflow.jobs.axioms.attribute_axioms."""
+
+from pathlib import Path
+
+from attrflow.jobs.runtime import job_log, mark_ready
+
+
+def paths(named) -> list[str]:
+    """A named input as a list: Snakemake hands a one-file list over as a bare string."""
+    return [named] if isinstance(named, str) else list(named)
+
+
+with job_log(snakemake.log[0], threads=snakemake.threads):
+    from attrflow.jobs.axioms import attribute_axioms
+
+    mark_ready()
+
+    attribute_axioms(
+        inputs_paths=paths(snakemake.input.inputs),
+        model_dir=Path(snakemake.input.card).parent,
+        out_path=snakemake.output[0],
+        model_name=snakemake.wildcards.model,
+        **dict(snakemake.params.setting),
+    )
