@@ -14,6 +14,8 @@ Toy models whose maps are known in closed form:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import jsonschema
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from attrflow.methods import MethodNotApplicable, call_method, get_method, reduce_channels
+import attrflow.metrics.attack as attack_module
 from attrflow.metrics import MetricInputs, call_metric, get_metric
 from attrflow.metrics.attack import (
     AttackSettings,
@@ -297,11 +300,37 @@ def test_attack_on_a_cnn_changes_maps_keeps_labels_and_is_deterministic():
     first = score("attack_spearman", inputs, spsa_samples=4)
     assert first.status == ["ok"] * 3
     assert (first.values < 1).all() and (first.values > -1).all(), first.values
+    attack_module._LAST_ATTACK.clear()  # recompute from scratch, not from the shared attack
     again = score("attack_spearman", inputs, spsa_samples=4)
     np.testing.assert_array_equal(first.values, again.values)
     topk = score("attack_topk", inputs, spsa_samples=4, k=10)
     assert set(np.round(topk.values * 10, 9)) <= set(range(11))  # multiples of 1/k
     assert {c[0] for c in topk.curves} <= {8 / 255, 4 / 255, 2 / 255, 1 / 255}
+
+
+def test_both_attack_metrics_measure_one_attack_seeded_by_the_job():
+    model, x, t = regular_cnn(), tiny_images(3), tiny_targets(3)
+    calls = []
+    base = explainer("gradient", {}, model)
+
+    def counting(x, target, model=None, **overrides):
+        calls.append(x.shape[0])
+        return base(x, target, model=model, **overrides)
+
+    inputs = make_inputs(model, x, "gradient", targets=t, explain=counting)
+    attack_module._LAST_ATTACK.clear()
+    calls.clear()
+    spearman = score("attack_spearman", inputs, seed=1, spsa_samples=4)
+    spent = len(calls)
+    assert spent > 2  # the maps before and after, and the SPSA probes
+    topk = score("attack_topk", inputs, seed=2, spsa_samples=4)  # another metric generator
+    assert len(calls) == spent, "the second metric reuses the attack"
+    attack_module._LAST_ATTACK.clear()
+    alone = score("attack_topk", inputs, seed=3, spsa_samples=4)
+    np.testing.assert_array_equal(alone.values, topk.values)  # whichever runs first
+    attack_module._LAST_ATTACK.clear()
+    reseeded = score("attack_spearman", replace(inputs, seed=7), spsa_samples=4)
+    assert not np.array_equal(reseeded.values, spearman.values)  # the job's seed drives SPSA
 
 
 def test_attack_lowers_the_top_k_share_on_a_smooth_model():

@@ -50,6 +50,9 @@ class MetricInputs:
     # like the stored ones; `model` swaps the network, overrides replace method parameters.
     explain: Callable[..., torch.Tensor] | None = None
     method_params: dict[str, Any] = field(default_factory=dict)
+    # The job's seed, for randomness several metrics must share (the attack of attack_spearman
+    # and attack_topk); each metric's own randomness comes from its `generator`.
+    seed: int = 0
 
     @property
     def n(self) -> int:
