@@ -8,6 +8,7 @@ from snakemake.utils import min_version
 min_version("9.19")
 
 
+# The embedded default; `--configfile other.yaml` replaces it (see rules/common.smk).
 configfile: "config.yaml"
 
 
@@ -16,10 +17,14 @@ include: "rules/data.smk"
 include: "rules/models.smk"
 include: "rules/attribution.smk"
 include: "rules/metrics.smk"
+include: "rules/axioms.smk"
 include: "rules/report.smk"
+include: "rules/roar.smk"
+include: "rules/probes.smk"
 
 
 rule all:
     default_target: True
     input:
         final_outputs(),
+        probe_report_outputs(),

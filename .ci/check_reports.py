@@ -11,6 +11,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from attrflow.config import validate_config  # noqa: E402
+from attrflow.plan import Plan  # noqa: E402
+
 
 def main(workdir: Path, config_path: Path) -> None:
     config = yaml.safe_load(config_path.read_text())
@@ -18,8 +22,12 @@ def main(workdir: Path, config_path: Path) -> None:
     reports = workdir / "results" / "reports"
     scores = pd.read_parquet(reports / "scores.parquet")
     summary = pd.read_parquet(reports / "summary.parquet")
-    n_samples = sum(config["datasets"][d].get("n_test", 0) for d in run["datasets"])
-    expected = n_samples * len(run["models"]) * len(run["methods"]) * len(run["metrics"])
+    plan = Plan(validate_config(config, workdir=workdir))
+    expected = sum(
+        plan.scored_samples(d, method, metric)
+        for d, _, method in plan.triples()
+        for metric in run["metrics"]
+    )
     keys = ["dataset", "model", "method", "metric", "sample_id"]
     problems = []
     if len(scores) != expected:
@@ -28,7 +36,8 @@ def main(workdir: Path, config_path: Path) -> None:
         problems.append("scores.parquet has duplicate (dataset, model, method, metric, sample) rows")
     if not (scores["status"] == "ok").any():
         problems.append("no score has status ok")
-    if len(summary) != len(run["models"]) * len(run["methods"]) * len(run["metrics"]) * len(run["datasets"]):
+    groups = sum(plan.scored_samples(d, me, mt) > 0 for d, _, me in plan.triples() for mt in run["metrics"])
+    if len(summary) != groups:
         problems.append(f"summary.parquet has {len(summary)} rows")
     if not (reports / "summary.md").read_text().startswith("# attrflow summary"):
         problems.append("summary.md is not the report")

@@ -1,3 +1,4 @@
+import copy
 import sys
 from pathlib import Path
 
@@ -6,6 +7,12 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from attrflow.config import ConfigError, validate_config
 from attrflow.plan import Plan, workdir_path
 from attrflow.store import quarantine_if_damaged
+
+# A config given with --configfile replaces the embedded default instead of being merged into it
+# key by key (Snakemake's default): otherwise config.yaml's selections and `models:` limits would
+# leak into config/imagenet.yaml. --config overrides still apply on top.
+if workflow.overwrite_configfiles:
+    config = copy.deepcopy(workflow.config_settings.overwrite_config)
 
 try:
     config = validate_config(config, workdir=Path.cwd())
@@ -33,7 +40,7 @@ for _store, _range in PLAN.attribution_stores_with_ranges(RESULTS):
 wildcard_constraints:
     dataset="[A-Za-z0-9_.-]+",
     model="[A-Za-z0-9_.-]+",
-    references="train_pool|lpi",
+    references="train_pool|lpi|feature_stats",
     method="[A-Za-z0-9_.-]+",
     metric="[A-Za-z0-9_.-]+",
     shard="[0-9]+",
@@ -49,6 +56,8 @@ def final_outputs():
         f"{RESULTS}/reports/costs.parquet",
         *PLAN.sample_stores(RESULTS),
         *PLAN.attribution_stores(RESULTS),
+        *PLAN.roar_outputs(RESULTS),
+        *PLAN.axiom_stores(RESULTS),
     ]
 
 
@@ -113,13 +122,15 @@ def attribute_params(wildcards):
         "entry": PLAN.method_entry(wildcards.method),
         "code": PLAN.method_fingerprint(wildcards.method),
         "dataset_spec": PLAN.shard_dataset_spec(wildcards.dataset),
-        "sample_range": PLAN.shard_range(wildcards.dataset, int(wildcards.shard)),
+        "sample_range": PLAN.shard_range(
+            wildcards.dataset, int(wildcards.shard), wildcards.method
+        ),
         **PLAN.runtime(),
     }
 
 
 def score_inputs(wildcards):
-    shards = PLAN.shards(wildcards.dataset)
+    shards = PLAN.shards(wildcards.dataset, wildcards.method)
     kind = PLAN.method_references(wildcards.method)
     extra = (
         {"references": references_store(wildcards.dataset, wildcards.model, kind)}
@@ -144,8 +155,8 @@ def score_params(wildcards):
         "method": wildcards.method,
         "method_entry": PLAN.method_entry(wildcards.method),
         "method_code": PLAN.method_fingerprint(wildcards.method),
-        "metrics": PLAN.metric_entries(),
-        "metrics_code": PLAN.metric_fingerprints(),
+        "metrics": PLAN.metric_entries(wildcards.method),
+        "metrics_code": PLAN.metric_fingerprints(wildcards.method),
         **PLAN.runtime(),
     }
 
@@ -174,3 +185,46 @@ def score_outputs():
 # Jobs that run models claim the `gpu` resource only when they will really use a GPU, so a
 # CPU-only machine runs them in parallel while a workstation caps them at its GPU count.
 GPU_PER_JOB = PLAN.gpu_per_job()
+
+
+# Baseline-bias probes: requested only when a selected `corrupted` dataset has its clean base
+# selected too.
+def probe_report_outputs():
+    if not PLAN.corrupted_datasets():
+        return []
+    return [
+        f"{RESULTS}/reports/probes.md",
+        f"{RESULTS}/reports/probes.parquet",
+        f"{RESULTS}/reports/probes_bias.parquet",
+    ]
+
+
+# Axiom synthesis (rules/axioms.smk)
+def synthesize_axioms_params(wildcards):
+    return {
+        "entry": wildcards.scenario,
+        "setting": PLAN.axiom_setting(wildcards.model, wildcards.scenario),
+        "code": PLAN.axioms_code["synthesis"],
+        **PLAN.runtime(),
+    }
+
+
+def attribute_axioms_params(wildcards):
+    return {
+        "entries": PLAN.axiom_entries(),
+        "method": wildcards.method,
+        "method_entry": PLAN.method_entry(wildcards.method),
+        "code": PLAN.method_fingerprint(wildcards.method),
+        **PLAN.runtime(),
+    }
+
+
+def score_axioms_params(wildcards):
+    return {
+        "entries": PLAN.axiom_entries(),
+        "methods": {
+            me: {"fn": PLAN.method_entry(me)["fn"], "code": PLAN.method_fingerprint(me)}
+            for me in PLAN.axiom_methods(wildcards.model)
+        },
+        "metric_code": PLAN.axioms_code["metrics"],
+    }

@@ -24,11 +24,22 @@ from attrflow.catalog import catalog
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
-GENERIC_METHOD_KEYS = {"fn", "keep_channels"}
-GENERIC_METRIC_KEYS = {"fn"}
-def dataset_provides(spec: dict) -> set[str]:
-    """What a dataset entry can give to metrics (`requires=[...]`) and methods (`references=...`)."""
+# Keys every entry may carry besides its function's parameters: how maps are stored, how many
+# samples a costly entry is limited to (the first N, so results stay comparable across entries),
+# which of the selected models and datasets a method runs on, and which methods a metric scores.
+GENERIC_METHOD_KEYS = {"fn", "keep_channels", "samples", "models", "datasets"}
+GENERIC_METRIC_KEYS = {"fn", "samples", "methods"}
+def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
+    """What a dataset entry can give to metrics (`requires=[...]`) and methods (`references=...`).
+
+    A `corrupted` entry provides what its base does: `of` is the base's spec, or its name in
+    the `datasets` catalogue.
+    """
     kind = spec["kind"]
+    if kind == "corrupted":
+        base = spec["of"] if isinstance(spec["of"], dict) else (datasets or {})[spec["of"]]
+        provided = dataset_provides(base, datasets)
+        return provided - {"train_split"} if spec.get("train") == "none" else provided
     if kind == "synthetic_shapes":
         return {"masks", "train_split"}
     if kind == "cifar":
@@ -102,6 +113,24 @@ def _check_selection(config: dict) -> None:
     for i, name in enumerate(run.get("axioms", [])):
         if name not in config.get("axioms", {}):
             raise ConfigError(f"run.axioms[{i}]", f"{name!r} is not an entry of 'axioms'")
+    for i, name in enumerate(run.get("axiom_methods", [])):
+        if name not in config["methods"]:
+            raise ConfigError(f"run.axiom_methods[{i}]", f"{name!r} is not an entry of 'methods'")
+    for i, name in enumerate(run.get("axiom_models", [])):
+        if name not in run["models"]:
+            raise ConfigError(f"run.axiom_models[{i}]", f"{name!r} is not selected in run.models")
+    for name in run["metrics"]:
+        for i, method in enumerate(config["metrics"][name].get("methods", [])):
+            if method not in config["methods"]:
+                raise ConfigError(f"metrics.{name}.methods[{i}]", f"{method!r} is not an entry of 'methods'")
+    for name in run["methods"]:
+        for family in ("models", "datasets"):
+            for i, chosen in enumerate(config["methods"][name].get(family, [])):
+                if chosen not in run[family]:
+                    raise ConfigError(
+                        f"methods.{name}.{family}[{i}]",
+                        f"{chosen!r} is not selected in run.{family} ({', '.join(run[family])})",
+                    )
     for name, spec in config["models"].items():
         ds = spec.get("dataset")
         if ds is not None and ds not in config["datasets"]:
@@ -114,7 +143,7 @@ def _check_requirements(config: dict) -> None:
         needs = set(registered[config["metrics"][metric]["fn"]].options.get("requires", []))
         for dataset in config["run"]["datasets"]:
             spec = config["datasets"][dataset]
-            missing = needs - dataset_provides(spec)
+            missing = needs - dataset_provides(spec, config["datasets"])
             if missing:
                 raise ConfigError(
                     f"run.metrics[{i}]",
@@ -127,7 +156,7 @@ def _check_requirements(config: dict) -> None:
         if kind is None:
             continue
         for dataset in config["run"]["datasets"]:
-            if "train_split" not in dataset_provides(config["datasets"][dataset]):
+            if "train_split" not in dataset_provides(config["datasets"][dataset], config["datasets"]):
                 raise ConfigError(
                     f"run.methods[{i}]",
                     f"method {method!r} draws {kind!r} references from a train split, which dataset "
@@ -146,6 +175,61 @@ def _check_lpi_layout(config: dict) -> None:
             )
 
 
+def _check_corrupted_datasets(config: dict) -> None:
+    """A `corrupted` entry's `of` names an entry that is not itself corrupted (no chains, no cycles)."""
+    for name, spec in config["datasets"].items():
+        if spec["kind"] != "corrupted":
+            continue
+        base = spec["of"]
+        if base not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"]))
+            raise ConfigError(f"datasets.{name}.of", f"{base!r} is not an entry of 'datasets' (have: {known})")
+        if config["datasets"][base]["kind"] == "corrupted":
+            raise ConfigError(
+                f"datasets.{name}.of",
+                f"{base!r} is itself corrupted; name the clean entry it corrupts ({config['datasets'][base]['of']!r})",
+            )
+
+
+def _check_roar(config: dict) -> None:
+    """ROAR names existing method entries with a random control, selected models, train splits."""
+    from attrflow.plan import fraction_label
+
+    roar = config.get("roar")
+    if not roar:
+        return
+    for i, method in enumerate(roar["methods"]):
+        if method not in config["methods"]:
+            raise ConfigError(f"roar.methods[{i}]", f"{method!r} is not an entry of 'methods'")
+    if not any(config["methods"][m]["fn"] == "random_attribution" for m in roar["methods"]):
+        raise ConfigError(
+            "roar.methods",
+            "no random_attribution entry: ROAR needs the random-map control (e.g. add 'random' "
+            "with fn: random_attribution to methods and to roar.methods)",
+        )
+    for i, model in enumerate(roar.get("models", [])):
+        if model not in config["run"]["models"]:
+            raise ConfigError(f"roar.models[{i}]", f"{model!r} is not selected in run.models")
+    for dataset in config["run"]["datasets"]:
+        if "train_split" not in dataset_provides(config["datasets"][dataset]):
+            raise ConfigError(
+                "roar",
+                f"dataset {dataset!r} has no train split to retrain on (an image_folder needs train_root)",
+            )
+    labels = [fraction_label(f) for f in roar["fractions"]]
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise ConfigError(f"roar.fractions[{i}]", f"{roar['fractions'][i]} equals an earlier fraction to 6 decimals")
+
+
+def _check_axioms(config: dict) -> None:
+    """Axiom entries must be able to run on every selected model (two classes, patches that fit)."""
+    from attrflow.axioms.settings import axiom_problems
+
+    for key, message in axiom_problems(config):
+        raise ConfigError(key, message)
+
+
 def _check_paths(config: dict, workdir: Path) -> None:
     run = config["run"]
     datasets = set(run["datasets"])
@@ -155,6 +239,8 @@ def _check_paths(config: dict, workdir: Path) -> None:
             datasets.add(spec["dataset"])
         if "checkpoint" in spec:
             _must_exist(workdir, spec["checkpoint"], f"models.{name}.checkpoint", file=True)
+    # A corrupted variant reads its base entry's files.
+    datasets.update(config["datasets"][d]["of"] for d in list(datasets) if config["datasets"][d]["kind"] == "corrupted")
     for name in sorted(datasets):
         spec = config["datasets"][name]
         for key in ("root", "train_root"):
@@ -180,10 +266,13 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     checked = copy.deepcopy(config)
     _check(checked, load_schema(schema_path), [])
     _check_selection(checked)
+    _check_corrupted_datasets(checked)
     _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
     _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
     _check_requirements(checked)
     _check_lpi_layout(checked)
+    _check_axioms(checked)
+    _check_roar(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
     return checked
 

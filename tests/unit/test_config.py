@@ -11,11 +11,19 @@ import yaml
 from attrflow.config import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[2]
+N_METHODS = len(yaml.safe_load((REPO / "config.yaml").read_text())["run"]["methods"])
 
 
 @pytest.fixture
 def config() -> dict:
     return yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+@pytest.fixture
+def small(config) -> dict:
+    """config.yaml's catalogues with a small selection, for tests that change the selection."""
+    config["run"] = {"datasets": ["shapes"], "models": ["shapes_cnn"], "methods": ["gradient", "ig_black"], "metrics": ["deletion"]}
+    return config
 
 
 def test_default_config_is_valid_and_gets_defaults(config):
@@ -31,7 +39,7 @@ def test_default_config_is_valid_and_gets_defaults(config):
 @pytest.mark.parametrize(
     ("mutate", "key_path", "words"),
     [
-        (lambda c: c["run"]["methods"].append("no_such_method"), "run.methods[5]", "not an entry"),
+        (lambda c: c["run"]["methods"].append("no_such_method"), f"run.methods[{N_METHODS}]", "not an entry"),
         (lambda c: c["methods"]["ig_black"].update(steps=-3), "methods.ig_black.steps", "minimum"),
         (lambda c: c["methods"]["ig_black"].update(stpes=3), "methods.ig_black", "stpes"),
         (lambda c: c["methods"]["ig_black"].update(fn="integrated_gradientz"), "methods.ig_black.fn", "unknown function"),
@@ -53,8 +61,8 @@ def test_bad_values_name_their_key(config, mutate, key_path, words):
     assert f"'{key_path}'" in str(err.value) or not key_path
 
 
-def test_missing_dataset_path_names_the_key(config, tmp_path):
-    bad = copy.deepcopy(config)
+def test_missing_dataset_path_names_the_key(small, tmp_path):
+    bad = copy.deepcopy(small)
     bad["datasets"]["folder"] = {"kind": "image_folder", "root": str(tmp_path / "missing")}
     bad["run"]["datasets"] = ["folder"]
     with pytest.raises(ConfigError) as err:
@@ -69,8 +77,8 @@ def test_unselected_entries_may_point_to_absent_files(config, tmp_path):
     validate_config(fine, workdir=tmp_path)
 
 
-def test_missing_checkpoint_names_the_key(config, tmp_path):
-    bad = copy.deepcopy(config)
+def test_missing_checkpoint_names_the_key(small, tmp_path):
+    bad = copy.deepcopy(small)
     bad["models"]["r18"] = {"kind": "timm", "name": "resnet18", "checkpoint": "nope.safetensors"}
     bad["run"]["models"] = ["r18"]
     with pytest.raises(ConfigError) as err:

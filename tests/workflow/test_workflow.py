@@ -18,25 +18,42 @@ from harness import TINY_CONFIG, Workflow, copy_workflow
 pytestmark = [pytest.mark.workflow, pytest.mark.slow]
 
 
+def expected_score_rows(config: dict) -> int:
+    """One row per (model, method, metric, sample); entries with `samples:` cover a prefix only."""
+    n = config["datasets"]["tiny"]["n_test"]
+    run = config["run"]
+
+    def scored(method: str, metric: str) -> int:
+        if method not in config["metrics"][metric].get("methods", [method]):
+            return 0
+        limits = [config["methods"][method].get("samples"), config["metrics"][metric].get("samples")]
+        return min([n, *(k for k in limits if k)])
+
+    return len(run["models"]) * sum(scored(me, mt) for me in run["methods"] for mt in run["metrics"])
+
+
 def test_a_outputs_and_one_row_per_sample_method_metric(finished_run: Workflow):
     reports = finished_run.workdir / "results" / "reports"
     for name in ("scores.parquet", "summary.parquet", "summary.md"):
         assert (reports / name).is_file(), name
     scores = pd.read_parquet(reports / "scores.parquet")
     run = TINY_CONFIG["run"]
-    n = TINY_CONFIG["datasets"]["tiny"]["n_test"]
-    assert len(scores) == n * len(run["models"]) * len(run["methods"]) * len(run["metrics"])
+    assert len(scores) == expected_score_rows(TINY_CONFIG)
+    ig_deletion = scores[(scores.method == "ig") & (scores.metric == "deletion") & (scores.model == "cnn")]
+    assert sorted(ig_deletion.sample_id) == sorted(scores.sample_id.unique())[:10]
+    assert (scores[scores.metric == "mufidelity"].groupby(["model", "method"]).size() == 8).all()
     keys = ["dataset", "model", "sample_id", "method", "metric"]
     assert not scores.duplicated(keys).any()
     # X-Gradient on the network with biases is reported as skipped, never as numbers
     xg_cnn = scores[(scores.method == "xg") & (scores.model == "cnn")]
     assert (xg_cnn.status == "skipped").all() and xg_cnn.reason.str.contains("X-DNN").all()
-    # completeness is scored only for methods that claim it
+    # completeness scores only the methods its entry names, and is skipped where they claim nothing
     comp = scores[scores.metric == "completeness"]
-    assert (comp[comp.method.isin(["random", "gradient"])].status == "skipped").all()
+    assert set(comp.method) == {"ig", "xg"}
     assert (comp[(comp.method == "ig")].status == "ok").all()
+    assert (comp[(comp.method == "xg") & (comp.model == "cnn")].status == "skipped").all()
     summary = pd.read_parquet(reports / "summary.parquet")
-    assert len(summary) == len(run["models"]) * len(run["methods"]) * len(run["metrics"])
+    assert len(summary) == len(run["models"]) * (len(run["methods"]) * len(run["metrics"]) - 2)
     text = (reports / "summary.md").read_text()
     assert "## deletion ↓" in text and "| ig |" in text
     for store in (finished_run.workdir / "results" / "attributions").rglob("shard-*.zarr"):
@@ -117,7 +134,7 @@ def test_e_killed_run_resumes_and_never_trusts_half_written_stores(tmp_path):
     wf.snakemake("--unlock")
     wf.snakemake()
     scores = pd.read_parquet(wf.workdir / "results" / "reports" / "scores.parquet")
-    assert len(scores) == 12 * 2 * 4 * 4
+    assert len(scores) == expected_score_rows(TINY_CONFIG)
     for store in (wf.workdir / "results" / "attributions").rglob("shard-*.zarr"):
         assert verify_store(store) == []
 

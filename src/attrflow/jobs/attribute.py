@@ -24,7 +24,7 @@ from attrflow.methods import MethodNotApplicable, call_method, get_method, reduc
 from attrflow.store import write_store
 
 LOG = logging.getLogger("attrflow")
-ENTRY_KEYS = ("fn", "keep_channels")
+ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets")
 # Samples handed to a method per call. Methods batch their own steps/noise/references up to
 # `max_batch` model inputs inside a call; this only bounds host memory and paces the progress log.
 SAMPLES_PER_CALL = 64
@@ -70,13 +70,15 @@ def attribute_shard(
     target: str,
     dataset_spec: dict[str, Any] | None = None,
     references_path: str | Path | None = None,
+    split: str = "eval",
 ) -> Path:
+    """Maps of samples [start, stop) of `split`: the eval split's shards, or (ROAR) a train split."""
     from attrflow.models.loading import load_model
 
     started = time.perf_counter()
     dev = resolve_device(device)
     start, stop = (int(v) for v in sample_range)
-    samples = read_samples(samples_path, "eval", start, stop)
+    samples = read_samples(samples_path, split, start, stop)
     if len(samples) != stop - start:
         raise ValueError(
             f"{samples_path} holds {len(samples)} samples in [{start}, {stop}); the dataset is "
@@ -87,7 +89,9 @@ def attribute_shard(
     info = get_method(entry["fn"])
     params = method_params(entry)
     keep_channels = bool(entry.get("keep_channels", False))
-    gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, shard))
+    # Eval shards keep their original seed derivation; another split gets its own stream.
+    identity = (shard,) if split == "eval" else (split, shard)
+    gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, *identity))
     references = reference_weights = None
     if info.references is not None:
         from attrflow.jobs.references import load_references
@@ -117,6 +121,7 @@ def attribute_shard(
         "dataset_spec": dataset_spec or {},
         "shard": int(shard),
         "sample_range": [start, stop],
+        "split": split,
         "target": target,
         "target_output": "logit",
         "seed": int(seed),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ from attrflow.store import StoreError, open_store
 LOG = logging.getLogger("attrflow")
 # Samples per metric call: metrics batch their perturbed copies up to `max_batch` inside.
 SAMPLES_PER_CALL = 32
+# Keys of a metric entry that are not the metric function's parameters.
+METRIC_ENTRY_KEYS = ("fn", "samples")
 
 
 class ShardMaps:
@@ -94,47 +98,91 @@ def score_method(
         from attrflow.jobs.references import load_references
 
         references = load_references(references_path, dev)
-    explain = _explainer(method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references)
-
+    context = ScoringContext(
+        model=net,
+        images=images,
+        maps=maps,
+        targets=targets,
+        labels=labels,
+        masks=masks,
+        diagnostics=diags,
+        ids=samples.ids,
+        method=method,
+        method_entry=method_entry,
+        shards=shards,
+        explain=_explainer(method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references),
+        max_batch=max_batch,
+        seed=derive_seed(seed, dataset, model, method),
+    )
+    for metric, path in out_paths.items():
+        if metric not in metrics:  # the metric's `methods:` leaves this method out: no rows
+            write_table(SCORES.empty_table(), path)
+            LOG.info("%s: not selected for method %s", metric, method)
     for metric, entry in metrics.items():
         info = get_metric(entry["fn"])
-        params = {k: v for k, v in entry.items() if k != "fn"}
+        params = {k: v for k, v in entry.items() if k not in METRIC_ENTRY_KEYS}
+        # A limited metric scores the first N samples only (a prefix, like a limited method).
+        n = min(len(shards.ids), entry.get("samples") or len(shards.ids))
         if not shards.applicable:
-            output = MetricOutput.skipped(len(shards.ids), f"method not applicable: {shards.reason}")
+            output = MetricOutput.skipped(n, f"method not applicable: {shards.reason}")
         else:
-            output = _score_batches(
-                info, params, net, images, maps, targets, labels, masks, diags, samples.ids,
-                method, method_entry, shards, explain, dev, derive_seed(seed, dataset, model, method, metric), max_batch,
-            )
-        table = _rows(output, dataset, model, method, metric, info, entry, shards, targets, method_code, metrics_code[metric])
+            output = _score_batches(context, n, info, params, derive_seed(seed, dataset, model, method, metric))
+        table = _rows(output, n, dataset, model, method, metric, info, entry, shards, method_code, metrics_code[metric])
         write_table(table, out_paths[metric])
         ok = np.array(output.status) == "ok"
         LOG.info("%s: %d ok, mean %.4f", metric, ok.sum(), np.nanmean(output.values[ok]) if ok.any() else float("nan"))
 
 
-def _score_batches(info, params, net, images, maps, targets, labels, masks, diags, ids, method, method_entry, shards, explain, dev, seed, max_batch):
+@dataclass(frozen=True)
+class ScoringContext:
+    """What every metric of one score job reads: the samples, their maps and the model."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    maps: torch.Tensor | None
+    targets: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    diagnostics: dict[str, torch.Tensor]
+    ids: list[str]
+    method: str
+    method_entry: dict[str, Any]
+    shards: ShardMaps
+    explain: Callable[..., torch.Tensor]
+    max_batch: int
+    seed: int
+
+    def inputs(self, lo: int, hi: int) -> MetricInputs:
+        return MetricInputs(
+            model=self.model,
+            images=self.images[lo:hi],
+            maps=self.maps[lo:hi],
+            targets=self.targets[lo:hi],
+            labels=self.labels[lo:hi],
+            ids=self.ids[lo:hi],
+            masks=self.masks[lo:hi] if self.masks is not None else None,
+            diagnostics={k: v[lo:hi] for k, v in self.diagnostics.items()},
+            method=self.method,
+            method_fn=self.shards.method_fn,
+            method_claims_completeness=self.shards.claims_completeness,
+            explain=self.explain,
+            method_params=method_params(self.method_entry),
+            seed=self.seed,
+        )
+
+
+def _score_batches(context: ScoringContext, n: int, info, params: dict[str, Any], seed: int) -> MetricOutput:
+    """One metric over the first ``n`` samples, in calls of `SAMPLES_PER_CALL`."""
     values, curves, status, reasons = [], [], [], []
     any_curve = False
-    for lo in range(0, images.shape[0], SAMPLES_PER_CALL):
-        hi = min(lo + SAMPLES_PER_CALL, images.shape[0])
-        inputs = MetricInputs(
-            model=net,
-            images=images[lo:hi],
-            maps=maps[lo:hi],
-            targets=targets[lo:hi],
-            labels=labels[lo:hi],
-            ids=ids[lo:hi],
-            masks=masks[lo:hi] if masks is not None else None,
-            diagnostics={k: v[lo:hi] for k, v in diags.items()},
-            method=method,
-            method_fn=shards.method_fn,
-            method_claims_completeness=shards.claims_completeness,
-            explain=explain,
-            method_params=method_params(method_entry),
-        )
+    device = context.images.device
+    nonfinite_maps = context.diagnostics.get("nonfinite")
+    for lo in range(0, n, SAMPLES_PER_CALL):
+        hi = min(lo + SAMPLES_PER_CALL, n)
         # Seeded per batch position: the same config gives the same subsets and noise.
-        out = call_metric(info, inputs, params, generator=generator_for(dev, seed + lo), max_batch=max_batch)
-        nonfinite_maps = diags.get("nonfinite")
+        out = call_metric(
+            info, context.inputs(lo, hi), params, generator=generator_for(device, seed + lo), max_batch=context.max_batch
+        )
         if nonfinite_maps is not None:
             for i, bad in enumerate(nonfinite_maps[lo:hi].tolist()):
                 if bad:
@@ -177,16 +225,15 @@ def _explainer(method_entry, net, max_batch, seed, references=None):
     return explain
 
 
-def _rows(output, dataset, model, method, metric, info, entry, shards, targets, method_code, metric_code) -> pa.Table:
-    n = len(shards.ids)
+def _rows(output, n, dataset, model, method, metric, info, entry, shards, method_code, metric_code) -> pa.Table:
     curves = output.curves or [None] * n
     columns = {
         "dataset": [dataset] * n,
         "model": [model] * n,
         "method": [method] * n,
         "metric": [metric] * n,
-        "sample_id": list(shards.ids),
-        "target": targets.cpu().numpy().astype(np.int64),
+        "sample_id": list(shards.ids[:n]),
+        "target": shards.targets[:n].astype(np.int64),
         "value": output.values,
         "curve": [None if c is None else np.asarray(c, dtype=np.float64).tolist() for c in curves],
         "status": list(output.status),

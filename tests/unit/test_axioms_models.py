@@ -1,0 +1,119 @@
+"""Axiom synthesis on registry models at input sizes other than 64 and 224: the embedded CNN, a
+timm ResNet and a timm ViT, through the same job functions the workflow calls.
+
+The models have random weights and the runs a handful of iterations, so nothing here is about
+acceptance being reachable; what is checked is that every shape follows the model's input size
+(patch side, boxes, masks, residuals, iteration counts), that candidates which miss the
+thresholds are flagged, and that maps of a gradient and a CAM method come out of
+`attribute_axioms` for what `synthesize_axioms` stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attrflow.axioms.settings import SCENARIOS, SEED_PATCH_FRACTION, resolve_setting
+from attrflow.jobs.axioms import attribute_axioms, synthesize_axioms
+from attrflow.models import WrappedModel
+from attrflow.models.loading import build_architecture, default_cam_layer, save_model
+from attrflow.store import open_store
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+CLASSES = 4
+
+# (architecture as a card records it, input side, scenario): sides that are neither 64 nor 224,
+# one of them odd, and one ViT whose side is not a multiple of its 16 px token size.
+MODELS = {
+    "small_cnn": ({"library": "attrflow", "name": "small_cnn", "kwargs": {"num_classes": CLASSES, "width": 8}},
+                  37, "null_feature"),
+    "timm_resnet": ({"library": "timm", "name": "resnet10t", "kwargs": {"num_classes": CLASSES}},
+                    45, "class_sensitivity_double"),
+    "timm_vit": ({"library": "timm", "name": "vit_tiny_patch16_224",
+                  "kwargs": {"num_classes": CLASSES, "img_size": 40, "depth": 2}},
+                 40, "saturation"),
+}
+
+
+def _model_dir(tmp_path: Path, name: str, architecture: dict, size: int) -> Path:
+    """A saved model as `prepare_model` leaves it: weights plus a card that `load_model` rebuilds."""
+    torch.manual_seed(0)
+    net = build_architecture(architecture)
+    model = WrappedModel(net, num_classes=CLASSES, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         cam_layer=default_cam_layer(net), name=name)
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, size, size)).shape == (1, CLASSES)
+    card = {"name": name, "kind": architecture["library"], "architecture": architecture, "num_classes": CLASSES,
+            "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "cam_layer": model.cam_layer, "is_x_dnn": False}
+    out = tmp_path / name
+    save_model(model, card, out)
+    return out
+
+
+def _setting(scenario: str, size: int, **overrides) -> dict:
+    """The entry's complete setting, the input side coming from the model's dataset (its crop)."""
+    config = {
+        "models": {"m": {"kind": "timm", "dataset": "d"}},
+        "datasets": {"d": {"kind": "image_folder", "crop": size}},
+        "axioms": {scenario: {"samples": 2, "batch": 2, "iterations": 3, "warmup": 1, "check_after": 1,
+                              "prior_width": 8, "max_candidates": 2, **overrides}},
+    }
+    return resolve_setting(config, "m", scenario)
+
+
+def _synthesize(model_dir: Path, out: Path, name: str, setting: dict) -> object:
+    synthesize_axioms(model_dir=model_dir, out_path=out, model_name=name, entry=setting["scenario"], setting=setting,
+                      code="test", device="cpu", seed=0, max_batch=64)
+    return open_store(out)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_synthesis_and_maps_follow_the_models_input_size(tmp_path, name):
+    torch.set_num_threads(1)
+    architecture, size, scenario_name = MODELS[name]
+    scenario = SCENARIOS[scenario_name]
+    model_dir = _model_dir(tmp_path, name, architecture, size)
+    patch = round(size * SEED_PATCH_FRACTION)
+
+    # The seed's thresholds are out of reach in three iterations: both candidates fail, flagged.
+    strict = _setting(scenario_name, size)
+    assert strict["input_size"] == size and strict["patch_size"] == patch
+    failed = _synthesize(model_dir, tmp_path / "strict.zarr", name, strict)
+    assert not failed["accepted"][:].any() and (failed["iterations"][:] == strict["iterations"]).all()
+    assert dict(failed.attrs)["failed"] == 2 and dict(failed.attrs)["accepted"] == 0
+
+    # Thresholds every candidate meets at once: accepted samples, which the maps are computed on.
+    lenient = _setting(scenario_name, size, accuracy_threshold=0.01, independence_threshold=0.999)
+    store = _synthesize(model_dir, tmp_path / "lenient.zarr", name, lenient)
+    m, k, constraints = 2, scenario.patches, len(scenario.constraints)
+    assert store["accepted"][:].all() and (store["iterations"][:] == lenient["check_after"]).all()
+    assert store["inputs"].shape == (m, 3, size, size) and store["backgrounds"].shape == (m, 3, size, size)
+    assert store["patches"].shape == (m, k, 3, patch, patch)
+    assert store["residuals"].shape == (m, constraints) and store["relative_change"].shape == (m, constraints)
+    assert store["coalition_logits"].shape == (m, 2**k, 2) and store["own_probability"].shape == (m, k)
+    assert store["iterations"].shape == (m,) and store["targets"].shape == (m, 2)
+    boxes, masks = store["boxes"][:], store["masks"][:]
+    assert boxes.min() >= 0 and boxes.max() <= size - patch
+    assert masks.shape == (m, k, size, size) and (masks.sum(axis=(2, 3)) == patch**2).all()
+    if k == 2:
+        assert not (masks[:, 0] & masks[:, 1]).any()
+    inputs, patches = store["inputs"][:], store["patches"][:]
+    for i in range(k):  # the explained input carries each patch in its box
+        top, left = boxes[0, i]
+        np.testing.assert_array_equal(inputs[0, :, top : top + patch, left : left + patch], patches[0, i])
+
+    for method, entry in (("gradient", {"fn": "gradient"}), ("gradcam", {"fn": "gradcam", "layer": "default"})):
+        out = tmp_path / f"{method}.zarr"
+        attribute_axioms(inputs_paths=[tmp_path / "lenient.zarr"], entries=[scenario_name], model_dir=model_dir,
+                         out_path=out, model_name=name, method=method, method_entry=entry, code="test", device="cpu",
+                         seed=0, max_batch=64)
+        maps = open_store(out)
+        assert dict(maps.attrs)["entries"][scenario_name]["applicable"], (name, method)
+        for column in ("maps_a", "maps_b"):
+            values = maps[scenario_name][column][:]
+            assert values.shape == (m, size, size) and np.isfinite(values).all(), (name, method, column)
+            assert np.abs(values).sum() > 0, (name, method, column)
