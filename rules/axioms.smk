@@ -30,6 +30,7 @@ rule synthesize_axioms:
 
 rule attribute_axioms:
     input:
+        unpack(axiom_references),
         **model_files("{model}"),
         inputs=lambda wildcards: PLAN.axiom_inputs(wildcards.model, RESULTS),
     output:

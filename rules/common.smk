@@ -209,6 +209,16 @@ def synthesize_axioms_params(wildcards):
     }
 
 
+def axiom_references(wildcards):
+    # Methods with a reference set (EG, LPI, DeepSHAP, IBA) draw it from the model's training
+    # dataset: axiom inputs belong to no dataset of their own.
+    kind = PLAN.method_references(wildcards.method)
+    dataset = PLAN.model_dataset(wildcards.model)
+    if kind and dataset:
+        return {"references": references_store(dataset, wildcards.model, kind)}
+    return {}
+
+
 def attribute_axioms_params(wildcards):
     return {
         "entries": PLAN.axiom_entries(),

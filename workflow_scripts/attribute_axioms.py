@@ -20,5 +20,6 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
         model_name=snakemake.wildcards.model,
+        references_path=snakemake.input.get("references"),
         **dict(snakemake.params.setting),
     )

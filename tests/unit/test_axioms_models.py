@@ -117,3 +117,40 @@ def test_synthesis_and_maps_follow_the_models_input_size(tmp_path, name):
             values = maps[scenario_name][column][:]
             assert values.shape == (m, size, size) and np.isfinite(values).all(), (name, method, column)
             assert np.abs(values).sum() > 0, (name, method, column)
+
+
+def test_reference_methods_use_the_models_training_set_references_on_axiom_inputs(tmp_path):
+    """IBA (and EG, LPI, DeepSHAP) explain axiom inputs with the reference set built on the model's
+    training dataset; without one they are recorded as not applicable, never run without it."""
+    from attrflow.data.sample_store import SampleSet, write_sample_store
+    from attrflow.jobs.references import prepare_reference_store
+
+    torch.set_num_threads(1)
+    architecture, size, scenario_name = MODELS["small_cnn"]
+    model_dir = _model_dir(tmp_path, "small_cnn", architecture, size)
+    lenient = _setting(scenario_name, size, accuracy_threshold=0.01, independence_threshold=0.999)
+    _synthesize(model_dir, tmp_path / "inputs.zarr", "small_cnn", lenient)
+    rng = np.random.default_rng(0)
+
+    def samples(n: int, split: str) -> SampleSet:
+        images = rng.random((n, 3, size, size), dtype=np.float32)
+        return SampleSet(images, rng.integers(0, CLASSES, n), [f"{split}-{i}" for i in range(n)], None)
+
+    write_sample_store(tmp_path / "samples.zarr", samples(2, "test"), samples(8, "train"), {})
+    prepare_reference_store(
+        samples_path=tmp_path / "samples.zarr", model_dir=model_dir, out_path=tmp_path / "stats.zarr", dataset="d",
+        model_name="small_cnn", kind="feature_stats", params={"max_train": 8}, code="test", device="cpu", seed=0,
+        max_batch=64,
+    )
+    entry = {"fn": "iba", "layer": "stage2", "steps": 2, "copies": 2}
+    common = dict(inputs_paths=[tmp_path / "inputs.zarr"], entries=[scenario_name], model_dir=model_dir,
+                  model_name="small_cnn", method="iba", method_entry=entry, code="test", device="cpu", seed=0,
+                  max_batch=64)
+    attribute_axioms(out_path=tmp_path / "with.zarr", references_path=tmp_path / "stats.zarr", **common)
+    with_refs = open_store(tmp_path / "with.zarr")
+    assert dict(with_refs.attrs)["entries"][scenario_name]["applicable"]
+    maps = with_refs[scenario_name]["maps_a"][:]
+    assert maps.shape == (2, size, size) and np.isfinite(maps).all() and (maps >= 0).all() and maps.sum() > 0
+    attribute_axioms(out_path=tmp_path / "without.zarr", **common)
+    status = dict(open_store(tmp_path / "without.zarr").attrs)["entries"][scenario_name]
+    assert not status["applicable"] and "training dataset" in status["reason"]

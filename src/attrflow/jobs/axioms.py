@@ -109,12 +109,14 @@ def _accepted(inputs_path: str | Path) -> tuple[Any, np.ndarray]:
 def attribute_axioms(
     *, inputs_paths: list[str | Path], entries: list[str], model_dir: str | Path, out_path: str | Path,
     model_name: str, method: str, method_entry: dict[str, Any], code: str, device: str, seed: int, max_batch: int,
-    **_: Any,
+    references_path: str | Path | None = None, **_: Any,
 ) -> Path:
     """Maps explaining class a and class b of every accepted sample of every entry, one group per entry.
 
     One job per (model, method) covers all entries: a Snakemake job costs seconds of start-up,
-    and a changed method still re-runs only its own job.
+    and a changed method still re-runs only its own job. A method with a reference set gets the
+    one built on the model's training dataset (``references_path``); without it, it is recorded
+    as not applicable.
     """
     from attrflow.methods import MethodNotApplicable, get_method
     from attrflow.models.loading import load_model
@@ -126,6 +128,11 @@ def attribute_axioms(
     info = get_method(method_entry["fn"])
     params = method_params(method_entry)
     keep = bool(method_entry.get("keep_channels", False))
+    references = reference_weights = None
+    if info.references is not None and references_path is not None:
+        from attrflow.jobs.references import load_references
+
+        references, reference_weights = load_references(references_path, dev)
     groups: dict[str, dict[str, np.ndarray]] = {}
     per_entry: dict[str, dict[str, Any]] = {}
     for entry, inputs_path in zip(entries, inputs_paths, strict=True):
@@ -136,12 +143,17 @@ def attribute_axioms(
         arrays = {"ids": np.array(group["ids"][:].tolist(), dtype=str)[rows], "targets": targets.cpu().numpy()}
         status: dict[str, Any] = {"inputs_fingerprint": dict(group.attrs).get("code_fingerprint", ""), "samples": len(rows)}
         try:
-            if info.references is not None:
-                raise MethodNotApplicable(f"{info.name} draws {info.references!r} references from a dataset; axiom inputs have none")
+            if info.references is not None and references is None:
+                raise MethodNotApplicable(
+                    f"{info.name} draws {info.references!r} references from the model's training dataset, "
+                    f"and model {model_name!r} names none"
+                )
             if len(rows):
                 for column, name in ((0, "maps_a"), (1, "maps_b")):
                     gen = generator_for(dev, derive_seed(seed, model_name, entry, method, name))
-                    arrays[name], _ = _explain(info, model, images, targets[:, column], params, gen, max_batch, keep, None, None)
+                    arrays[name], _ = _explain(
+                        info, model, images, targets[:, column], params, gen, max_batch, keep, references, reference_weights
+                    )
         except MethodNotApplicable as why:
             LOG.warning("%s is not applicable to model %s on %s: %s", method, model_name, entry, why)
             status.update(applicable=False, reason=str(why))
@@ -153,6 +165,7 @@ def attribute_axioms(
         "kind": "axiom_attribution", "method": method, "fn": method_entry["fn"], "params": params,
         "keep_channels": keep, "code_fingerprint": code, "model": model_name, "entries": per_entry,
         "seed": int(seed), "device": device_description(dev), "versions": library_versions(),
+        "references": str(references_path) if references is not None else None,
         "forward_samples": int(model.forward_samples), "backward_samples": int(model.backward_samples),
     }
     return write_store(out_path, {}, attrs, groups=groups)
