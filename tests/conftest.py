@@ -27,6 +27,18 @@ def _seeded():
     yield
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread: they are many small operations, for which thread
+    hand-offs cost more than they save."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

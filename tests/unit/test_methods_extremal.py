@@ -19,13 +19,7 @@ from attrflow.methods.extremal_perturbation import (
 from attrflow.models import WrappedModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Seven test runs share two cores: more threads only thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIDE = 24

@@ -20,13 +20,7 @@ from attrflow.methods.pathway_grad import (
 from attrflow.models import WrappedModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Seven test runs share two cores: more threads only thrash."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIDE = 2  # 2×2 images: 4 pixels per channel

@@ -68,22 +68,27 @@ def retrain_job(
     samples_path: str | Path,
     out_path: str | Path,
     dataset: str,
-    model: str | None,
-    method: str | None,
-    fraction: float,
-    arm: str | None,
     repeat: int,
     recipe: dict[str, Any],
-    order: str,
     code: str,
     device: str,
     threads: int,
+    model: str | None = None,
+    method: str | None = None,
+    fraction: float = 0.0,
+    arm: str | None = None,
+    order: str = "signed",
     train_maps_path: str | Path | None = None,
     test_maps_paths: Sequence[str | Path] = (),
     method_entry: dict[str, Any] | None = None,
     method_code: str | None = None,
+    **_: Any,
 ) -> dict[str, Any]:
-    """Mask (unless `method` is None: the no-removal run), retrain, write the JSON result."""
+    """Mask (unless `method` is None: the no-removal run), retrain, write the JSON result.
+
+    Extra keywords (the dataset spec the rule's params carry so that a changed dataset re-runs
+    the job) are accepted and unused.
+    """
     from attrflow.jobs.runtime import device_description, library_versions, resolve_device
     from attrflow.models.loading import _num_classes
     from attrflow.roar.masking import channel_means, remove_pixels, removal_masks, removed_count
