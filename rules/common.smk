@@ -1,12 +1,9 @@
 import copy
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-
 from attrflow.config import ConfigError, validate_config
-from attrflow.plan import Plan, workdir_path
-from attrflow.store import quarantine_if_damaged
+from attrflow.plan import Plan, score_file
+from attrflow.preflight import PreflightError, preflight
 
 # A config given with --configfile replaces the embedded default instead of being merged into it
 # key by key (Snakemake's default): otherwise config.yaml's selections and `models:` limits would
@@ -19,22 +16,17 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
-PLAN = Plan(config)
+PLAN = Plan(config, workdir=str(Path.cwd()))
 RESULTS = "results"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 
-# A store that is present but incomplete or damaged (killed copy, edited file, full disk), or a
-# shard written for another sample range (the last, partial shard of a grown dataset), is moved
-# aside here, before the DAG is built, so Snakemake sees it missing and recomputes it. (Snakemake
-# does not re-check params of a job whose `ancient` input is being rebuilt upstream.)
-for _store in PLAN.sample_stores(RESULTS):
-    _moved = quarantine_if_damaged(_store)
-    if _moved:
-        logger.warning(f"attrflow: {_moved}")
-for _store, _range in PLAN.attribution_stores_with_ranges(RESULTS):
-    _moved = quarantine_if_damaged(_store, expect={"sample_range": _range})
-    if _moved:
-        logger.warning(f"attrflow: {_moved}")
+# What can be checked before any job is checked here, read-only: every image of a folder opens,
+# every checkpoint matches its architecture, and no finished store is damaged. A problem stops
+# the run with every culprit named, before a job could delete a good output.
+try:
+    preflight(PLAN, RESULTS)
+except PreflightError as err:
+    raise WorkflowError(str(err)) from None
 
 
 wildcard_constraints:
@@ -55,6 +47,7 @@ def final_outputs():
         f"{RESULTS}/reports/summary.md",
         f"{RESULTS}/reports/costs.parquet",
         *PLAN.sample_stores(RESULTS),
+        *PLAN.eval_shard_stores(RESULTS),
         *PLAN.attribution_stores(RESULTS),
         *PLAN.roar_outputs(RESULTS),
         *PLAN.axiom_stores(RESULTS),
@@ -63,6 +56,10 @@ def final_outputs():
 
 def samples_store(dataset):
     return f"{RESULTS}/data/{dataset}/samples.zarr"
+
+
+def eval_shard_store(dataset, shard):
+    return f"{RESULTS}/data/{dataset}/eval/shard-{shard}.zarr"
 
 
 def model_files(model):
@@ -90,11 +87,10 @@ def references_store(dataset, model, kind):
 
 
 def attribute_inputs(wildcards):
-    # The sample store is `ancient`: a store rebuilt only to add samples must not re-run
-    # finished shards. What a shard really depends on (the dataset spec less its sample
-    # count, and the shard's index range) is in params, so real changes still re-run it.
+    # A shard reads its own evaluation shard store: a changed image re-runs the shards (and
+    # scores) that hold it, and a grown dataset adds shards without touching finished ones.
     inputs = {
-        "samples": ancient(samples_store(wildcards.dataset)),
+        "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
         **model_files(wildcards.model),
     }
     kind = PLAN.method_references(wildcards.method)
@@ -129,8 +125,11 @@ def attribute_params(wildcards):
     }
 
 
+def eval_shard_params(wildcards):
+    return PLAN.eval_shard_setting(wildcards.dataset, int(wildcards.shard))
+
+
 def score_inputs(wildcards):
-    shards = PLAN.shards(wildcards.dataset, wildcards.method)
     kind = PLAN.method_references(wildcards.method)
     extra = (
         {"references": references_store(wildcards.dataset, wildcards.model, kind)}
@@ -139,47 +138,24 @@ def score_inputs(wildcards):
     )
     return {
         **extra,
-        "samples": samples_store(wildcards.dataset),
+        "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
         **model_files(wildcards.model),
-        "maps": [
-            f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{s}.zarr"
-            for s in shards
-        ],
+        "maps": f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{wildcards.shard}.zarr",
     }
 
 
 def score_params(wildcards):
-    return {
-        "dataset": wildcards.dataset,
-        "model": wildcards.model,
-        "method": wildcards.method,
-        "method_entry": PLAN.method_entry(wildcards.method),
-        "method_code": PLAN.method_fingerprint(wildcards.method),
-        "metrics": PLAN.metric_entries(wildcards.method),
-        "metrics_code": PLAN.metric_fingerprints(wildcards.method),
-        **PLAN.runtime(),
-    }
+    return PLAN.score_setting(
+        wildcards.dataset, wildcards.model, wildcards.method, int(wildcards.shard)
+    )
 
 
 def dataset_params(wildcards):
-    return PLAN.dataset_spec(wildcards.dataset)
+    return PLAN.dataset_setting(wildcards.dataset)
 
 
 def prepare_model_params(wildcards):
-    return {
-        "model": wildcards.model,
-        "spec": PLAN.model_spec(wildcards.model),
-        "dataset_spec": PLAN.model_dataset_spec(wildcards.model),
-        "code": PLAN.models_code,
-        **PLAN.runtime(),
-    }
-
-
-def score_outputs():
-    return [
-        f"{RESULTS}/scores/{{dataset}}/{{model}}/{{method}}/{metric}.parquet"
-        for metric in config["run"]["metrics"]
-    ]
+    return PLAN.model_setting(wildcards.model)
 
 
 # Jobs that run models claim the `gpu` resource only when they will really use a GPU, so a

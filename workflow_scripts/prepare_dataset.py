@@ -9,6 +9,6 @@ with job_log(snakemake.log[0]):
 
     prepare_dataset_store(
         name=snakemake.wildcards.dataset,
-        spec=snakemake.params.spec,
+        spec=snakemake.params.setting["spec"],
         out_path=snakemake.output[0],
     )

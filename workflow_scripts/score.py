@@ -1,20 +1,20 @@
-"""Rule score → attrflow.jobs.score.score_method."""
+"""Rule score → attrflow.jobs.score.score_shard."""
 
 from pathlib import Path
 
 from attrflow.jobs.runtime import job_log, mark_ready
 
 with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.score import score_method
+    from attrflow.jobs.score import score_shard
 
     mark_ready()
 
-    setting = dict(snakemake.params.setting)
-    score_method(
+    score_shard(
         samples_path=snakemake.input.samples,
         model_dir=Path(snakemake.input.card).parent,
-        map_paths=list(snakemake.input.maps),
+        maps_path=snakemake.input.maps,
         references_path=snakemake.input.get("references"),
-        out_paths={Path(p).stem: p for p in snakemake.output},
-        **setting,
+        out_path=snakemake.output[0],
+        shard=int(snakemake.wildcards.shard),
+        **dict(snakemake.params.setting),
     )

@@ -28,6 +28,7 @@ class CatalogEntry:
     fn: str
     family: str  # "methods" or "metrics"
     module: Path
+    function: str  # the Python name of the registered function in `module`
     params: dict = field(default_factory=dict)  # JSON-schema property per keyword parameter
     options: dict = field(default_factory=dict)  # the decorator's other keyword arguments
 
@@ -86,7 +87,7 @@ def scan_module(path: Path) -> list[CatalogEntry]:
                     f"arguments so the workflow can read it without importing torch ({err})"
                 ) from None
             params = kwargs.pop("params", {}) or {}
-            entries.append(CatalogEntry(fn_name, DECORATORS[kind], path, params, kwargs))
+            entries.append(CatalogEntry(fn_name, DECORATORS[kind], path, node.name, params, kwargs))
     return entries
 
 

@@ -1,23 +1,69 @@
 """Content fingerprints of code and files (never mtimes: a fresh clone resets those).
 
-A method's code fingerprint covers its own module and every `attrflow` module it imports,
-transitively, so editing `methods/integrated_gradients.py` changes the fingerprint of the
-methods defined there and of nothing else, while editing a shared helper changes all of its users.
+A job's code fingerprint covers what its result depends on, and nothing else:
+
+* **Symbols, not modules.** It starts from the functions a job calls (e.g. the job's entry
+  function and the registered method function) and follows, through the abstract syntax tree,
+  every module-level name they use — functions, classes and constants of their own module, and
+  names imported from other `attrflow` modules — transitively. Editing Expected Gradients
+  therefore changes the fingerprint of Guided Backprop only if Guided Backprop really uses the
+  edited function, and a real change to a shared helper (`methods/_batching.py`) changes the
+  fingerprint of exactly the functions that reach it.
+* **What the code does, not how it is written.** Each definition is hashed as its AST dump
+  without docstrings, line numbers, comments or formatting.
+* **Computation only.** Planning, configuration and registry modules (`NON_COMPUTE_MODULES`)
+  decide which jobs exist and with which parameters; those parameters reach the jobs' params
+  themselves, so these modules belong to no fingerprint.
+* **Dynamic dispatch.** A call such as ``get_method("integrated_gradients")`` or
+  ``get_method(IG_FN)`` (a module-level string constant) adds the registered function it names;
+  the caller (`attrflow.plan`) adds functions named by an entry's parameters (SmoothGrad's
+  ``of: gradient``).
+
+Module-level statements that are neither definitions nor imports (a registration loop, a
+``torch.backends`` setting) run whenever the module is imported, so they count for every symbol
+of their module.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from attrflow.catalog import PACKAGE_DIR
+from attrflow.catalog import PACKAGE_DIR, catalog
 
 ROOT_PACKAGE = "attrflow"
 
+# Modules that plan, validate or look up, and never compute a result. Their symbols are not
+# followed: a docstring, a comment or a new check there re-plans nothing.
+NON_COMPUTE_MODULES = frozenset(
+    {
+        "attrflow",
+        "attrflow.catalog",
+        "attrflow.config",
+        "attrflow.content",
+        "attrflow.fingerprint",
+        "attrflow.plan",
+        "attrflow.registry",
+    }
+)
+# Registry look-ups by name: a constant first argument names the function that will run.
+DISPATCHERS = {"get_method": "methods", "get_metric": "metrics"}
 
-def _resolve(module: str) -> Path | None:
+
+# ------------------------------------------------------------------------------ module index
+@dataclass
+class ModuleIndex:
+    name: str
+    symbols: dict[str, ast.AST] = field(default_factory=dict)  # top-level bound name → its node
+    imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # alias → (module, attr)
+    constants: dict[str, str] = field(default_factory=dict)  # NAME = "string literal"
+    residue: list[str] = field(default_factory=list)  # dumps of other top-level statements
+
+
+def _resolve_module(module: str) -> Path | None:
     """Path of an `attrflow.*` module or package `__init__`, or None if it is not ours."""
     parts = module.split(".")
     if parts[0] != ROOT_PACKAGE:
@@ -29,69 +75,225 @@ def _resolve(module: str) -> Path | None:
     return None
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE_DIR).with_suffix("")
+def module_name(path: Path) -> str:
+    rel = Path(path).resolve().relative_to(PACKAGE_DIR).with_suffix("")
     parts = [p for p in rel.parts if p != "__init__"]
     return ".".join([ROOT_PACKAGE, *parts])
 
 
-def _imports(path: Path) -> set[Path]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = _module_name(path)
-    if path.name != "__init__.py":
-        package = package.rsplit(".", 1)[0]
-    found: set[Path] = set()
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
+def _strip_docstrings(node: ast.AST) -> ast.AST:
+    for sub in ast.walk(node):
+        body = getattr(sub, "body", None)
+        if (
+            isinstance(sub, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            sub.body = body[1:] or [ast.Pass()]
+    return node
+
+
+def normalised_dump(node: ast.AST) -> str:
+    """The AST of a definition without docstrings, positions, comments or formatting."""
+    return ast.dump(_strip_docstrings(node), annotate_fields=False, include_attributes=False)
+
+
+def _import_targets(node: ast.AST, package: str) -> dict[str, tuple[str, str | None]]:
+    """alias → (attrflow module, imported attribute or None) for the imports inside ``node``."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            for alias in sub.names:
+                if alias.name.split(".")[0] == ROOT_PACKAGE:
+                    if alias.asname:
+                        found[alias.asname] = (alias.name, None)
+                    else:  # `import attrflow.x.y` binds `attrflow`; attribute chains resolve it
+                        found[ROOT_PACKAGE] = (ROOT_PACKAGE, None)
+        elif isinstance(sub, ast.ImportFrom):
+            base = sub.module or ""
+            if sub.level:
                 anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
+                anchor = anchor[: len(anchor) - (sub.level - 1)]
                 base = ".".join([*anchor, base] if base else anchor)
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
-        for name in names:
-            resolved = _resolve(name)
-            if resolved is not None:
-                found.add(resolved)
-    found.discard(path)
-    # The package root only carries the version string; depending on it would make every
-    # fingerprint change with each release for no reason.
-    found.discard(PACKAGE_DIR / "__init__.py")
+            if base.split(".")[0] != ROOT_PACKAGE:
+                continue
+            for alias in sub.names:
+                submodule = f"{base}.{alias.name}"
+                target = (submodule, None) if _resolve_module(submodule) else (base, alias.name)
+                found[alias.asname or alias.name] = target
     return found
 
 
 @lru_cache(maxsize=None)
-def module_closure(path: Path) -> tuple[Path, ...]:
-    """The module and every attrflow module it imports, transitively, sorted."""
-    seen: set[Path] = set()
-    todo = [path.resolve()]
+def _index(path: Path, mtime_ns: int) -> ModuleIndex:
+    del mtime_ns  # part of the cache key only: an edited file is parsed again
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    index = ModuleIndex(name)
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            index.imports.update(_import_targets(stmt, package))
+        elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            index.symbols[stmt.name] = stmt
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+            for bound in names:
+                index.symbols[bound] = stmt
+            value = getattr(stmt, "value", None)
+            if len(names) == 1 and isinstance(value, ast.Constant) and isinstance(value.value, str):
+                index.constants[names[0]] = value.value
+        elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # the module docstring
+        elif isinstance(stmt, (ast.If, ast.Try)) and _only_imports(stmt):
+            index.imports.update(_import_targets(stmt, package))  # `if TYPE_CHECKING:` blocks
+        else:
+            index.residue.append(normalised_dump(stmt))
+    return index
+
+
+def _only_imports(stmt: ast.AST) -> bool:
+    return all(
+        isinstance(s, (ast.Import, ast.ImportFrom, ast.Pass, ast.If, ast.Try, ast.ExceptHandler))
+        or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+        for s in ast.walk(stmt)
+        if isinstance(s, ast.stmt)
+    )
+
+
+def module_index(module: str) -> ModuleIndex | None:
+    path = _resolve_module(module)
+    if path is None:
+        return None
+    return _index(path, path.stat().st_mtime_ns)
+
+
+# ------------------------------------------------------------------------------ closure
+Symbol = tuple[str, str]  # (module name, top-level name)
+
+
+def _attribute_chain(node: ast.Attribute) -> list[str] | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id, *reversed(parts)]
+
+
+def _references(node: ast.AST, index: ModuleIndex) -> tuple[set[Symbol], set[tuple[str, str]]]:
+    """The symbols ``node`` uses and the registered functions it looks up by a constant name."""
+    imports = {**index.imports, **_import_targets(node, index.name.rsplit(".", 1)[0])}
+    used: set[Symbol] = set()
+    dispatched: set[tuple[str, str]] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name):
+            if sub.id in index.symbols:
+                used.add((index.name, sub.id))
+            elif sub.id in imports:
+                module, attr = imports[sub.id]
+                if attr is not None:
+                    used.add((module, attr))
+        elif isinstance(sub, ast.Attribute):
+            chain = _attribute_chain(sub)
+            if chain and chain[0] in imports and imports[chain[0]][1] is None:
+                module = imports[chain[0]][0]
+                rest = chain[1:]
+                # `pkg.sub.func`: walk down packages while the next part is a module
+                while len(rest) > 1 and _resolve_module(f"{module}.{rest[0]}"):
+                    module, rest = f"{module}.{rest[0]}", rest[1:]
+                if rest:
+                    used.add((module, rest[0]))
+        elif isinstance(sub, ast.Call):
+            func = sub.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if called in DISPATCHERS and sub.args:
+                arg = sub.args[0]
+                value = (
+                    arg.value
+                    if isinstance(arg, ast.Constant)
+                    else index.constants.get(arg.id) if isinstance(arg, ast.Name) else None
+                )
+                if isinstance(value, str):
+                    dispatched.add((DISPATCHERS[called], value))
+    return used, dispatched
+
+
+def registered_symbol(family: str, fn: str) -> Symbol:
+    """The (module, function name) a registered method or metric is defined as."""
+    entry = catalog(family)[fn]
+    return module_name(entry.module), entry.function
+
+
+def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
+    """Every symbol ``roots`` reach, each with the normalised dump of its definition."""
+    seen: dict[Symbol, str] = {}
+    residues: set[str] = set()
+    todo = list(roots)
     while todo:
-        current = todo.pop()
-        if current in seen:
+        module, name = todo.pop()
+        if (module, name) in seen or module in NON_COMPUTE_MODULES:
             continue
-        seen.add(current)
-        todo.extend(_imports(current) - seen)
-    return tuple(sorted(seen))
+        index = module_index(module)
+        if index is None:
+            continue
+        if name not in index.symbols:
+            if name in index.imports:  # a re-export (a package __init__'s `from .x import f`)
+                target_module, attr = index.imports[name]
+                todo.append((target_module, attr) if attr else (target_module, "*"))
+            elif name == "*":  # a whole module used as a value
+                todo.extend((module, n) for n in index.symbols)
+            continue
+        node = index.symbols[name]
+        seen[(module, name)] = normalised_dump(node)
+        if module not in residues:
+            residues.add(module)
+            for i, dump in enumerate(index.residue):
+                seen[(module, f"<module statement {i}>")] = dump
+        used, dispatched = _references(node, index)
+        todo.extend(used)
+        for family, fn in dispatched:
+            if fn in catalog(family):
+                todo.append(registered_symbol(family, fn))
+    return seen
 
 
-def code_fingerprint(path: Path) -> str:
+def symbols_fingerprint(roots: list[Symbol]) -> str:
     h = hashlib.sha256()
-    for p in module_closure(Path(path)):
-        h.update(str(p.relative_to(PACKAGE_DIR)).encode())
-        h.update(b"\0")
-        h.update(p.read_bytes())
+    for (module, name), dump in sorted(symbol_closure(roots).items()):
+        h.update(f"{module}:{name}\0{dump}\0".encode())
     return h.hexdigest()[:16]
 
 
+def code_fingerprint(path: Path) -> str:
+    """Fingerprint of everything a module defines (and what that uses): for code that a job
+    runs as a whole, such as model preparation or axiom synthesis."""
+    path = Path(path).resolve()
+    index = _index(path, path.stat().st_mtime_ns)
+    return symbols_fingerprint([(index.name, n) for n in index.symbols])
+
+
+# ------------------------------------------------------------------------------ files and values
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def canonical(value: object) -> object:
+    """A JSON-like value with every mapping's keys sorted, recursively, and tuples as lists:
+    two configs that say the same thing in another order give equal params."""
+    if isinstance(value, dict):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
 
 
 def value_fingerprint(value: object) -> str:

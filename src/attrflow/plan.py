@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 from attrflow.catalog import PACKAGE_DIR, catalog
-from attrflow.fingerprint import code_fingerprint
+from attrflow.fingerprint import canonical, code_fingerprint, registered_symbol, symbols_fingerprint
 
 # Keys of a dataset entry that only say how many evaluation samples to use. Sample i does not
 # depend on them (adapters are prefix-stable), so they are left out of the spec each shard job
@@ -25,9 +25,20 @@ SAMPLE_COUNT_KEYS = {"n", "n_test"}
 SELECTION_KEYS = {"samples", "models", "datasets"}
 
 
+# The functions each kind of job runs: with the registered function it computes, the roots of
+# its code fingerprint (see attrflow.fingerprint).
+ATTRIBUTE_JOB = ("attrflow.jobs.attribute", "attribute_shard")
+SCORE_METRIC_JOB = ("attrflow.jobs.score", "score_metric")
+PREPARE_DATASET_JOB = ("attrflow.jobs.prepare", "prepare_dataset_store")
+PREPARE_EVAL_SHARD_JOB = ("attrflow.jobs.prepare", "prepare_eval_shard")
+PREPARE_MODEL_JOB = ("attrflow.jobs.prepare", "prepare_model_files")
+REFERENCES_JOB = ("attrflow.jobs.references", "prepare_references_store")
+
+
 @dataclass(frozen=True)
 class Plan:
     config: dict
+    workdir: str = "."
 
     @property
     def run(self) -> dict:
@@ -41,7 +52,7 @@ class Plan:
         spec.setdefault("seed", self.config["seed"])
         if spec["kind"] == "corrupted":
             spec["of"] = self.dataset_spec(spec["of"])
-        return spec
+        return canonical(spec)
 
     @cached_property
     def _eval_counts(self) -> dict[str, int]:
@@ -70,6 +81,50 @@ class Plan:
     def shard_dataset_spec(self, dataset: str) -> dict:
         return _without_sample_counts(self.dataset_spec(dataset))
 
+    def eval_shards(self, dataset: str) -> list[int]:
+        """The evaluation shards of ``dataset``: every method reads its samples from them."""
+        return self.shards(dataset)
+
+    def eval_shard_setting(self, dataset: str, shard: int) -> dict:
+        """Params of the job writing evaluation shard ``shard``: what its pixels depend on — the
+        entry (less its sample count), the shard's index range, the code, and the content of the
+        source files in that range, so an overwritten or added image re-plans its shard alone."""
+        start, stop = self.shard_range(dataset, shard)
+        return {
+            "dataset_spec": self.shard_dataset_spec(dataset),
+            "sample_range": [start, stop],
+            "source": self.source_fingerprint(dataset, start, stop),
+            "code": self.dataset_code["eval_shard"],
+        }
+
+    def dataset_setting(self, dataset: str) -> dict:
+        """Params of the whole-dataset job (train split, model training, reports)."""
+        return {
+            "spec": self.dataset_spec(dataset),
+            "source": self.source_fingerprint(dataset),
+            "code": self.dataset_code["dataset"],
+        }
+
+    def source_fingerprint(self, dataset: str, start: int | None = None, stop: int | None = None) -> str:
+        """Content fingerprint of the files a dataset's samples [start, stop) are read from (all
+        splits when no range is given); "generated" for datasets made from their spec alone."""
+        from attrflow.data.sources import source_fingerprint
+
+        return source_fingerprint(self.dataset_spec(dataset), start, stop, self.content_index)
+
+    @cached_property
+    def content_index(self):
+        """Digests of source files, reused while a file's size and mtime are unchanged. Kept in
+        .snakemake/, never under results/: planning must not write results."""
+        from attrflow.content import FileIndex
+
+        return FileIndex(Path(self.workdir) / ".snakemake" / "attrflow" / "content.sqlite")
+
+    def eval_shard_stores(self, results: str = "results") -> list[str]:
+        return [
+            f"{results}/data/{d}/eval/shard-{s}.zarr" for d in self.run["datasets"] for s in self.eval_shards(d)
+        ]
+
     def corrupted_datasets(self) -> dict[str, dict]:
         """Selected `corrupted` datasets whose base is selected too: {name: {of, corruption, severity}}.
 
@@ -91,7 +146,7 @@ class Plan:
 
     # ---------------------------------------------------------------- models
     def model_spec(self, model: str) -> dict:
-        return dict(self.config["models"][model])
+        return canonical(dict(self.config["models"][model]))
 
     def model_dataset(self, model: str) -> str | None:
         return self.config["models"][model].get("dataset")
@@ -100,18 +155,45 @@ class Plan:
         dataset = self.model_dataset(model)
         return self.shard_dataset_spec(dataset) if dataset else {}
 
+    def model_setting(self, model: str) -> dict:
+        """Params of `prepare_model`: the entry, its training data, the code, and the content of
+        a local checkpoint (a file overwritten under the same name retrains/reloads)."""
+        spec = self.model_spec(model)
+        checkpoint = spec.get("checkpoint")
+        return {
+            "model": model,
+            "spec": spec,
+            "dataset_spec": self.model_dataset_spec(model),
+            "checkpoint_sha256": self.content_index.digests([checkpoint])[0] if checkpoint else None,
+            "code": self.models_code,
+            **self.runtime(),
+        }
+
     @cached_property
     def models_code(self) -> str:
-        return code_fingerprint(PACKAGE_DIR / "models" / "loading.py")
+        return symbols_fingerprint([PREPARE_MODEL_JOB])
+
+    @cached_property
+    def dataset_code(self) -> dict[str, str]:
+        """Code fingerprints of the whole-dataset store and of the evaluation shards."""
+        return {
+            "dataset": symbols_fingerprint([PREPARE_DATASET_JOB]),
+            "eval_shard": symbols_fingerprint([PREPARE_EVAL_SHARD_JOB]),
+        }
 
     # ---------------------------------------------------------------- methods and metrics
     def method_entry(self, method: str) -> dict:
         """What a job computing ``method`` depends on: the entry less where and on how many
-        samples it runs (those reach jobs as their sample ranges and as the jobs that exist)."""
-        return {k: v for k, v in self.config["methods"][method].items() if k not in SELECTION_KEYS}
+        samples it runs (those reach jobs as their sample ranges and as the jobs that exist).
+        Keys are sorted, so a config written in another order plans the same params."""
+        return canonical({k: v for k, v in self.config["methods"][method].items() if k not in SELECTION_KEYS})
 
     def method_fingerprint(self, method: str) -> str:
-        return code_fingerprint(catalog("methods")[self.config["methods"][method]["fn"]].module)
+        """The code an attribution shard of ``method`` runs: the job, the registered function and
+        everything they use, plus methods the entry names by their function (SmoothGrad's `of`)."""
+        import json
+
+        return _method_code(self.config["methods"][method]["fn"], json.dumps(self.method_entry(method)))
 
     def method_references(self, method: str) -> str | None:
         """The reference set a method entry needs (e.g. "train_pool" for Expected Gradients)."""
@@ -144,11 +226,11 @@ class Plan:
         ]
 
     def references_spec(self, kind: str) -> dict:
-        return dict(self.config.get("references", {}).get(kind, {}))
+        return canonical(dict(self.config.get("references", {}).get(kind, {})))
 
     @cached_property
     def references_code(self) -> str:
-        return code_fingerprint(PACKAGE_DIR / "methods" / "references.py")
+        return symbols_fingerprint([REFERENCES_JOB])
 
     def scores_method(self, metric: str, method: str) -> bool:
         """Whether ``metric`` scores ``method`` (a metric entry may name the methods it scores)."""
@@ -158,17 +240,18 @@ class Plan:
         """The selected metric entries (those that score ``method``), less their method list:
         a score job depends on whether a metric applies, not on which other methods it scores."""
         return {
-            name: {k: v for k, v in self.config["metrics"][name].items() if k != "methods"}
-            for name in self.run["metrics"]
+            name: canonical({k: v for k, v in self.config["metrics"][name].items() if k != "methods"})
+            for name in sorted(self.run["metrics"])
             if method is None or self.scores_method(name, method)
         }
 
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
-        entries = catalog("metrics")
-        return {
-            name: code_fingerprint(entries[self.config["metrics"][name]["fn"]].module)
-            for name in self.metric_entries(method)
-        }
+        """The code each metric's scores depend on: the per-metric scoring step, the registered
+        metric function and what they use (an explainer metric's method code is the method's)."""
+        return {name: self.metric_fingerprint(name) for name in self.metric_entries(method)}
+
+    def metric_fingerprint(self, metric: str) -> str:
+        return _metric_code_cached(self.config["metrics"][metric]["fn"])
 
     def gpu_per_job(self) -> int:
         device = self.config["device"]
@@ -180,12 +263,12 @@ class Plan:
 
     def runtime(self) -> dict[str, Any]:
         """Settings every compute job receives."""
-        return {
+        return canonical({
             "device": self.config["device"],
             "seed": self.config["seed"],
             "max_batch": self.config["max_batch"],
             "target": self.config["target"],
-        }
+        })
 
     # ---------------------------------------------------------------- outputs
     def attribution_stores(self, results: str = "results") -> list[str]:
@@ -199,11 +282,24 @@ class Plan:
         ]
 
     def score_files(self, results: str = "results") -> list[str]:
+        """One file per attribution shard, every selected metric in it, in a hive-partitioned
+        layout that DuckDB and pyarrow.dataset read directly."""
         return [
-            f"{results}/scores/{d}/{m}/{me}/{mt}.parquet"
-            for d, m, me in self.triples()
-            for mt in self.run["metrics"]
+            score_file(results, d, m, me, s) for d, m, me in self.triples() for s in self.shards(d, me)
         ]
+
+    def score_setting(self, dataset: str, model: str, method: str, shard: int) -> dict:
+        return {
+            "dataset": dataset,
+            "model": model,
+            "method": method,
+            "method_entry": self.method_entry(method),
+            "method_code": self.method_fingerprint(method),
+            "metrics": self.metric_entries(method),
+            "metrics_code": self.metric_fingerprints(method),
+            "sample_range": self.shard_range(dataset, shard, method),
+            **self.runtime(),
+        }
 
     def scored_samples(self, dataset: str, method: str, metric: str) -> int:
         """Rows a score file holds: the method's samples, cut to the metric's limit if it has one."""
@@ -393,8 +489,38 @@ class Plan:
         ]
 
 
+@lru_cache(maxsize=None)
+def _method_code(fn: str, entry_json: str) -> str:
+    import json
+
+    registered = catalog("methods")
+    named = [v for v in _strings(json.loads(entry_json)) if v in registered]
+    roots = [ATTRIBUTE_JOB, registered_symbol("methods", fn), *(registered_symbol("methods", v) for v in named)]
+    return symbols_fingerprint(roots)
+
+
+@lru_cache(maxsize=None)
+def _metric_code_cached(fn: str) -> str:
+    return symbols_fingerprint([SCORE_METRIC_JOB, registered_symbol("metrics", fn)])
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a JSON-like value (a method entry may name other methods)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 # ROAR's network width when `roar.width` is not given: each architecture's usual one.
 ROAR_DEFAULT_WIDTH = {"small_cnn": 32, "preact_resnet18": 64}
+
+
+def score_file(results: str, dataset: str, model: str, method: str, shard: int) -> str:
+    return f"{results}/scores/dataset={dataset}/model={model}/method={method}/shard-{shard}.parquet"
 
 
 def fraction_label(fraction: float) -> str:

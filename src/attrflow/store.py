@@ -149,35 +149,17 @@ def open_store(path: str | os.PathLike, deep: bool = True) -> Any:
     return zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
 
 
+def content_key(path: str | os.PathLike) -> str:
+    """A fingerprint of a finished store's content: the hashes its manifest lists."""
+    from attrflow.fingerprint import value_fingerprint
+
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    return value_fingerprint(manifest["files"])
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     meta = json.loads((Path(path) / "zarr.json").read_text())
     return dict(meta.get("attributes", {}))
-
-
-def quarantine_if_damaged(path: str | os.PathLike, expect: Mapping[str, Any] | None = None) -> str | None:
-    """Move a damaged or stale store aside (nothing is deleted) so the workflow recomputes it.
-
-    Stale means an attribute in `expect` (e.g. the shard's `sample_range`) differs from what
-    the store was written with. Returns a message describing what was moved, or None if the
-    store is absent, intact and current. Only the cheap structural check runs here: this is
-    called while planning every DAG.
-    """
-    root = Path(path)
-    if not root.exists():
-        return None
-    problems = verify_store(root, deep=False)
-    if not problems and expect:
-        attrs = read_attrs(root)
-        problems = [
-            f"{root} was written for {key}={attrs.get(key)!r}, the plan now needs {value!r}"
-            for key, value in expect.items()
-            if attrs.get(key) != value
-        ]
-    if not problems:
-        return None
-    aside = root.with_name(f"{root.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-    os.replace(root, aside)
-    return f"{problems[0]}; moved it to {aside.name} and will recompute it"
 
 
 def _jsonable(value: Any) -> Any:

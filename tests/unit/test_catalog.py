@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from attrflow import methods, metrics
 from attrflow.catalog import CatalogError, catalog, scan_module
-from attrflow.fingerprint import code_fingerprint, module_closure
 
 PKG = Path(methods.__file__).resolve().parents[1]
 
@@ -39,22 +37,6 @@ def test_non_literal_registration_is_refused(tmp_path):
     module.write_text("STEPS = dict(steps=3)\n@register_method('x', params=STEPS)\ndef x(model, x, target):\n    pass\n")
     with pytest.raises(CatalogError, match="literal"):
         scan_module(module)
-
-
-def test_fingerprint_follows_imports(tmp_path):
-    ig = catalog("methods")["integrated_gradients"].module
-    closure = {p.name for p in module_closure(ig)}
-    assert "integrated_gradients.py" in closure and "base.py" in closure
-    assert "random_attribution.py" not in closure
-
-
-def test_fingerprint_ignores_mtime_and_separates_modules():
-    path = PKG / "methods" / "random_attribution.py"
-    before = code_fingerprint(path)
-    os.utime(path)  # a fresh clone or a touch must not look like a code change
-    module_closure.cache_clear()
-    assert code_fingerprint(path) == before
-    assert code_fingerprint(PKG / "methods" / "gradient.py") != before
 
 
 def test_registrations_may_share_a_module_level_literal(tmp_path):

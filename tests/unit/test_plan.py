@@ -47,8 +47,8 @@ def test_a_method_restricted_to_models_gets_jobs_on_those_only():
     assert ("xcnn", "xg") in plan.pairs() and ("cnn", "xg") not in plan.pairs()
     assert ("cnn", "gradient") in plan.pairs()
     assert not any("/cnn/xg/" in path for path in plan.attribution_stores())
-    assert not any("/cnn/xg/" in path for path in plan.score_files())
-    assert any("/xcnn/xg/" in path for path in plan.score_files())
+    assert not any("/model=cnn/method=xg/" in path for path in plan.score_files())
+    assert any("/model=xcnn/method=xg/" in path for path in plan.score_files())
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_a_method_restricted_to_datasets_runs_on_those_only():
     plan = plan_of(two_datasets)
     assert ("tiny2", "cnn", "ig") in plan.triples() and ("tiny", "cnn", "ig") not in plan.triples()
     assert ("tiny", "cnn", "gradient") in plan.triples()
-    assert not any("/tiny/cnn/ig/" in path for path in plan.score_files())
+    assert not any("dataset=tiny/model=cnn/method=ig/" in path for path in plan.score_files())
 
 
 def test_selection_keys_do_not_reach_job_params():

@@ -1,4 +1,4 @@
-"""Zarr stores: atomic publish, manifest verification, quarantine of damaged stores."""
+"""Zarr stores: atomic publish, manifest verification, damage detection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from attrflow.store import MANIFEST, StoreError, open_store, quarantine_if_damaged, read_attrs, verify_store, write_store
+from attrflow.store import MANIFEST, StoreError, content_key, open_store, read_attrs, verify_store, write_store
 
 
 def _write(path):
@@ -35,17 +35,14 @@ def test_republish_replaces_instead_of_merging(tmp_path):
     assert "maps" not in group and "other" in group
 
 
-def test_truncated_chunk_is_detected_and_quarantined(tmp_path):
+def test_truncated_chunk_is_detected(tmp_path):
     path, _ = _write(tmp_path / "s.zarr")
     chunk = next(p for p in (path / "maps").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:-5])
     assert verify_store(path, deep=False)
     with pytest.raises(StoreError, match="s.zarr"):
         open_store(path)
-    message = quarantine_if_damaged(path)
-    assert message and "recompute" in message
-    assert not path.exists()
-    assert len(list(tmp_path.glob("s.zarr.damaged-*"))) == 1, "the damaged store is kept aside, not deleted"
+    assert path.exists(), "detection never moves or deletes anything"
 
 
 def test_same_size_edit_is_caught_by_deep_check(tmp_path):
@@ -61,13 +58,14 @@ def test_half_written_store_has_no_manifest(tmp_path):
     path, _ = _write(tmp_path / "s.zarr")
     (path / MANIFEST).unlink()
     assert "never completely written" in verify_store(path)[0]
-    assert quarantine_if_damaged(path) is not None
 
 
-def test_intact_or_absent_store_is_left_alone(tmp_path):
-    path, _ = _write(tmp_path / "s.zarr")
-    assert quarantine_if_damaged(path) is None and path.exists()
-    assert quarantine_if_damaged(tmp_path / "absent.zarr") is None
+def test_content_key_follows_content_not_time(tmp_path):
+    first, _ = _write(tmp_path / "a.zarr")
+    second, _ = _write(tmp_path / "b.zarr")
+    assert content_key(first) == content_key(second)
+    write_store(second, {"maps": np.ones(3)}, {})
+    assert content_key(first) != content_key(second)
 
 
 def test_non_json_attribute_is_refused(tmp_path):
@@ -82,10 +80,3 @@ def test_manifest_lists_every_file(tmp_path):
     listed = set(manifest["files"])
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert listed == on_disk
-
-
-def test_store_written_for_other_settings_is_quarantined_as_stale(tmp_path):
-    path = write_store(tmp_path / "s.zarr", {"a": np.zeros(2)}, {"sample_range": [8, 12]})
-    assert quarantine_if_damaged(path, expect={"sample_range": [8, 12]}) is None
-    message = quarantine_if_damaged(path, expect={"sample_range": [8, 16]})
-    assert message and "sample_range" in message and not path.exists()

@@ -174,6 +174,45 @@ def prepare_dataset(
     return evaluation, train, attrs
 
 
+def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, stop: int) -> SampleSet:
+    """Evaluation samples [start, stop) of the config entry `name`, equal to the same rows of
+    `prepare_dataset`'s evaluation split but made from their own source files (or, for the
+    embedded data, their own random streams) alone."""
+    try:
+        kind, opt = _options(spec)
+    except DatasetSpecError as err:
+        raise DatasetSpecError(f"datasets.{name}: {err}") from None
+    if kind == "corrupted":
+        from attrflow.data.corruptions import canonical_corruption, corrupt
+        from attrflow.data.sample_store import SampleSet
+
+        base = prepare_eval_range(f"{name}.of", opt["of"], int(opt["of"].get("seed", seed)), start, stop)
+        corrupt_seed = opt["seed"] if opt["seed"] is not None else seed
+        corruption = canonical_corruption(opt["corruption"])
+        images = corrupt(base.images, corruption, opt["severity"], ids=base.ids, seed=corrupt_seed, stream="eval")
+        return SampleSet(images, base.labels, base.ids, base.masks)
+    if kind == "synthetic_shapes":
+        from attrflow.data.synthetic_shapes import generate_shapes
+
+        synthetic_seed = opt["seed"] if opt["seed"] is not None else seed
+        return generate_shapes("test", stop, seed=synthetic_seed, size=opt["size"], classes=opt["classes"], start=start)
+    if kind == "image_folder":
+        from attrflow.data.image_folder import load_image_folder
+
+        samples, _ = load_image_folder(
+            opt["root"], labels_file=opt["labels_file"], resize=opt["resize"], crop=opt["crop"], n=stop, start=start
+        )
+        return samples
+    from attrflow.data.cifar import load_cifar
+    from attrflow.data.sample_store import SampleSet
+
+    evaluation, _, _, _ = load_cifar(opt["root"], variant=opt["variant"], n_test=stop, n_train=0)
+    return SampleSet(
+        evaluation.images[start:stop], evaluation.labels[start:stop], evaluation.ids[start:stop],
+        None if evaluation.masks is None else evaluation.masks[start:stop],
+    )
+
+
 def _corrupted(
     name: str, spec: dict[str, Any], opt: dict[str, Any], seed: int
 ) -> tuple[SampleSet, SampleSet | None, dict[str, Any]]:

@@ -211,8 +211,9 @@ def load_image_folder(
     crop: int = DEFAULT_CROP,
     n: int | None = None,
     class_names: list[str] | None = None,
+    start: int = 0,
 ) -> tuple[SampleSet, list[str]]:
-    """The first `n` images of `root` (all when None) and the class names.
+    """Images ``start .. n-1`` of `root` (to the end when `n` is None) and the class names.
 
     `class_names` pins the class list of a sub-folder layout (a train folder must use the
     evaluation folder's classes); a folder naming a class outside it is an error.
@@ -225,8 +226,7 @@ def load_image_folder(
     root = Path(root)
     labels = read_labels_file(labels_file) if labels_file is not None else None
     files = list_images(root, flat=labels is not None)
-    if n is not None:
-        files = files[:n]
+    files = files[start:n]
     if labels is not None:
         names = labels.class_names
         targets = [labels.label_of(f) for f in files]

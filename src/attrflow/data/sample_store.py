@@ -65,6 +65,15 @@ def write_sample_store(
     return write_store(path, evaluation.arrays(), meta, groups=groups)
 
 
+def write_eval_shard(path: str | os.PathLike, samples: SampleSet, sample_range: list[int], attrs: dict[str, Any]) -> Path:
+    """An evaluation shard store: samples [start, stop) of a dataset's evaluation split."""
+    start, stop = (int(v) for v in sample_range)
+    if len(samples) != stop - start:
+        raise ValueError(f"{len(samples)} samples for the range [{start}, {stop})")
+    meta = {"n_eval": len(samples), "n_train": 0, "sample_range": [start, stop], **attrs}
+    return write_store(path, samples.arrays(), meta)
+
+
 def read_samples(
     path: str | os.PathLike,
     split: str = "eval",
@@ -72,10 +81,19 @@ def read_samples(
     stop: int | None = None,
     deep: bool = True,
 ) -> SampleSet:
-    """Read samples [start, stop) of a split ("eval" or "train") from a verified store."""
+    """Read samples [start, stop) of a split ("eval" or "train") from a verified store.
+
+    Indices are the dataset's: an evaluation shard store (written for the samples in its
+    ``sample_range`` attribute) is read with the same indices as the whole-dataset store.
+    """
     root = open_store(path, deep=deep)
     if split == "eval":
         group = root
+        first, last = root.attrs.get("sample_range", [0, int(group["labels"].shape[0])])
+        stop = last if stop is None else min(stop, last)  # like a slice: a longer range is cut
+        if start < first:
+            raise ValueError(f"{path} holds samples [{first}, {last}); sample {start} was asked for")
+        start, stop = start - first, max(stop - first, start - first)
     elif split == "train":
         if "train" not in root:
             raise ValueError(f"{path} has no train split")

@@ -242,25 +242,31 @@ def _check_classes(classes: int) -> None:
         raise ValueError(f"classes must be between {MIN_CLASSES} and {len(SHAPES)}, got {classes}")
 
 
-def generate_shapes(split: str, n: int, *, seed: int, size: int = 64, classes: int = 8) -> SampleSet:
-    """Samples 0..n-1 of `split` ("train" or "test"), with object masks; ids like "test-000042"."""
+def generate_shapes(
+    split: str, n: int, *, seed: int, size: int = 64, classes: int = 8, start: int = 0
+) -> SampleSet:
+    """Samples start..n-1 of `split` ("train" or "test"), with object masks; ids like "test-000042".
+
+    Sample i depends only on (seed, split, i), so any index range can be made on its own.
+    """
     if split not in SPLIT_CODES:
         raise ValueError(f"unknown split {split!r}; use one of {sorted(SPLIT_CODES)}")
     _check_classes(classes)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    if n < 0 or not 0 <= start <= n:
+        raise ValueError(f"need 0 <= start <= n, got start {start} and n {n}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"the seed must be a non-negative integer, got {seed!r}")
     if size < 16:
         raise ValueError(f"size must be at least 16 pixels, got {size}")
-    images = np.empty((n, 3, size, size), dtype=np.float32)
-    masks = np.empty((n, size, size), dtype=bool)
-    labels = np.arange(n, dtype=np.int64) % classes
-    for start in range(0, n, CHUNK):
-        stop = min(n, start + CHUNK)
-        params = _Parameters(stop - start)
-        for k, i in enumerate(range(start, stop)):
+    count = n - start
+    images = np.empty((count, 3, size, size), dtype=np.float32)
+    masks = np.empty((count, size, size), dtype=bool)
+    labels = np.arange(start, n, dtype=np.int64) % classes
+    for lo in range(0, count, CHUNK):
+        hi = min(count, lo + CHUNK)
+        params = _Parameters(hi - lo)
+        for k, i in enumerate(range(start + lo, start + hi)):
             params.draw(k, np.random.default_rng([seed, SPLIT_CODES[split], i]), size)
-        images[start:stop], masks[start:stop] = _render_chunk(params, labels[start:stop], size)
-    ids = [f"{split}-{i:06d}" for i in range(n)]
+        images[lo:hi], masks[lo:hi] = _render_chunk(params, labels[lo:hi], size)
+    ids = [f"{split}-{i:06d}" for i in range(start, n)]
     return SampleSet(images, labels, ids, masks)

@@ -72,12 +72,35 @@ def attribute_shard(
     references_path: str | Path | None = None,
     split: str = "eval",
 ) -> Path:
-    """Maps of samples [start, stop) of `split`: the eval split's shards, or (ROAR) a train split."""
+    """Maps of samples [start, stop) of `split`: the eval split's shards, or (ROAR) a train split.
+
+    The result is filed in the results cache under a key of everything it depends on; a job
+    whose key is already there (a config that came back) links that result instead of computing.
+    """
+    from attrflow.cache import ResultCache
     from attrflow.models.loading import load_model
+    from attrflow.store import content_key, read_attrs
 
     started = time.perf_counter()
     dev = resolve_device(device)
     start, stop = (int(v) for v in sample_range)
+    card_path = Path(model_dir) / "card.json"
+    cache = ResultCache.beside(out_path)
+    result_key = cache.key(
+        "attribution",
+        names=[dataset, model_name, method, int(shard), split],
+        entry=entry,
+        code=code,
+        dataset_spec=dataset_spec or {},
+        sample_range=[start, stop],
+        samples=str(read_attrs(samples_path).get("fingerprint", "")),
+        model=_card_fingerprint(card_path),
+        references=content_key(references_path) if references_path else None,
+        runtime=[device, int(seed), int(max_batch), target],
+    )
+    if cache.fetch_dir("attributions", result_key, out_path):
+        LOG.info("%s shard %d: reused the result computed earlier under the same key %s", method, shard, result_key)
+        return Path(out_path)
     samples = read_samples(samples_path, split, start, stop)
     if len(samples) != stop - start:
         raise ValueError(
@@ -85,7 +108,6 @@ def attribute_shard(
             "shorter than the plan expects — re-run prepare_dataset"
         )
     model = load_model(model_dir, dev)
-    card_path = Path(model_dir) / "card.json"
     info = get_method(entry["fn"])
     params = method_params(entry)
     keep_channels = bool(entry.get("keep_channels", False))
@@ -107,6 +129,7 @@ def attribute_shard(
 
     attrs: dict[str, Any] = {
         "kind": "attribution",
+        "result_key": result_key,
         "method": method,
         "fn": entry["fn"],
         "params": params,
@@ -157,7 +180,9 @@ def attribute_shard(
         backward_samples=int(model.backward_samples),
         peak_memory_bytes=peak_memory_bytes(dev),
     )
-    return write_store(out_path, arrays, attrs, groups=groups)
+    written = write_store(out_path, arrays, attrs, groups=groups)
+    cache.keep_dir("attributions", result_key, written)
+    return written
 
 
 def _explain(info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights):

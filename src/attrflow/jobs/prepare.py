@@ -29,6 +29,30 @@ def prepare_dataset_store(*, name: str, spec: dict[str, Any], out_path: str | Pa
     return write_sample_store(out_path, evaluation, train, attrs)
 
 
+def prepare_eval_shard(
+    *, name: str, spec: dict[str, Any], sample_range: list[int], shard: int, out_path: str | Path
+) -> Path:
+    """Evaluation samples [start, stop) of a dataset, for the attribution and score jobs of
+    shard ``shard``; the fingerprint is that of the pixels, labels and ids stored."""
+    from attrflow.data.adapters import prepare_eval_range
+    from attrflow.data.sample_store import write_eval_shard
+
+    start, stop = (int(v) for v in sample_range)
+    samples = prepare_eval_range(name, spec, int(spec.get("seed", 0)), start, stop)
+    if len(samples) != stop - start:
+        raise ValueError(
+            f"datasets.{name}: {len(samples)} evaluation samples in [{start}, {stop}); the source "
+            "holds fewer than the plan expects (was a file removed while the run started?)"
+        )
+    h = hashlib.sha256()
+    h.update(samples.images.tobytes())
+    h.update(samples.labels.tobytes())
+    h.update("\0".join(samples.ids).encode())
+    attrs = {"dataset": name, "shard": int(shard), "spec": dict(spec), "fingerprint": h.hexdigest()[:16]}
+    LOG.info("%s shard %d: samples [%d, %d), fingerprint %s", name, shard, start, stop, attrs["fingerprint"])
+    return write_eval_shard(out_path, samples, [start, stop], attrs)
+
+
 def prepare_model_files(
     *,
     name: str,

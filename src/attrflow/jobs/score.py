@@ -1,10 +1,11 @@
-"""The `score` job: every selected metric for one (dataset, model, method)."""
+"""The `score` job: every selected metric on one attribution shard of one (dataset, model, method)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from attrflow.data.sample_store import read_samples
 from attrflow.jobs.attribute import method_params
 from attrflow.jobs.runtime import derive_seed, generator_for, resolve_device
 from attrflow.metrics import MetricInputs, MetricOutput, call_metric, get_metric
+from attrflow.registry import signature_params
 from attrflow.report.schema import SCORES, write_table
 from attrflow.store import StoreError, open_store
 
@@ -27,42 +29,37 @@ METRIC_ENTRY_KEYS = ("fn", "samples")
 
 
 class ShardMaps:
-    """All shards of one (dataset, model, method), verified and concatenated."""
+    """One attribution shard store of one (dataset, model, method), verified."""
 
-    def __init__(self, paths: list[str]) -> None:
-        self.attrs: list[dict[str, Any]] = []
-        ids, targets, maps, diags = [], [], [], {}
-        self.applicable, self.reason = True, None
-        for path in paths:
-            group = open_store(path)
-            attrs = dict(group.attrs)
-            self.attrs.append(attrs)
-            ids.extend(group["ids"][:].tolist())
-            targets.append(group["targets"][:])
-            if not attrs.get("applicable", True):
-                self.applicable, self.reason = False, attrs.get("reason")
-                continue
-            maps.append(group["maps"][:])
-            if "diagnostics" in group:
-                for key in group["diagnostics"].array_keys():
-                    diags.setdefault(key, []).append(group["diagnostics"][key][:])
-        self.ids = ids
-        self.targets = np.concatenate(targets) if targets else np.zeros(0, np.int64)
-        self.maps = np.concatenate(maps) if self.applicable and maps else None
-        self.diagnostics = {k: np.concatenate(v) for k, v in diags.items()} if self.applicable else {}
-        first = self.attrs[0] if self.attrs else {}
-        self.method_fn = first.get("fn", "")
-        self.claims_completeness = bool(first.get("claims_completeness", False))
-        self.model_fingerprint = first.get("model_fingerprint", "")
-        self.dataset_fingerprint = "+".join(a.get("dataset_fingerprint", "") for a in self.attrs)
+    def __init__(self, path: str | Path) -> None:
+        group = open_store(path)
+        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.ids: list[str] = group["ids"][:].tolist()
+        self.targets = group["targets"][:]
+        self.labels = group["labels"][:]
+        self.applicable = bool(self.attrs.get("applicable", True))
+        self.reason = self.attrs.get("reason")
+        self.maps = group["maps"][:] if self.applicable else None
+        self.diagnostics = (
+            {k: group["diagnostics"][k][:] for k in group["diagnostics"].array_keys()}
+            if self.applicable and "diagnostics" in group
+            else {}
+        )
+        self.method_fn = self.attrs.get("fn", "")
+        self.claims_completeness = bool(self.attrs.get("claims_completeness", False))
+        self.model_fingerprint = self.attrs.get("model_fingerprint", "")
+        self.dataset_fingerprint = self.attrs.get("dataset_fingerprint", "")
+        # What the maps are, whatever their path: the key they were computed under.
+        self.result_key = self.attrs.get("result_key", "")
 
 
-def score_method(
+def score_shard(
     *,
     samples_path: str | Path,
     model_dir: str | Path,
-    map_paths: list[str],
-    out_paths: dict[str, str],
+    maps_path: str | Path,
+    out_path: str | Path,
+    shard: int,
     dataset: str,
     model: str,
     method: str,
@@ -70,67 +67,147 @@ def score_method(
     method_code: str,
     metrics: dict[str, dict[str, Any]],
     metrics_code: dict[str, str],
+    sample_range: list[int],
     device: str,
     seed: int,
     max_batch: int,
     target: str,
     references_path: str | Path | None = None,
-) -> None:
+) -> Path:
+    """Every selected metric on one attribution shard, into one Parquet file.
+
+    Each metric's rows are memoised under a key of everything they depend on (the metric's
+    entry and code, the maps' own result key, the model, the samples, the seed and runtime):
+    a job re-run because another metric was added or changed computes only what is new.
+    """
+    from attrflow.cache import ResultCache
     from attrflow.models.loading import load_model
 
     dev = resolve_device(device)
-    shards = ShardMaps(map_paths)
-    samples = read_samples(samples_path, "eval", 0, len(shards.ids))
+    shards = ShardMaps(maps_path)
+    start, stop = (int(v) for v in sample_range)
+    samples = read_samples(samples_path, "eval", start, stop)
     if samples.ids != shards.ids:
         raise StoreError(
-            f"the sample ids in {samples_path} do not match those in the attribution shards of "
-            f"{dataset}/{model}/{method}; the dataset changed since the maps were computed"
+            f"the sample ids in {samples_path} do not match those in {maps_path}; the dataset changed "
+            "since the maps were computed"
         )
-    net = load_model(model_dir, dev)
-    images = torch.from_numpy(samples.images).to(dev)
-    labels = torch.from_numpy(samples.labels).to(dev)
-    masks = torch.from_numpy(samples.masks).to(dev) if samples.masks is not None else None
-    targets = torch.from_numpy(shards.targets).to(dev)
-    maps = torch.from_numpy(shards.maps).to(dev) if shards.maps is not None else None
-    diags = {k: torch.from_numpy(v).to(dev) for k, v in shards.diagnostics.items()}
-    references = None
-    if references_path is not None:
-        from attrflow.jobs.references import load_references
+    cache = ResultCache.beside(out_path)
+    keys = {
+        metric: cache.key(
+            "score",
+            metric=metric,
+            entry=entry,
+            code=metrics_code[metric],
+            maps=shards.result_key,
+            method_code=method_code,
+            names=[dataset, model, method],
+            samples=_samples_key(samples_path),
+            sample_range=[start, stop],
+            runtime=[device, seed, max_batch, target],
+        )
+        for metric, entry in metrics.items()
+    }
+    tables: dict[str, pa.Table] = {}
+    for metric in metrics:
+        cached = cache.read_table("scores", keys[metric])
+        if cached is not None:
+            tables[metric] = cached
+            LOG.info("%s: reused (unchanged since it was computed)", metric)
+    todo = [m for m in metrics if m not in tables]
+    if todo:
+        net = load_model(model_dir, dev)
+        references = None
+        if references_path is not None:
+            from attrflow.jobs.references import load_references
 
-        references = load_references(references_path, dev)
-    context = ScoringContext(
+            references = load_references(references_path, dev)
+        context = _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev)
+        predictions = _predictions(net, context.images, max_batch)
+        for metric in todo:
+            tables[metric] = score_metric(
+                context, metric, metrics[metric], metrics_code[metric], method_code, predictions,
+                names=(dataset, model, method), first_index=start, seed=seed,
+            )
+            cache.write_table("scores", keys[metric], tables[metric])
+    table = pa.concat_tables([tables[m] for m in metrics]) if metrics else SCORES.empty_table()
+    # The keys the rows were computed under, so `attrflow.clean --cache` keeps their entries.
+    table = table.replace_schema_metadata({"attrflow.keys": json.dumps(keys, sort_keys=True)})
+    write_table(table, out_path)
+    return Path(out_path)
+
+
+def _samples_key(samples_path: str | Path) -> str:
+    from attrflow.store import read_attrs
+
+    return str(read_attrs(samples_path).get("fingerprint", ""))
+
+
+@torch.no_grad()
+def _predictions(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> np.ndarray:
+    chunks = [net(chunk).argmax(dim=1).cpu().numpy() for chunk in images.split(max_batch)]
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+
+def _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev):
+    return ScoringContext(
         model=net,
-        images=images,
-        maps=maps,
-        targets=targets,
-        labels=labels,
-        masks=masks,
-        diagnostics=diags,
+        images=torch.from_numpy(samples.images).to(dev),
+        maps=torch.from_numpy(shards.maps).to(dev) if shards.maps is not None else None,
+        targets=torch.from_numpy(shards.targets).to(dev),
+        labels=torch.from_numpy(samples.labels).to(dev),
+        masks=torch.from_numpy(samples.masks).to(dev) if samples.masks is not None else None,
+        diagnostics={k: torch.from_numpy(v).to(dev) for k, v in shards.diagnostics.items()},
         ids=samples.ids,
         method=method,
         method_entry=method_entry,
         shards=shards,
-        explain=_explainer(method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references),
+        explain=_explainer(
+            method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references
+        ),
         max_batch=max_batch,
         seed=derive_seed(seed, dataset, model, method),
     )
-    for metric, path in out_paths.items():
-        if metric not in metrics:  # the metric's `methods:` leaves this method out: no rows
-            write_table(SCORES.empty_table(), path)
-            LOG.info("%s: not selected for method %s", metric, method)
-    for metric, entry in metrics.items():
-        info = get_metric(entry["fn"])
-        params = {k: v for k, v in entry.items() if k not in METRIC_ENTRY_KEYS}
-        # A limited metric scores the first N samples only (a prefix, like a limited method).
-        n = min(len(shards.ids), entry.get("samples") or len(shards.ids))
-        if not shards.applicable:
-            output = MetricOutput.skipped(n, f"method not applicable: {shards.reason}")
-        else:
-            output = _score_batches(context, n, info, params, derive_seed(seed, dataset, model, method, metric))
-        table = _rows(output, n, dataset, model, method, metric, info, entry, shards, method_code, metrics_code[metric])
-        write_table(table, out_paths[metric])
-        ok = np.array(output.status) == "ok"
-        LOG.info("%s: %d ok, mean %.4f", metric, ok.sum(), np.nanmean(output.values[ok]) if ok.any() else float("nan"))
+
+
+def score_metric(
+    context: ScoringContext,
+    metric: str,
+    entry: dict[str, Any],
+    metric_code: str,
+    method_code: str,
+    predictions: np.ndarray,
+    *,
+    names: tuple[str, str, str],
+    first_index: int,
+    seed: int,
+) -> pa.Table:
+    """One metric's rows for the samples of one shard (a limited metric: the first N of the
+    dataset). Metrics that draw randomness are scored a second time with an independent seed
+    (`value_retest`), so the report can say how reliable they are."""
+    dataset, model, method = names
+    info = get_metric(entry["fn"])
+    params = {k: v for k, v in entry.items() if k not in METRIC_ENTRY_KEYS}
+    limit = entry.get("samples")
+    n = len(context.ids) if limit is None else max(0, min(len(context.ids), int(limit) - first_index))
+    metric_seed = derive_seed(seed, dataset, model, method, metric)
+    if not context.shards.applicable:
+        output = MetricOutput.skipped(n, f"method not applicable: {context.shards.reason}")
+        retest = None
+    else:
+        output = _score_batches(context, n, info, params, metric_seed, first_index)
+        retest = None
+        if is_stochastic(info):
+            retest_context = replace(context, seed=derive_seed(context.seed, "retest"))
+            retest = _score_batches(retest_context, n, info, params, derive_seed(metric_seed, "retest"), first_index)
+    ok = np.array(output.status) == "ok"
+    LOG.info("%s: %d ok, mean %.4f", metric, ok.sum(), np.nanmean(output.values[ok]) if ok.any() else float("nan"))
+    return _rows(output, retest, predictions, n, names, metric, info, entry, context.shards, method_code, metric_code)
+
+
+def is_stochastic(info) -> bool:
+    """Whether a metric draws random subsets, noise or attacks: it takes a random generator."""
+    return "generator" in signature_params(info.fn, positional=1)
 
 
 @dataclass(frozen=True)
@@ -171,8 +248,13 @@ class ScoringContext:
         )
 
 
-def _score_batches(context: ScoringContext, n: int, info, params: dict[str, Any], seed: int) -> MetricOutput:
-    """One metric over the first ``n`` samples, in calls of `SAMPLES_PER_CALL`."""
+def _score_batches(
+    context: ScoringContext, n: int, info, params: dict[str, Any], seed: int, first_index: int = 0
+) -> MetricOutput:
+    """One metric over the first ``n`` samples of the context, in calls of `SAMPLES_PER_CALL`.
+
+    Each call's generator is seeded by its samples' position in the dataset, so scoring a shard
+    gives the values scoring the whole dataset at once would."""
     values, curves, status, reasons = [], [], [], []
     any_curve = False
     device = context.images.device
@@ -181,7 +263,7 @@ def _score_batches(context: ScoringContext, n: int, info, params: dict[str, Any]
         hi = min(lo + SAMPLES_PER_CALL, n)
         # Seeded per batch position: the same config gives the same subsets and noise.
         out = call_metric(
-            info, context.inputs(lo, hi), params, generator=generator_for(device, seed + lo), max_batch=context.max_batch
+            info, context.inputs(lo, hi), params, generator=generator_for(device, seed + first_index + lo), max_batch=context.max_batch
         )
         if nonfinite_maps is not None:
             for i, bad in enumerate(nonfinite_maps[lo:hi].tolist()):
@@ -225,7 +307,8 @@ def _explainer(method_entry, net, max_batch, seed, references=None):
     return explain
 
 
-def _rows(output, n, dataset, model, method, metric, info, entry, shards, method_code, metric_code) -> pa.Table:
+def _rows(output, retest, predictions, n, names, metric, info, entry, shards, method_code, metric_code) -> pa.Table:
+    dataset, model, method = names
     curves = output.curves or [None] * n
     columns = {
         "dataset": [dataset] * n,
@@ -234,7 +317,10 @@ def _rows(output, n, dataset, model, method, metric, info, entry, shards, method
         "metric": [metric] * n,
         "sample_id": list(shards.ids[:n]),
         "target": shards.targets[:n].astype(np.int64),
+        "label": shards.labels[:n].astype(np.int64),
+        "correct": (predictions[:n] == shards.labels[:n]),
         "value": output.values,
+        "value_retest": retest.values if retest is not None else [None] * n,
         "curve": [None if c is None else np.asarray(c, dtype=np.float64).tolist() for c in curves],
         "status": list(output.status),
         "reason": list(output.reasons),

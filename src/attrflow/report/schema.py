@@ -16,7 +16,12 @@ SCORES = pa.schema(
         ("metric", pa.string()),
         ("sample_id", pa.string()),
         ("target", pa.int64()),
+        ("label", pa.int64()),  # the sample's ground-truth class
+        ("correct", pa.bool_()),  # whether the model predicts `label` for the sample
         ("value", pa.float64()),
+        # Metrics that draw random subsets, noise or attacks: the same metric with an independent
+        # seed (test-retest reliability); null for deterministic metrics.
+        ("value_retest", pa.float64()),
         ("curve", pa.list_(pa.float64())),
         ("status", pa.string()),  # ok | nan | skipped
         ("reason", pa.string()),  # why a value is nan or skipped; null when ok

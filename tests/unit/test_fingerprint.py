@@ -1,0 +1,81 @@
+"""Code fingerprints: what a job's result depends on (symbols reached through the AST), how it
+is written never (docstrings, comments, formatting), and planning modules never."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+from attrflow.catalog import PACKAGE_DIR
+from attrflow.fingerprint import (
+    NON_COMPUTE_MODULES,
+    code_fingerprint,
+    normalised_dump,
+    registered_symbol,
+    symbol_closure,
+    symbols_fingerprint,
+)
+from attrflow.plan import ATTRIBUTE_JOB, SCORE_METRIC_JOB, Plan
+
+
+def _closure_modules(roots):
+    return {module for module, _ in symbol_closure(roots)}
+
+
+def test_formatting_docstrings_and_comments_do_not_count():
+    a = 'def f(x, y=2):\n    """Doc."""\n    # why\n    return x + y\n'
+    b = "def f(x,\n      y=2):\n    return (x + y)  # other comment\n"
+    c = "def f(x, y=3):\n    return x + y\n"
+    dump = lambda src: normalised_dump(ast.parse(src).body[0])  # noqa: E731
+    assert dump(a) == dump(b)
+    assert dump(a) != dump(c)
+
+
+def test_closure_follows_the_symbols_a_method_uses():
+    closure = symbol_closure([registered_symbol("methods", "integrated_gradients")])
+    assert ("attrflow.methods._batching", "path_diagnostics") in closure
+    assert not any(module == "attrflow.methods.random_attribution" for module, _ in closure)
+
+
+def test_a_shared_module_counts_only_through_what_is_used():
+    # Guided Backprop's module imports Expected Gradients' module for one helper: editing the
+    # rest of Expected Gradients must not reach it.
+    closure = symbol_closure([registered_symbol("methods", "guided_backprop")])
+    eg = {name for module, name in closure if module == "attrflow.methods.expected_gradients"}
+    assert "expected_gradients" not in eg
+
+
+def test_planning_and_registry_modules_belong_to_no_fingerprint():
+    for family, fn in [("methods", "integrated_gradients"), ("methods", "uni"), ("metrics", "deletion")]:
+        root = ATTRIBUTE_JOB if family == "methods" else SCORE_METRIC_JOB
+        modules = _closure_modules([root, registered_symbol(family, fn)])
+        assert not modules & NON_COMPUTE_MODULES, (fn, modules & NON_COMPUTE_MODULES)
+        assert "attrflow.jobs.attribute" in modules or family == "metrics"
+
+
+def test_a_registry_lookup_by_constant_name_is_followed():
+    # mard_ig runs integrated_gradients through get_method(IG_FN)
+    closure = symbol_closure([registered_symbol("metrics", "mard_ig")])
+    assert ("attrflow.methods.integrated_gradients", "integrated_gradients") in closure
+
+
+def test_a_method_named_in_an_entry_counts():
+    base = {
+        "run": {"datasets": [], "models": [], "methods": [], "metrics": []},
+        "methods": {
+            "sg_grad": {"fn": "smoothgrad", "of": "gradient"},
+            "sg_ixg": {"fn": "smoothgrad", "of": "input_x_gradient"},
+        },
+    }
+    plan = Plan(base)
+    assert plan.method_fingerprint("sg_grad") != plan.method_fingerprint("sg_ixg")
+
+
+def test_touching_a_file_changes_nothing():
+    path = PACKAGE_DIR / "methods" / "random_attribution.py"
+    before = code_fingerprint(path)
+    os.utime(path)  # a fresh clone or a touch must not look like a code change
+    assert code_fingerprint(path) == before
+    assert symbols_fingerprint([registered_symbol("methods", "gradient")]) != symbols_fingerprint(
+        [registered_symbol("methods", "random_attribution")]
+    )
