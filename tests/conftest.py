@@ -1,14 +1,12 @@
-"""Shared test set-up: import the checkout's `src`, seed every test, skip GPU tests without one."""
+"""Shared test set-up: seed every test, skip GPU tests without one. `attrflow` is imported as
+installed (`pip install -e .`); test helpers are on pytest's `pythonpath` (pyproject.toml)."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # Tests never reach a hub: a model that would download must fail at once instead.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

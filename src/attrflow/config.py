@@ -2,7 +2,7 @@
 
 Checks, in order, each failing with a `ConfigError` that names the key path:
 
-1. the JSON schema (`schemas/config.schema.yaml`): structure, types, ranges, unknown keys;
+1. the JSON schema (`attrflow/schemas/config.schema.yaml`, shipped inside the package): structure, types, ranges, unknown keys;
 2. the selection (`run:`) names entries that exist, and models name datasets that exist;
 3. each method/metric entry's `fn` is registered, and its other keys are that function's
    parameters with valid values (the schema each function registers, read by `attrflow.catalog`);
@@ -15,6 +15,7 @@ Only stdlib, yaml and jsonschema are imported: the Snakefile calls this on every
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import yaml
 
 from attrflow.catalog import catalog
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
+# Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
+SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
 # Keys every entry may carry besides its function's parameters: how maps are stored, how many
 # samples a costly entry is limited to (the first N, so results stay comparable across entries),
 # which of the selected models and datasets a method runs on, and which methods a metric scores.

@@ -14,15 +14,12 @@ maps by ~1e-8 relative; the tolerance here is 1e-5 relative to the largest attri
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 captum_attr = pytest.importorskip("captum.attr")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from tiny_models import images, regular_cnn, targets, x_cnn  # noqa: E402
 
 from attrflow.methods.gradient import gradient, input_x_gradient  # noqa: E402

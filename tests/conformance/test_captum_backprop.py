@@ -14,9 +14,7 @@ for float64 inputs).
 
 from __future__ import annotations
 
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from tiny_models import (
     IMAGENET_MEAN,
     IMAGENET_STD,

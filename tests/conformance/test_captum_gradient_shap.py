@@ -12,8 +12,6 @@ very same estimate and must agree to rounding.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ import torch
 
 captum_attr = pytest.importorskip("captum.attr")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from tiny_models import images, regular_cnn, targets, x_cnn  # noqa: E402
 
 from attrflow.methods.expected_gradients import integrate_from_references  # noqa: E402

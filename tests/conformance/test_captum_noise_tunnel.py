@@ -20,15 +20,12 @@ equal up to rounding, which the tolerance allows.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 captum_attr = pytest.importorskip("captum.attr")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from tiny_models import images, regular_cnn, targets  # noqa: E402
 
 from attrflow.methods.smoothgrad import smoothgrad  # noqa: E402

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "schemas", "src", "profiles", "envs"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "src", "profiles", "envs"]
 
 TINY_CONFIG = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
 
