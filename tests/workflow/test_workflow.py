@@ -6,6 +6,7 @@ import copy
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -85,11 +86,22 @@ def test_c2_changed_metric_parameter_replans_no_attribution(finished_run: Workfl
     assert rules == {"score", "aggregate", "report"}
 
 
+def _edit(path, transform):
+    original = path.read_text()
+    path.write_text(transform(original))
+    return original
+
+
 def test_d_edited_method_module_replans_only_that_method(finished_run: Workflow):
     module = finished_run.root / "src" / "attrflow" / "methods" / "random_attribution.py"
-    original = module.read_text()
+
+    def change(text: str) -> str:  # a real statement in the registered function
+        head, tail = text.split("def random_attribution(", 1)
+        signature, body = tail.split(":\n", 1)
+        return f"{head}def random_attribution({signature}:\n    _marker = 1\n{body}"
+
+    original = _edit(module, change)
     try:
-        module.write_text(original + "\n# an edit\n")
         jobs = finished_run.planned()
     finally:
         module.write_text(original)
@@ -99,15 +111,114 @@ def test_d_edited_method_module_replans_only_that_method(finished_run: Workflow)
     assert "Nothing to be done" in proc.stdout + proc.stderr, "restoring the source restores the state"
 
 
-def test_damaged_store_is_recomputed(finished_run: Workflow):
+SHARED_MODULES = ["catalog.py", "registry.py", "methods/base.py", "metrics/base.py", "config.py", "plan.py",
+                  "methods/random_attribution.py", "jobs/attribute.py"]
+
+
+def test_d2_docstrings_and_comments_replan_nothing(finished_run: Workflow):
+    package = finished_run.root / "src" / "attrflow"
+    originals = {}
+    try:
+        for name in SHARED_MODULES:
+            originals[name] = _edit(
+                package / name, lambda text: text.replace('"""', '"""Edited. ', 1) + "\n# a comment\n"
+            )
+        proc = finished_run.snakemake("-n")
+    finally:
+        for name, text in originals.items():
+            (package / name).write_text(text)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_d3_a_real_change_to_a_shared_helper_replans_exactly_its_users(finished_run: Workflow):
+    helper = finished_run.root / "src" / "attrflow" / "methods" / "_batching.py"
+
+    def change(text: str) -> str:  # a statement in path_diagnostics, which only path methods use
+        head, tail = text.split("def path_diagnostics(", 1)
+        signature, body = tail.split(":\n", 1)
+        return f"{head}def path_diagnostics({signature}:\n    _marker = 1\n{body}"
+
+    original = _edit(helper, change)
+    try:
+        jobs = finished_run.planned()
+    finally:
+        helper.write_text(original)
+    assert {wc["method"] for rule, wc in jobs if rule in ("attribute", "score")} == {"ig"}
+    assert sum(rule == "attribute" for rule, _ in jobs) == 2 * len(TINY_CONFIG["run"]["models"])
+
+
+def test_d4_the_same_config_in_another_form_replans_nothing(finished_run: Workflow):
+    import yaml
+
+    def reverse(value):
+        if isinstance(value, dict):
+            return {k: reverse(value[k]) for k in sorted(value, reverse=True)}
+        return value
+
+    same = reverse(copy.deepcopy(TINY_CONFIG))
+    same["methods"]["ig"]["rule"] = "right"  # a default, written out
+    path = finished_run.workdir / "reordered.yaml"
+    path.write_text(yaml.safe_dump(same, sort_keys=False, default_flow_style=True))  # flow style, too
+    proc = finished_run.snakemake("-n", config=path)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_d5_a_new_metric_computes_only_itself(tmp_path):
+    wf = Workflow(copy_workflow(tmp_path / "repo"), tmp_path / "work")
+    wf.workdir.mkdir()
+    config = copy.deepcopy(TINY_CONFIG)
+    config["run"]["methods"] = ["random", "gradient"]
+    config["run"]["models"] = ["cnn"]
+    wf.write_config(config)
+    wf.snakemake()
+    before = pd.read_parquet(wf.workdir / "results" / "reports" / "scores.parquet")
+    config["metrics"]["faithfulness"] = {"fn": "faithfulness_correlation", "subsets": 4}
+    config["run"]["metrics"].append("faithfulness")
+    new = wf.write_config(config, "more.yaml")
+    assert {rule for rule, _ in wf.planned(new)} == {"score", "aggregate", "report"}
+    wf.snakemake(config=new)
+    logs = "".join(p.read_text() for p in (wf.workdir / "logs" / "score").rglob("*.log"))
+    for metric in ("deletion", "insertion", "mufidelity"):
+        assert f"{metric}: reused" in logs, metric
+    after = pd.read_parquet(wf.workdir / "results" / "reports" / "scores.parquet")
+    key = ["model", "method", "metric", "sample_id"]
+    merged = before.merge(after, on=key, suffixes=("_before", "_after"))
+    assert len(merged) == len(before)
+    pd.testing.assert_series_equal(merged.value_before, merged.value_after, check_names=False)
+    assert (after.metric == "faithfulness").sum() > 0
+
+
+def test_damaged_store_stops_planning_and_is_never_moved(finished_run: Workflow):
     store = next((finished_run.workdir / "results" / "attributions").rglob("shard-0.zarr"))
     chunk = next(p for p in (store / "maps").rglob("*") if p.is_file() and p.name != "zarr.json")
+    good = chunk.read_bytes()
+    chunk.write_bytes(good[:-3])
+    try:
+        proc = finished_run.snakemake("-n", check=False)
+        assert proc.returncode != 0
+        assert str(store.relative_to(finished_run.workdir)) in proc.stdout + proc.stderr
+        assert "attrflow.clean --damaged" in proc.stdout + proc.stderr
+        assert store.exists() and not list(store.parent.glob("*.damaged-*")), "planning moved nothing"
+    finally:
+        chunk.write_bytes(good)
+    assert verify_store(store) == []
+
+
+def test_damaged_store_is_recomputed_after_clean(tmp_path):
+    wf = Workflow(copy_workflow(tmp_path / "repo"), tmp_path / "work")
+    wf.workdir.mkdir()
+    config = copy.deepcopy(TINY_CONFIG)
+    config["run"].update(methods=["gradient"], models=["cnn"], metrics=["deletion"])
+    wf.write_config(config)
+    wf.snakemake()
+    store = wf.workdir / "results" / "attributions" / "tiny" / "cnn" / "gradient" / "shard-0.zarr"
+    chunk = next(p for p in (store / "maps").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:-3])
-    jobs = finished_run.planned()
-    attribute_jobs = [wc for rule, wc in jobs if rule == "attribute"]
-    assert len(attribute_jobs) == 1 and attribute_jobs[0]["shard"] == "0"
-    assert list(store.parent.glob("shard-0.zarr.damaged-*")), "the damaged copy is kept aside"
-    finished_run.snakemake()
+    subprocess.run([sys.executable, "-m", "attrflow.clean", "--damaged"], cwd=wf.workdir, env=wf.env(), check=True)
+    assert not store.exists()
+    jobs = wf.planned()
+    assert [(r, wc["shard"]) for r, wc in jobs if r == "attribute"] == [("attribute", "0")]
+    wf.snakemake()
     assert verify_store(store) == []
 
 

@@ -230,7 +230,10 @@ def _score_entry(
             "metric": [scenario] * n,
             "sample_id": [r["sample_id"] for r in records],
             "target": [r["target"] for r in records],
+            "label": [None] * n,  # generated inputs belong to no labelled dataset
+            "correct": [None] * n,
             "value": np.array([r["value"] for r in records], dtype=np.float64),
+            "value_retest": [None] * n,
             "curve": [None] * n,
             "status": [r["status"] for r in records],
             "reason": [r["reason"] for r in records],
