@@ -448,9 +448,9 @@ def _run_attack(
         return f"{metric}: {who} cannot be re-run here: {err}"
     if kind == SPSA:
         LOG.warning(
-            "%s: %s gives no maps differentiable in x; attacked with the gradient-free SPSA "
-            "estimate (%d directions), recorded as exact_gradient = 0 in the curve",
-            metric, who, settings.spsa_samples,
+            "attribution attack: %s gives no maps differentiable in x; attacked with the "
+            "gradient-free SPSA estimate (%d directions), recorded as exact_gradient = 0 in the "
+            "curve", who, settings.spsa_samples,
         )  # fmt: skip
     smallest = settings.epsilon / 2**settings.max_halvings
     tried = f"{settings.epsilon:.4g} down to {smallest:.4g}"
