@@ -140,6 +140,51 @@ def test_chunked_double_backprop_of_ig_matches_finite_differences():
         torch.testing.assert_close(analytic, numeric, rtol=1e-6, atol=1e-8)
 
 
+def smooth_cnn(dtype=torch.float64) -> WrappedModel:
+    """Conv → GELU → conv → GELU → average pool → linear, with biases: smooth everywhere, so
+    every map below is differentiable and finite differences apply."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 5, 3, padding=1), nn.GELU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    )  # fmt: skip
+    return wrap(net, channels=3, classes=3, dtype=dtype, mean=0.5, std=0.25)
+
+
+@pytest.mark.parametrize(
+    "fn, params",
+    [
+        ("input_x_gradient", {}),
+        ("gradcam", {"layer": "2"}),
+        ("gradcampp", {"layer": "2"}),
+        ("fullgrad", {}),
+        ("blur_ig", {"steps": 6, "max_sigma": 2.0}),
+        ("smoothgrad", {"of": "integrated_gradients", "of_params": {"steps": 3}, "n": 3}),
+    ],
+)
+def test_double_backprop_of_every_kind_of_method_matches_finite_differences(fn, params):
+    model = smooth_cnn()
+    generator = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 6, 6, generator=generator, dtype=torch.float64) * 0.8 + 0.1
+    target = torch.tensor([0, 2])
+    probe, maps = maps_with_graph(fn, params, model, x, target, max_batch=4)
+    v = torch.randn(maps.shape, generator=generator, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((v * maps).sum(), probe)
+
+    def objective(images: torch.Tensor) -> torch.Tensor:
+        maps = call_method(
+            get_method(fn), model, images, target, params,
+            generator=torch.Generator().manual_seed(0), max_batch=4,
+        ).maps  # fmt: skip
+        return (v * maps).sum()
+
+    for seed in range(2):
+        direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+        h = 1e-6
+        numeric = (objective(x + h * direction) - objective(x - h * direction)) / (2 * h)
+        torch.testing.assert_close((gradient * direction).sum(), numeric, rtol=1e-5, atol=1e-7)
+
+
 class Tracked(nn.Module):
     """z ⊙ tanh(z): the product saves its input for the backward pass, so the input stays alive
     exactly as long as some graph holds it. Counts how many input rows are alive at once."""
