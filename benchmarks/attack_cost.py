@@ -69,7 +69,10 @@ def peak_rss_mib() -> float:
 def cost(args, model, x) -> None:
     fn, params = METHODS[args.method]
     rows = [0]
-    model.net.register_forward_pre_hook(lambda _m, inp: rows.__setitem__(0, rows[0] + inp[0].shape[0]))
+    def count(_module, inputs) -> None:
+        rows[0] += inputs[0].shape[0]
+
+    model.net.register_forward_pre_hook(count)
     inputs = inputs_for(model, x, fn, params, args.max_batch)
     if x.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -133,7 +133,8 @@ def test_chunked_double_backprop_of_ig_matches_finite_differences():
     torch.testing.assert_close(gradients[0], gradients[1])
     torch.testing.assert_close(gradients[0], gradients[2])
     for seed in range(3):
-        direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+        seeded = torch.Generator().manual_seed(seed)
+        direction = torch.randn(x.shape, generator=seeded, dtype=x.dtype)
         h = 1e-5
         numeric = (objective(x + h * direction) - objective(x - h * direction)) / (2 * h)
         analytic = (gradients[0] * direction).sum()
@@ -179,7 +180,8 @@ def test_double_backprop_of_every_kind_of_method_matches_finite_differences(fn, 
         return (v * maps).sum()
 
     for seed in range(2):
-        direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+        seeded = torch.Generator().manual_seed(seed)
+        direction = torch.randn(x.shape, generator=seeded, dtype=x.dtype)
         h = 1e-6
         numeric = (objective(x + h * direction) - objective(x - h * direction)) / (2 * h)
         torch.testing.assert_close((gradient * direction).sum(), numeric, rtol=1e-5, atol=1e-7)

@@ -284,7 +284,9 @@ def test_objective_gradient_exact_path_and_spsa_estimate_agree():
     registered = explainer("gradient", {}, model)
     top = topk_mask(flat_scores(registered(x, target), "absolute"), 3)
     kwargs = dict(samples=64, step=1 / 255, tile=1, generator=torch.Generator().manual_seed(0))
-    exact, kind = objective_gradient(differentiable, surrogate, x, target, top, "absolute", **kwargs)
+    exact, kind = objective_gradient(
+        differentiable, surrogate, x, target, top, "absolute", **kwargs
+    )
     assert kind == "exact"
     probe = x.clone().requires_grad_(True)
     mass = topk_mass(flat_scores(differentiable(probe, target, surrogate), "absolute"), top)

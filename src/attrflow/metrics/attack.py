@@ -21,11 +21,14 @@ What is attacked:
   SmoothGrad/SmoothGrad²/VarGrad of those, Expected Gradients, LPI, UNI, GradCAM, GradCAM++,
   FullGrad) returns maps with a graph to x; path methods recompute their points' gradients
   chunk by chunk with ``create_graph=True`` while back-propagating, so memory stays bounded
-  by ``max_batch`` (see `attrflow.methods._batching`). The gradient is taken for
-  max(1, ``max_batch`` // 32) samples at a time (`gradient_group`). Stochastic parts (noise draws, references, α) are the
-  ones of the re-run, held fixed; UNI's unlearned perturbation δ(x) and EG's drawn references
-  are held fixed too (differentiating through UNI's unlearning and PGD would be an unrolled
-  third-order problem).
+  by ``max_batch`` (see `attrflow.methods._batching`); the gradient is taken for
+  max(1, ``max_batch`` // 32) samples per call (`gradient_group`). Random draws of the method
+  (noise, references, α) are those of the re-run, held fixed; so is UNI's unlearned
+  perturbation δ(x) (differentiating through its unlearning and PGD steps would be an unrolled
+  third-order problem). Cost per sample for a method of P points: P forward+backward passes for
+  each of the three maps (before, attacked, noisy), P × (2 forward + 2 backward + 1 double
+  backward) for the gradient, and at most 2 + `max_halvings` + 2 forward passes for the label
+  checks (`benchmarks/RESULTS.md` has resnet18 figures).
 * **Gradient-free fallback, declared.** Methods that cannot give such maps (occlusion, extremal
   perturbation, IBA, Guided Backprop, Deconvolution, DeepLIFT/DeepSHAP's rescale rules, AGI,
   Guided IG, pathway gradients) are attacked with an SPSA estimate of ∇_x m (Spall 1992) from
@@ -37,9 +40,10 @@ What is attacked:
 * **Surrogate model, for the gradient only.** The gradient map of a ReLU network is piecewise
   constant in x: its derivative is zero almost everywhere. As Ghorbani et al. (and Dombrowski
   et al. 2019) do, the attack direction is computed on a surrogate in which every ReLU is
-  Softplus(β) (`softplus_beta`, default β = 10): ``nn.ReLU`` modules, ``F.relu``/``torch.relu``
-  calls and their in-place forms alike (a torch-function mode over the model's forward, so
-  nothing is copied and nothing is missed). Smooth activations (GELU, SiLU, Softplus) are
+  Softplus(β) (`softplus_beta`; default β = 10, attrflow's choice, as the papers vary β):
+  ``nn.ReLU`` modules, ``F.relu``/``torch.relu`` calls and their in-place forms alike (a
+  torch-function mode over the model's forward: nothing is copied, nothing missed). Smooth
+  activations (GELU, SiLU, Softplus) are
   attacked as they are — the same surrogate call changes nothing there. Max pooling stays
   piecewise linear; its exact gradient (fixed switches) is used. ``softplus_beta: 0`` attacks
   the model itself. The maps before and after, and the label check, use the real model.
