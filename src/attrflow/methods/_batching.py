@@ -20,8 +20,9 @@ Two things change, and nothing else: `validate_batch` keeps x attached, and
 `accumulate_gradients` builds all n·P points with their graph to x (inputs-sized tensors only),
 takes the per-point input gradients in chunks of ``max_batch`` without keeping any chunk's graph,
 and, when the caller back-propagates into those gradients, recomputes one chunk at a time with
-``create_graph=True`` and returns the Hessian-vector product (`_PointGradients`). So at most
-``max_batch`` points' activations are alive at any time, in both passes. Outside the context
+``create_graph=True`` (half a chunk: a double-backprop graph is about twice a backward's) and
+returns the Hessian-vector product (`_PointGradients`). So at most ``max_batch`` points'
+activations are alive at any time, in both passes. Outside the context
 (the default) every line of the usual path runs as before: stored maps are unchanged.
 """
 
@@ -229,9 +230,10 @@ class _PointGradients(torch.autograd.Function):
     """∇_p logit_target(p) for every row p of ``points`` (m, C, H, W), in chunks of ``max_batch``.
 
     Forward: one forward and one backward per chunk, no graph kept. Backward (given the
-    cotangent u of the gradients): per chunk, the gradient again with ``create_graph=True`` and
-    then the Hessian-vector product H u — one chunk's double-backprop graph at a time. The
-    target logits and probabilities (m,) come back too, as constants (diagnostics only).
+    cotangent u of the gradients): per chunk of max(1, max_batch // 2) points, the gradient
+    again with ``create_graph=True`` and then the Hessian-vector product H u — one chunk's
+    double-backprop graph at a time. The target logits and probabilities (m,) come back too,
+    as constants (diagnostics only).
     """
 
     @staticmethod
@@ -258,8 +260,10 @@ class _PointGradients(torch.autograd.Function):
     def backward(ctx, grad_of_grads, _logits, _probs):  # noqa: ANN001, ANN205
         points, flat_target = ctx.saved_tensors
         result = torch.zeros_like(points)
+        # A double-backprop graph holds about twice the activations of a plain backward pass:
+        # half the chunk keeps this pass within the memory one chunk of max_batch points takes.
         with evaluation_mode(ctx.model), torch.enable_grad():
-            for start, stop in _chunks(points.shape[0], ctx.max_batch):
+            for start, stop in _chunks(points.shape[0], max(1, ctx.max_batch // 2)):
                 inputs = points[start:stop].detach().requires_grad_(True)
                 out = ctx.model(inputs)
                 chosen = out.gather(1, flat_target[start:stop].unsqueeze(1)).sum()
