@@ -187,6 +187,56 @@ def test_double_backprop_of_every_kind_of_method_matches_finite_differences(fn, 
         torch.testing.assert_close((gradient * direction).sum(), numeric, rtol=1e-5, atol=1e-7)
 
 
+def rule_cnn(dtype=torch.float64) -> WrappedModel:
+    """Units DeepLIFT has rules for (Softplus, max pool, Tanh), smooth where it matters."""
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(beta=2.0), nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(5, 3),
+    )  # fmt: skip
+    return wrap(net, channels=3, classes=3, dtype=dtype, mean=0.5, std=0.25)
+
+
+@pytest.mark.parametrize(
+    "fn, params",
+    [
+        ("deeplift", {"baseline": "black"}),
+        ("deeplift", {"baseline": "blur", "blur_sigma": 1.0}),  # x' moves with x
+        ("deepshap", {"background": 3}),
+    ],
+)
+def test_double_backprop_of_deeplift_matches_finite_differences(fn, params):
+    """The rescale and max-pool rules' multipliers are functions of x: differentiated through
+    a recorded plain pass (`_deeplift_pairs_differentiable`), not through the rule pass."""
+    model = rule_cnn()
+    generator = torch.Generator().manual_seed(4)
+    x = torch.rand(2, 3, 6, 6, generator=generator, dtype=torch.float64) * 0.8 + 0.1
+    target = torch.tensor([0, 2])
+    pool = torch.rand(4, 3, 6, 6, generator=generator, dtype=torch.float64)
+    extra = {"references": pool, "reference_weights": torch.full((4,), 0.25, dtype=torch.float64)}
+    extra = extra if fn == "deepshap" else {}
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        return call_method(
+            get_method(fn), model, images, target, params,
+            generator=torch.Generator().manual_seed(0), max_batch=4, **extra,
+        ).maps  # fmt: skip
+
+    probe = x.clone().requires_grad_(True)
+    with differentiable_maps():
+        maps = run(probe)
+    torch.testing.assert_close(maps.detach(), run(x))  # the same maps (up to summation order)
+    v = torch.randn(maps.shape, generator=generator, dtype=torch.float64)
+    (gradient,) = torch.autograd.grad((v * maps).sum(), probe)
+    for seed in range(2):
+        seeded = torch.Generator().manual_seed(seed)
+        direction = torch.randn(x.shape, generator=seeded, dtype=x.dtype)
+        h = 1e-6
+        numeric = ((v * run(x + h * direction)).sum() - (v * run(x - h * direction)).sum()) / (2 * h)
+        torch.testing.assert_close((gradient * direction).sum(), numeric, rtol=1e-5, atol=1e-7)
+
+
 class Tracked(nn.Module):
     """z ⊙ tanh(z): the product saves its input for the backward pass, so the input stays alive
     exactly as long as some graph holds it. Counts how many input rows are alive at once."""
@@ -309,6 +359,14 @@ def test_the_attack_beats_random_noise_of_the_same_size(network, fn, params):
     if fn == "gradient":  # Spearman is not what the top-k objective targets: a smaller margin
         values, curves = attack_scores(model, x, fn, params, "attack_spearman", k=40)
         assert values.mean() < curves[:, 1].mean() - 0.005, (values, curves[:, 1])
+
+
+def test_the_attack_on_deeplift_beats_random_noise():
+    model = maxpool_cnn()  # DeepLIFT's rules refuse GELU, so only the ReLU/max-pool network
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    values, curves = attack_scores(model, x, "deeplift", {}, "attack_topk", k=40)
+    assert len(values) >= 4 and (curves[:, 2] == 1.0).all()
+    assert (curves[:, 1] > values).all() and (curves[:, 1] - values).mean() > 0.15
 
 
 def test_the_attack_beats_noise_on_resnet18():

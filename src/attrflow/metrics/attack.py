@@ -18,8 +18,8 @@ What is attacked:
 * **Exact gradient of the objective** (double back-propagation, as Ghorbani et al.): the
   method is re-run inside `attrflow.methods.differentiable_maps`, where every method registered
   ``differentiable=True`` (gradient, Input×Gradient, X-Gradient, IG with any baseline, BlurIG,
-  SmoothGrad/SmoothGrad²/VarGrad of those, Expected Gradients, LPI, UNI, GradCAM, GradCAM++,
-  FullGrad) returns maps with a graph to x; path methods recompute their points' gradients
+  SmoothGrad/SmoothGrad²/VarGrad of those, Expected Gradients, LPI, UNI, DeepLIFT, DeepSHAP,
+  GradCAM, GradCAM++, FullGrad) returns maps with a graph to x; path methods recompute their points' gradients
   chunk by chunk with ``create_graph=True`` while back-propagating, so memory stays bounded
   by ``max_batch`` (see `attrflow.methods._batching`); the gradient is taken for
   max(1, ``max_batch`` // 32) samples per call (`gradient_group`). Random draws of the method
@@ -30,8 +30,8 @@ What is attacked:
   backward) for the gradient, and at most 2 + `max_halvings` + 2 forward passes for the label
   checks (`benchmarks/RESULTS.md` has resnet18 figures).
 * **Gradient-free fallback, declared.** Methods that cannot give such maps (occlusion, extremal
-  perturbation, IBA, Guided Backprop, Deconvolution, DeepLIFT/DeepSHAP's rescale rules, AGI,
-  Guided IG, pathway gradients) are attacked with an SPSA estimate of ∇_x m (Spall 1992) from
+  perturbation, IBA, InputIBA, Guided Backprop, Deconvolution (Captum's hooks), AGI, Guided IG,
+  pathway gradients) are attacked with an SPSA estimate of ∇_x m (Spall 1992) from
   calls of the method itself: for S random ±1 directions Δ (constant over `spsa_tile`² pixel
   tiles, per channel), ĝ = (1/S) Σ [m(x + cΔ) − m(x − cΔ)] / (2c) · Δ, costing 2S method calls.
   SPSA is much weaker than the exact gradient (on max-pool networks the finite differences cross
