@@ -41,6 +41,7 @@ from attrflow.metrics.attack import (
     attack,
     exact_objective_gradient,
     fgsm_keeping_label,
+    noise_margin,
     objective_gradient,
     predicted_classes,
     softplus_surrogate,
@@ -216,6 +217,9 @@ def test_attack_cannot_change_gradient_maps_of_a_linear_model():
         # ε used, the same metric under random noise (also 1), exact gradient
         np.testing.assert_allclose(out.curves[0], [8 / 255, 1.0, 1.0])
     assert CURVE == ("epsilon_used", "noise_value", "exact_gradient")
+    assert noise_margin(out.values[0], out.curves[0]) == 0.0  # noise and attack alike: no margin
+    assert noise_margin(0.25, [8 / 255, 0.75, 1.0]) == 0.5
+    assert np.isnan(noise_margin(0.25, None)) and np.isnan(noise_margin(0.25, [0.1, np.nan, 1]))
     assert (
         score("attack_topk", inputs, softplus_beta=0.0, spsa_samples=2, k=3).values.tolist()
         == [1.0] * 3

@@ -108,6 +108,16 @@ class AttackResult:
     reasons: list[str | None]  # per sample, None when both maps can be compared
 
 
+def noise_margin(value: float, curve) -> float:  # noqa: ANN001
+    """How much further the attack moved the map than random noise of the same ε did: the
+    metric under noise (``curve[1]``) minus the metric after the attack (``value``). Positive:
+    the attack beats noise; zero or negative: it is no attack on that sample. NaN where either
+    is missing (a skipped or NaN score, or noise that flipped the label)."""
+    if curve is None or len(curve) < 2:
+        return float("nan")
+    return float(curve[CURVE.index("noise_value")]) - float(value)
+
+
 def topk_size(k: int | None, num_elements: int) -> int:
     """k for a map of `num_elements` elements: as given, or the share 1000 / 224² of them (1000
     pixels of a 224² map; a map that keeps its channels gets that share of its elements)."""
