@@ -24,16 +24,28 @@ from scipy import stats
 from torch import nn
 from torch.nn import functional as F
 
-from attrflow.methods import MethodNotApplicable, call_method, get_method, reduce_channels
+from attrflow.methods import (
+    MapsNotDifferentiable,
+    MethodNotApplicable,
+    call_method,
+    differentiable_maps,
+    get_method,
+    reduce_channels,
+)
 import attrflow.metrics.attack as attack_module
 from attrflow.metrics import MetricInputs, call_metric, get_metric
 from attrflow.metrics.attack import (
+    CURVE,
     AttackSettings,
+    SoftplusForReLU,
     attack,
+    exact_objective_gradient,
     fgsm_keeping_label,
+    noise_margin,
     objective_gradient,
     predicted_classes,
     softplus_surrogate,
+    spsa_objective_gradient,
     topk_intersection,
     topk_mask,
     topk_mass,
@@ -202,14 +214,18 @@ def test_attack_cannot_change_gradient_maps_of_a_linear_model():
     for name in ("attack_spearman", "attack_topk"):
         out = score(name, inputs, softplus_beta=0.0, spsa_samples=2)
         assert out.values.tolist() == [1.0, 1.0, 1.0] and out.status == ["ok"] * 3
-        np.testing.assert_allclose(out.curves[0], [8 / 255])
+        # ε used, the same metric under random noise (also 1), exact gradient
+        np.testing.assert_allclose(out.curves[0], [8 / 255, 1.0, 1.0])
+    assert CURVE == ("epsilon_used", "noise_value", "exact_gradient")
+    assert noise_margin(out.values[0], out.curves[0]) == 0.0  # noise and attack alike: no margin
+    assert noise_margin(0.25, [8 / 255, 0.75, 1.0]) == 0.5
+    assert np.isnan(noise_margin(0.25, None)) and np.isnan(noise_margin(0.25, [0.1, np.nan, 1]))
     assert (
         score("attack_topk", inputs, softplus_beta=0.0, spsa_samples=2, k=3).values.tolist()
         == [1.0] * 3
     )
-    # no nn.ReLU to smooth: refused unless the surrogate is switched off
-    refused = score("attack_spearman", inputs)
-    assert refused.status == ["skipped"] * 3 and "softplus_beta" in refused.reasons[0]
+    # no ReLU to smooth: the surrogate changes nothing and the attack runs all the same
+    assert score("attack_spearman", inputs).values.tolist() == [1.0] * 3
 
 
 def test_attack_skips_maps_that_ignore_the_input():
@@ -269,29 +285,71 @@ def test_objective_gradient_exact_path_and_spsa_estimate_agree():
             (grad,) = torch.autograd.grad(logit, x, create_graph=True)
         return grad.sum(dim=1)
 
-    black_box = explainer("gradient", {}, model)
-    top = topk_mask(flat_scores(black_box(x, target), "absolute"), 3)
+    registered = explainer("gradient", {}, model)
+    top = topk_mask(flat_scores(registered(x, target), "absolute"), 3)
     kwargs = dict(samples=64, step=1 / 255, tile=1, generator=torch.Generator().manual_seed(0))
-    exact = objective_gradient(differentiable, surrogate, x, target, top, "absolute", **kwargs)
+    exact, kind = objective_gradient(
+        differentiable, surrogate, x, target, top, "absolute", **kwargs
+    )
+    assert kind == "exact"
     probe = x.clone().requires_grad_(True)
     mass = topk_mass(flat_scores(differentiable(probe, target, surrogate), "absolute"), top)
     torch.testing.assert_close(exact, torch.autograd.grad(mass.sum(), probe)[0])
     assert exact.abs().sum() > 0
-    estimate = objective_gradient(black_box, surrogate, x, target, top, "absolute", **kwargs)
+    # the registered gradient method gives the same exact gradient inside differentiable_maps
+    through_method = exact_objective_gradient(
+        registered, surrogate, x, target, top, "absolute", group=1
+    )
+    torch.testing.assert_close(through_method, exact)
+    estimate = spsa_objective_gradient(
+        registered, surrogate, x, target, top, "absolute", **kwargs
+    )
     cosine = F.cosine_similarity(estimate.flatten(1), exact.flatten(1)).item()
     assert cosine > 0.7, cosine  # SPSA: unbiased but noisy, about √(S/d) for S << d
 
 
-def test_softplus_surrogate_is_a_smooth_copy():
-    model = regular_cnn()
-    relus = sum(isinstance(m, nn.ReLU) for m in model.modules())
-    smooth = softplus_surrogate(model, 1000.0)
-    assert sum(isinstance(m, nn.Softplus) for m in smooth.modules()) == relus == 2
-    assert not any(isinstance(m, nn.ReLU) for m in smooth.modules())
-    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2  # original untouched
-    x = tiny_images(2)
-    torch.testing.assert_close(smooth(x), model(x), atol=5e-3, rtol=0)  # β → ∞: ReLU
-    assert softplus_surrogate(linear_model(), 10.0) is None
+class FunctionalReLUNet(nn.Module):
+    """ReLUs as F.relu, an in-place Tensor.relu_() whose result is discarded, and torch.relu."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(SIDE * SIDE, 6), nn.Linear(6, 6)
+        self.out = nn.Linear(6, 2)
+
+    def forward(self, z):
+        h = F.relu(self.first(z.flatten(1)))
+        h = self.second(h)
+        h.relu_()
+        return self.out(torch.relu(h))
+
+
+def test_softplus_surrogate_replaces_every_relu_and_leaves_the_model_alone():
+    model, x = regular_cnn(), tiny_images(2)
+    smooth = softplus_surrogate(model, 10.0)
+    with SoftplusForReLU(10.0) as mode:
+        smooth_logits = model(x)
+    assert mode.replaced == 2  # the two nn.ReLU modules
+    torch.testing.assert_close(smooth(x), smooth_logits)
+    assert not torch.allclose(smooth(x), model(x))  # a different function …
+    torch.testing.assert_close(softplus_surrogate(model, 1e4)(x), model(x), atol=1e-3, rtol=0)
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 2  # … the model untouched
+    assert softplus_surrogate(model, 0.0) is model
+    torch.manual_seed(0)
+    functional = wrap(FunctionalReLUNet())
+    z = images(3)
+    with SoftplusForReLU(5.0) as mode:
+        got = functional(z)
+    assert mode.replaced == 3
+    net = functional.net
+    h = F.softplus(net.second(F.softplus(net.first(z.flatten(1)), beta=5.0)), beta=5.0)
+    torch.testing.assert_close(got, net.out(F.softplus(h, beta=5.0)))
+    # the in-place form is differentiable: double backprop through it works
+    probe = z.clone().requires_grad_(True)
+    smooth_net = softplus_surrogate(functional, 5.0)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(smooth_net(probe)[:, 0].sum(), probe, create_graph=True)
+        (second,) = torch.autograd.grad(grad.square().sum(), probe)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
 
 
 def test_attack_on_a_cnn_changes_maps_keeps_labels_and_is_deterministic():
@@ -306,6 +364,7 @@ def test_attack_on_a_cnn_changes_maps_keeps_labels_and_is_deterministic():
     topk = score("attack_topk", inputs, spsa_samples=4, k=10)
     assert set(np.round(topk.values * 10, 9)) <= set(range(11))  # multiples of 1/k
     assert {c[0] for c in topk.curves} <= {8 / 255, 4 / 255, 2 / 255, 1 / 255}
+    assert {c[2] for c in topk.curves} == {1.0}  # the gradient method is differentiated
 
 
 def test_both_attack_metrics_measure_one_attack_seeded_by_the_job():
@@ -313,9 +372,9 @@ def test_both_attack_metrics_measure_one_attack_seeded_by_the_job():
     calls = []
     base = explainer("gradient", {}, model)
 
-    def counting(x, target, model=None, **overrides):
+    def counting(x, target, model=None, **overrides):  # detached maps: the SPSA fallback
         calls.append(x.shape[0])
-        return base(x, target, model=model, **overrides)
+        return base(x.detach(), target, model=model, **overrides)
 
     inputs = make_inputs(model, x, "gradient", targets=t, explain=counting)
     attack_module._LAST_ATTACK.clear()

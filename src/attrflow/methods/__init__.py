@@ -7,9 +7,11 @@ never pays for importing captum. `load_all` imports every module, for tests and 
 
 from __future__ import annotations
 
+from attrflow.methods._batching import differentiable_maps
 from attrflow.methods.base import (
     METHODS,
     Attribution,
+    MapsNotDifferentiable,
     MethodInfo,
     MethodNotApplicable,
     call_method,
@@ -32,9 +34,11 @@ def load_all() -> list[str]:
 __all__ = [
     "METHODS",
     "Attribution",
+    "MapsNotDifferentiable",
     "MethodInfo",
     "MethodNotApplicable",
     "call_method",
+    "differentiable_maps",
     "get_method",
     "load_all",
     "reduce_channels",

@@ -12,12 +12,25 @@ their samples. Chunk boundaries need not align with samples, so every chunk is f
 Per-sample sums are formed by slicing and reshaping (a sample's points are contiguous in the
 flat order), never with ``index_add_``: that uses atomics on CUDA and would make maps differ
 bit-wise between identical runs.
+
+**Differentiable maps.** Inside `differentiable_maps()` the methods registered with
+``differentiable=True`` return maps that carry a graph to their input x, so that ∇_x of any
+function of the map (an attack objective, Ghorbani et al. 2019) is exact double back-propagation.
+Two things change, and nothing else: `validate_batch` keeps x attached, and
+`accumulate_gradients` builds all n·P points with their graph to x (inputs-sized tensors only),
+takes the per-point input gradients in chunks of ``max_batch`` without keeping any chunk's graph,
+and, when the caller back-propagates into those gradients, recomputes one chunk at a time with
+``create_graph=True`` (half a chunk: a double-backprop graph is about twice a backward's) and
+returns the Hessian-vector product (`_PointGradients`). So at most ``max_batch`` points'
+activations are alive at any time, in both passes. Outside the context
+(the default) every line of the usual path runs as before: stored maps are unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +40,26 @@ PointBuilder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 GradientWeigher = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """(grads (k, C, H, W), sample_idx (k,), point_idx (k,)) -> contributions (k, C, H, W)."""
+
+
+_DIFFERENTIABLE: ContextVar[bool] = ContextVar("attrflow_differentiable_maps", default=False)
+
+
+@contextmanager
+def differentiable_maps() -> Iterator[None]:
+    """Within this context, methods registered ``differentiable=True`` return maps with a graph
+    to x (module doc); `attrflow.methods.call_method` refuses the others with
+    `MapsNotDifferentiable`. Only attacks need it; the workflow's maps never use it."""
+    token = _DIFFERENTIABLE.set(True)
+    try:
+        yield
+    finally:
+        _DIFFERENTIABLE.reset(token)
+
+
+def maps_differentiable() -> bool:
+    """Whether the caller asked for maps with a graph to x (`differentiable_maps`)."""
+    return _DIFFERENTIABLE.get()
 
 
 @dataclass
@@ -58,7 +91,7 @@ def validate_batch(
     ``target`` as int64 on x's device.
 
     Errors name the parameter and the first offending sample, so a bad sample in a large
-    shard can be found.
+    shard can be found. Inside `differentiable_maps` x is returned attached.
     """
     if x.dim() != 4:
         raise ValueError(f"parameter x must be (n, C, H, W); got shape {tuple(x.shape)}")
@@ -83,7 +116,7 @@ def validate_batch(
             f"sample {sample}: parameter target is {int(target[sample])}, outside "
             f"[0, {num_classes}) for model {getattr(model, 'name', '')!r}"
         )
-    return x.detach(), target.long()
+    return (x if maps_differentiable() else x.detach()), target.long()
 
 
 def check_max_batch(max_batch: int) -> int:
@@ -155,6 +188,8 @@ def accumulate_gradients(
     from a seeded generator) so that maps do not depend on ``max_batch``.
     """
     check_max_batch(max_batch)
+    if maps_differentiable():
+        return _differentiable_gradients(model, target, n_points, points, weigh, max_batch)
     n = int(target.shape[0])
     total = n * n_points
     sums: torch.Tensor | None = None
@@ -188,6 +223,86 @@ def accumulate_gradients(
         gradient_sums=sums,
         target_logits=torch.cat(logits_flat).reshape(n, n_points),
         target_probs=torch.cat(probs_flat).reshape(n, n_points),
+    )
+
+
+class _PointGradients(torch.autograd.Function):
+    """∇_p logit_target(p) for every row p of ``points`` (m, C, H, W), in chunks of ``max_batch``.
+
+    Forward: one forward and one backward per chunk, no graph kept. Backward (given the
+    cotangent u of the gradients): per chunk of max(1, max_batch // 2) points, the gradient
+    again with ``create_graph=True`` and then the Hessian-vector product H u — one chunk's
+    double-backprop graph at a time. The target logits and probabilities (m,) come back too,
+    as constants (diagnostics only).
+    """
+
+    @staticmethod
+    def forward(ctx, points, flat_target, model, max_batch):  # noqa: ANN001, ANN205
+        grads, logits, probs = [], [], []
+        with evaluation_mode(model), torch.enable_grad():
+            for start, stop in _chunks(points.shape[0], max_batch):
+                inputs = points[start:stop].detach().requires_grad_(True)
+                out = model(inputs)
+                index = flat_target[start:stop].unsqueeze(1)
+                chosen = out.gather(1, index).squeeze(1)
+                (grad,) = torch.autograd.grad(chosen.sum(), inputs)
+                grads.append(grad)
+                logits.append(chosen.detach())
+                probs.append(torch.softmax(out.detach(), dim=1).gather(1, index).squeeze(1))
+                del inputs, out, chosen
+        ctx.save_for_backward(points, flat_target)
+        ctx.model, ctx.max_batch = model, max_batch
+        logits_t, probs_t = torch.cat(logits), torch.cat(probs)
+        ctx.mark_non_differentiable(logits_t, probs_t)
+        return torch.cat(grads), logits_t, probs_t
+
+    @staticmethod
+    def backward(ctx, grad_of_grads, _logits, _probs):  # noqa: ANN001, ANN205
+        points, flat_target = ctx.saved_tensors
+        result = torch.zeros_like(points)
+        # A double-backprop graph holds about twice the activations of a plain backward pass:
+        # half the chunk keeps this pass within the memory one chunk of max_batch points takes.
+        with evaluation_mode(ctx.model), torch.enable_grad():
+            for start, stop in _chunks(points.shape[0], max(1, ctx.max_batch // 2)):
+                inputs = points[start:stop].detach().requires_grad_(True)
+                out = ctx.model(inputs)
+                chosen = out.gather(1, flat_target[start:stop].unsqueeze(1)).sum()
+                (grad,) = torch.autograd.grad(chosen, inputs, create_graph=True)
+                if grad.requires_grad:  # else the gradient is constant in p (a linear model)
+                    (hvp,) = torch.autograd.grad(
+                        grad, inputs, grad_outputs=grad_of_grads[start:stop], allow_unused=True
+                    )
+                    if hvp is not None:
+                        result[start:stop] = hvp
+                del inputs, out, chosen, grad
+        return result, None, None, None
+
+
+def _differentiable_gradients(
+    model: torch.nn.Module,
+    target: torch.Tensor,
+    n_points: int,
+    points: PointBuilder,
+    weigh: GradientWeigher,
+    max_batch: int,
+) -> PathGradients:
+    """`accumulate_gradients` inside `differentiable_maps`: the same sums, with a graph to
+    whatever ``points`` and ``weigh`` read (x, the baseline), memory bounded by ``max_batch``."""
+    n = int(target.shape[0])
+    if n * n_points == 0:
+        raise ValueError("accumulate_gradients needs at least one sample and one point")
+    sample_idx, point_idx = _grid_indices(0, n * n_points, n_points, target.device)
+    with torch.enable_grad():
+        inputs = points(sample_idx, point_idx)
+        grads, logits, probs = _PointGradients.apply(
+            inputs, target[sample_idx], model, max_batch
+        )
+        contributions = weigh(grads, sample_idx, point_idx)
+        sums = contributions.reshape(n, n_points, *contributions.shape[1:]).sum(dim=1)
+    return PathGradients(
+        gradient_sums=sums,
+        target_logits=logits.reshape(n, n_points),
+        target_probs=probs.reshape(n, n_points),
     )
 
 

@@ -30,6 +30,10 @@ it. It refuses with `MethodNotApplicable`, naming the module, a nonlinearity app
 for Deconvolution, whose Captum hook reads a gradient stored per module, a ReLU module called
 twice per forward (torchvision's ResNet reuses ``relu``). In-place ReLUs (timm) are fine.
 
+DeepLIFT and DeepSHAP are registered ``differentiable=True``: inside `differentiable_maps` their
+maps carry a graph to x through the rules' multipliers (`_deeplift_pairs_differentiable`), for
+attribution attacks. Guided Backprop and Deconvolution (Captum's hooks) are not.
+
 Cost per image: GBP and Deconvolution one forward and one backward; DeepLIFT runs input and
 reference side by side, two of each; DeepSHAP 2·background of each; plus the one-image probe
 per call. Pairs are chunked so that no pass holds more than ``max_batch`` model inputs (so the
@@ -53,6 +57,7 @@ from attrflow.methods._batching import (
     _sums_per_sample,
     check_max_batch,
     evaluation_mode,
+    maps_differentiable,
     validate_batch,
 )
 from attrflow.methods.base import (
@@ -252,16 +257,26 @@ def _rescale_elementwise(module: nn.Module, args: tuple, out: torch.Tensor) -> t
     """Rescale rule: multiplier Δout/Δin per unit, the same for the input and reference halves."""
     inp = args[0]
     with torch.no_grad():
-        (x_in, r_in), (x_out, r_out) = _halves(inp), _halves(out)
-        delta_in = x_in - r_in
-        gradient = None
-        if bool((delta_in.abs() < RESCALE_EPS).any()):
-            with torch.enable_grad():  # the unit's own derivative, hooks bypassed
-                z = x_in.detach().requires_grad_(True)
-                (gradient,) = torch.autograd.grad(module.forward(z).sum(), z)
-        multiplier = _safe_ratio(x_out - r_out, delta_in, gradient if gradient is not None else 0.0)
-        multiplier = torch.cat([multiplier, multiplier])
+        multiplier = _elementwise_multiplier(module, inp, out)
     return _with_multiplier(out, inp, lambda v: multiplier * v)
+
+
+def _elementwise_multiplier(
+    module: nn.Module, inp: torch.Tensor, out: torch.Tensor, create_graph: bool = False
+) -> torch.Tensor:
+    """Δout/Δin of each unit (its derivative where |Δin| < RESCALE_EPS), for both halves;
+    ``create_graph`` keeps that derivative differentiable (`differentiable_maps`)."""
+    (x_in, r_in), (x_out, r_out) = _halves(inp), _halves(out)
+    delta_in = x_in - r_in
+    gradient = None
+    if bool((delta_in.abs() < RESCALE_EPS).any()):
+        with torch.enable_grad():  # the unit's own derivative, hooks bypassed
+            z = x_in if create_graph else x_in.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(
+                module.forward(z).sum(), z, create_graph=create_graph
+            )
+    multiplier = _safe_ratio(x_out - r_out, delta_in, gradient if gradient is not None else 0.0)
+    return torch.cat([multiplier, multiplier])
 
 
 def _rescale_max_pool(module: nn.MaxPool2d, args: tuple, out: torch.Tensor) -> torch.Tensor:
@@ -271,28 +286,36 @@ def _rescale_max_pool(module: nn.MaxPool2d, args: tuple, out: torch.Tensor) -> t
     completeness survives pooling; a 0/0 share is 0 (its Δout is 0 too)."""
     inp = args[0]
     with torch.no_grad():
-        _, indices = F.max_pool2d(
-            inp, module.kernel_size, module.stride, module.padding, module.dilation,
-            module.ceil_mode, return_indices=True,
-        )  # fmt: skip
-        flat = inp.flatten(2)
-        (x_in, r_in), (x_out, r_out) = _halves(flat), _halves(out.flatten(2))
-        at_x, at_r = (i.flatten(2) for i in _halves(indices))
-        larger = torch.maximum(x_out, r_out)
-        share_x = _safe_ratio(
-            larger - r_out, x_in.gather(2, at_x) - r_in.gather(2, at_x), torch.ones_like(larger)
-        )
-        share_r = _safe_ratio(
-            x_out - larger, x_in.gather(2, at_r) - r_in.gather(2, at_r), torch.zeros_like(larger)
-        )
-        share_x, share_r = torch.cat([share_x, share_x]), torch.cat([share_r, share_r])
-        at_x, at_r = torch.cat([at_x, at_x]), torch.cat([at_r, at_r])
+        linear = _max_pool_rule(module, inp, out)
+    return _with_multiplier(out, inp, linear)
+
+
+def _max_pool_rule(
+    module: nn.MaxPool2d, inp: torch.Tensor, out: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The linear map of the cross-maximum rule for these input and output halves."""
+    _, indices = F.max_pool2d(
+        inp, module.kernel_size, module.stride, module.padding, module.dilation,
+        module.ceil_mode, return_indices=True,
+    )  # fmt: skip
+    flat = inp.flatten(2)
+    (x_in, r_in), (x_out, r_out) = _halves(flat), _halves(out.flatten(2))
+    at_x, at_r = (i.flatten(2) for i in _halves(indices))
+    larger = torch.maximum(x_out, r_out)
+    share_x = _safe_ratio(
+        larger - r_out, x_in.gather(2, at_x) - r_in.gather(2, at_x), torch.ones_like(larger)
+    )
+    share_r = _safe_ratio(
+        x_out - larger, x_in.gather(2, at_r) - r_in.gather(2, at_r), torch.zeros_like(larger)
+    )
+    share_x, share_r = torch.cat([share_x, share_x]), torch.cat([share_r, share_r])
+    at_x, at_r = torch.cat([at_x, at_x]), torch.cat([at_r, at_r])
 
     def linear(v: torch.Tensor) -> torch.Tensor:
         v = v.flatten(2)
         return (share_x * v.gather(2, at_x) + share_r * v.gather(2, at_r)).view_as(out)
 
-    return _with_multiplier(out, inp, linear)
+    return linear
 
 
 ELEMENTWISE_RULES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus)
@@ -320,6 +343,84 @@ def _rescale_rules(model: nn.Module) -> Iterator[None]:
             handle.remove()
         for module in inplace:
             module.inplace = True
+
+
+@contextmanager
+def _unit_hooks(model: nn.Module, hook: Callable) -> Iterator[None]:
+    """``hook`` as the forward hook of every DeepLIFT unit of ``model`` for one call, in-place
+    modules out of place meanwhile (as `_rescale_rules`)."""
+    handles, inplace = [], []
+    try:
+        for module in model.modules():
+            if getattr(module, "inplace", False) is True:
+                module.inplace = False
+                inplace.append(module)
+            if isinstance(module, DEEPLIFT_MODULES):
+                handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in inplace:
+            module.inplace = True
+
+
+def _deeplift_pairs_differentiable(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    n_points: int,
+    reference: PairBuilder,
+    max_batch: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_deeplift_pairs` inside `differentiable_maps`: the same maps with a graph to x.
+
+    The rules' multipliers (Δout/Δin, the max-pool shares) are functions of every unit's input
+    and output at x and x'. In the hooked pass those values are cut from x (``out.detach()``),
+    so each chunk runs twice: a plain forward that records every unit's input and output with
+    their true graph to x, then the rule pass from a fresh leaf whose rules take their
+    multipliers from that record; the rule pass's input gradient (``create_graph=True``) is then
+    differentiable in x through the multipliers. Every chunk's graph is kept until the caller
+    back-propagates (no recomputation: DeepLIFT has one point per reference).
+    """
+    n = x.shape[0]
+    total, pairs = n * n_points, max_batch // 2
+    maps, logits_parts = [], []
+
+    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        records.append((module, args[0], out))
+
+    def replay(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        recorded, inp, recorded_out = next(replayed)
+        if recorded is not module:
+            raise RuntimeError("deeplift: the units ran in another order in the rule pass")
+        if isinstance(module, nn.MaxPool2d):
+            linear = _max_pool_rule(module, inp, recorded_out)
+        else:
+            multiplier = _elementwise_multiplier(module, inp, recorded_out, create_graph=True)
+            linear = multiplier.__mul__
+        return _with_multiplier(out, args[0], linear)
+
+    with evaluation_mode(model), torch.enable_grad():
+        for start in range(0, total, pairs):
+            flat = torch.arange(start, min(start + pairs, total), device=x.device)
+            sample_idx, point_idx = flat // n_points, flat % n_points
+            inputs, references = x[sample_idx], reference(sample_idx, point_idx)
+            batch = torch.cat([inputs, references])
+            records: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+            with _unit_hooks(model, record):
+                model(batch)
+            replayed = iter(records)
+            leaf = batch.detach().requires_grad_(True)
+            with _unit_hooks(model, replay):
+                logits = model(leaf).gather(1, target[sample_idx].repeat(2).unsqueeze(1))[:, 0]
+            (grads,) = torch.autograd.grad(logits[: len(flat)].sum(), leaf, create_graph=True)
+            maps.append((inputs - references) * grads[: len(flat)])
+            logits_parts.append(logits.detach().view(2, -1))
+    per_point = torch.cat(maps)
+    sums = per_point.reshape(n, n_points, *per_point.shape[1:]).sum(dim=1)
+    at_input, at_reference = torch.cat(logits_parts, dim=1).view(2, n, n_points)
+    return sums, at_input[:, 0], at_reference
 
 
 def _deeplift_pairs(
@@ -353,6 +454,8 @@ def _deeplift_pairs(
         watched=ACTIVATIONS | MAX_POOLS | NORMALISATIONS,
         single_use=False,
     )
+    if maps_differentiable() and x.requires_grad:
+        return _deeplift_pairs_differentiable(model, x, target, n_points, reference, max_batch)
     n = x.shape[0]
     total, pairs = n * n_points, max_batch // 2
     sums = torch.zeros_like(x)
@@ -393,6 +496,7 @@ def _completeness(maps: torch.Tensor, output_delta: torch.Tensor) -> torch.Tenso
 @register_method(
     "deeplift",
     completeness=True,
+    differentiable=True,
     params={
         "baseline": {
             "type": "string",
@@ -473,6 +577,7 @@ def deeplift(
 @register_method(
     "deepshap",
     references="train_pool",
+    differentiable=True,  # with the drawn background held fixed
     completeness=True,
     params={
         "background": {

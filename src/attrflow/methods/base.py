@@ -15,6 +15,13 @@ model's device:
   registered with ``references="feature_stats"`` (IBA, InputIBA) get ``references`` as a mapping
   from layer name (and module path) to that layer's cached `LayerStatistics` (mean, std, nonzero).
 
+A method registered with ``differentiable=True`` promises that inside
+`attrflow.methods.differentiable_maps()` its maps carry a graph to x whose gradient is the exact
+derivative of the map (double back-propagation; attribution attacks need it). Outside that
+context it behaves, and computes, exactly as otherwise. Inside it, `call_method` refuses every
+other method with `MapsNotDifferentiable`, so a caller cannot mistake a detached map for a
+differentiable one.
+
 It registers itself with `register_method`, whose arguments must be literals: the workflow reads
 them from the source with `attrflow.catalog` while planning, without importing torch.
 """
@@ -27,6 +34,7 @@ from typing import Any
 
 import torch
 
+from attrflow.methods._batching import maps_differentiable
 from attrflow.registry import Registry, signature_params
 
 RUNTIME_KWARGS = ("generator", "max_batch", "references", "reference_weights")
@@ -57,6 +65,11 @@ class MethodNotApplicable(Exception):
     """
 
 
+class MapsNotDifferentiable(Exception):
+    """Maps with a graph to x were asked for (`differentiable_maps`) from a method that cannot
+    give them (perturbation, optimisation or modified-backprop methods)."""
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
@@ -66,6 +79,7 @@ class MethodInfo:
     channel_free: bool  # returns (n, H, W) maps
     module: str
     references: str | None = None  # which reference set the method needs, if any
+    differentiable: bool = False  # maps carry a graph to x inside `differentiable_maps`
 
 
 METHODS: Registry[MethodInfo] = Registry("attribution method")
@@ -78,8 +92,11 @@ def register_method(
     completeness: bool = False,
     channel_free: bool = False,
     references: str | None = None,
+    differentiable: bool = False,
 ) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
     """Register ``fn`` under ``name``.
+
+    ``differentiable``: the method honours `differentiable_maps` (module doc).
 
     ``params`` maps each keyword parameter to a JSON-schema fragment (type, bounds, enum,
     default). It must name exactly the function's keyword parameters (less the runtime ones),
@@ -94,7 +111,10 @@ def register_method(
             k: v for k, v in signature_params(fn, positional=3).items() if k not in RUNTIME_KWARGS
         }
         _check_declared(name, declared, in_signature)
-        info = MethodInfo(name, fn, declared, completeness, channel_free, fn.__module__, references)
+        info = MethodInfo(
+            name, fn, declared, completeness, channel_free, fn.__module__, references,
+            differentiable,
+        )  # fmt: skip
         METHODS.add(name, info)
         return fn
 
@@ -144,6 +164,11 @@ def call_method(
     unknown = set(params) - set(info.params)
     if unknown:
         raise TypeError(f"{info.name}: unknown parameter(s) {sorted(unknown)}")
+    if maps_differentiable() and not info.differentiable:
+        raise MapsNotDifferentiable(
+            f"{info.name} cannot return maps with a graph to its input (it is not registered "
+            "differentiable=True)"
+        )
     accepted = signature_params(info.fn, positional=3)
     runtime: dict[str, Any] = {}
     if "generator" in accepted:

@@ -107,6 +107,7 @@ class _BlurBank:
 @register_method(
     "blur_ig",
     completeness=True,
+    differentiable=True,
     params={
         "max_sigma": {
             "type": "number",

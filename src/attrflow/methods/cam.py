@@ -10,7 +10,10 @@ GradCAM and GradCAM++ read one layer, named by ``layer`` and resolved with
 seed 004's layer study, or a module path). A CNN layer gives (n, K, h, w) activations; a ViT block
 gives tokens (n, prefix + h·w, d), whose patch tokens are laid on their grid (class/register
 tokens dropped), so d plays the role of K. The layer's output is detached from the graph below
-it, so the backward pass stops at the layer instead of running down to the pixels.
+it, so the backward pass stops at the layer instead of running down to the pixels — except
+inside `differentiable_maps` (all three are registered ``differentiable=True``): there the layer
+stays attached and the gradients are taken with ``create_graph=True``, so the maps carry a graph
+to x (each chunk's graph is kept until the caller back-propagates).
 
 Maps are returned raw (not min-max normalised): a per-sample positive rescaling changes no
 ranking-based metric, and raw values keep the maps of one sample comparable across targets.
@@ -27,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
+from attrflow.methods._batching import (
+    check_max_batch,
+    evaluation_mode,
+    maps_differentiable,
+    validate_batch,
+)
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.models.layers import prefix_tokens, resolve_layer, tokens_to_grid
 
@@ -60,7 +68,7 @@ ChannelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(activations (n, K, h, w), gradients (n, K, h, w)) -> channel weights (n, K)."""
 
 
-@register_method("gradcam", channel_free=True, params=CAM_PARAMS)
+@register_method("gradcam", channel_free=True, differentiable=True, params=CAM_PARAMS)
 def gradcam(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -77,7 +85,7 @@ def gradcam(
     return Attribution(maps=_cam(model, x, target, layer, max_batch, _gradcam_weights))
 
 
-@register_method("gradcampp", channel_free=True, params=CAM_PARAMS)
+@register_method("gradcampp", channel_free=True, differentiable=True, params=CAM_PARAMS)
 def gradcampp(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -98,7 +106,7 @@ def gradcampp(
     return Attribution(maps=_cam(model, x, target, layer, max_batch, _gradcampp_weights))
 
 
-@register_method("fullgrad", channel_free=True, params=FULLGRAD_PARAMS)
+@register_method("fullgrad", channel_free=True, differentiable=True, params=FULLGRAD_PARAMS)
 def fullgrad(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -199,7 +207,8 @@ def _layer_activations_and_gradients(
     model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, module: nn.Module, path: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's output and ∂(target logit)/∂output, one forward and one backward."""
-    with _captured_outputs(module, path) as captured:
+    attached = maps_differentiable() and x.requires_grad
+    with _captured_outputs(module, path, attached) as captured:
         logits = model(x)
     if len(captured) != 1:
         raise ValueError(
@@ -208,8 +217,8 @@ def _layer_activations_and_gradients(
         )
     (activations,) = captured
     chosen = logits.gather(1, target.unsqueeze(1)).sum()
-    (gradients,) = torch.autograd.grad(chosen, activations)
-    return activations.detach(), gradients
+    (gradients,) = torch.autograd.grad(chosen, activations, create_graph=attached)
+    return (activations if attached else activations.detach()), gradients
 
 
 def _spatial(tensor: torch.Tensor, path: str, num_prefix: int) -> torch.Tensor:
@@ -224,9 +233,11 @@ def _spatial(tensor: torch.Tensor, path: str, num_prefix: int) -> torch.Tensor:
 
 
 @contextmanager
-def _captured_outputs(module: nn.Module, path: str) -> Iterator[list[torch.Tensor]]:
-    """Record ``module``'s output on every call as a fresh leaf (the backward pass stops there);
-    the hook is removed even on errors.
+def _captured_outputs(
+    module: nn.Module, path: str, attached: bool = False
+) -> Iterator[list[torch.Tensor]]:
+    """Record ``module``'s output on every call as a fresh leaf (the backward pass stops there),
+    or, if ``attached``, as it is (in the graph below); the hook is removed even on errors.
 
     Downstream layers get a clone, so an in-place operation after the module (a ResNet's
     ``ReLU(inplace=True)``) cannot overwrite the recorded tensor.
@@ -239,7 +250,7 @@ def _captured_outputs(module: nn.Module, path: str) -> Iterator[list[torch.Tenso
                 f"layer {path!r} returns {type(output).__name__}, not a tensor; name a module "
                 f"that returns one"
             )
-        leaf = output.detach().requires_grad_(True)
+        leaf = output if attached else output.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()
 
@@ -350,15 +361,17 @@ def _fullgrad_chunk(
     sites: list[_BiasSite],
     normalise: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = x.detach().requires_grad_(True)
+    attached = maps_differentiable() and x.requires_grad
+    inputs = x if attached else x.detach().requires_grad_(True)
     with _recording(sites):
         logits = model(inputs)
         chosen = logits.gather(1, target.unsqueeze(1)).squeeze(1)
         recorded = [(site, output) for site in sites for output in site.outputs]
         gradients = torch.autograd.grad(
-            chosen.sum(), [inputs, *(output for _, output in recorded)], allow_unused=True
+            chosen.sum(), [inputs, *(output for _, output in recorded)], allow_unused=True,
+            create_graph=attached,
         )
-    with torch.no_grad():
+    with torch.set_grad_enabled(attached):
         origin = getattr(model, "mean", torch.zeros(()))  # z = 0 ⇔ x = mean
         input_term = (x - origin.to(x)) * gradients[0]
         total = input_term.flatten(1).sum(dim=1)

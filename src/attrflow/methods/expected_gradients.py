@@ -192,6 +192,7 @@ def draw_references(
 @register_method(
     "expected_gradients",
     references="train_pool",
+    differentiable=True,  # with the drawn references and α held fixed
     params={
         "k": {
             "type": "integer",

@@ -24,6 +24,7 @@ from attrflow.methods.base import (
 
 @register_method(
     "gradient",
+    differentiable=True,
     params={
         "absolute": {
             "type": "boolean",
@@ -46,7 +47,7 @@ def gradient(
     return Attribution(maps=grads.abs() if absolute else grads)
 
 
-@register_method("input_x_gradient")
+@register_method("input_x_gradient", differentiable=True)
 def input_x_gradient(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -60,7 +61,7 @@ def input_x_gradient(
     return Attribution(maps=x * grads)
 
 
-@register_method("x_gradient", completeness=True)
+@register_method("x_gradient", completeness=True, differentiable=True)
 def x_gradient(
     model: torch.nn.Module,
     x: torch.Tensor,

@@ -69,6 +69,7 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 @register_method(
     "integrated_gradients",
     completeness=True,
+    differentiable=True,
     params={
         "baseline": {
             "type": "string",

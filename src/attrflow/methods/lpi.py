@@ -67,6 +67,7 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @register_method(
     "lpi",
     references="lpi",
+    differentiable=True,  # the cluster choice (an argmin) is locally constant
     params={
         "sub_clusters": {
             "type": "integer",

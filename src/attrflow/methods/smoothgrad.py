@@ -73,6 +73,7 @@ def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
 
 @register_method(
     "smoothgrad",
+    differentiable=True,  # when its inner method is (call_method checks that one too)
     params={
         "of": {
             "type": "string",

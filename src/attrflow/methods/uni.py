@@ -90,6 +90,7 @@ RANDOM_INIT_SCALE = 1e-6
 @register_method(
     "uni",
     completeness=True,
+    differentiable=True,  # with the unlearned perturbation δ(x) held fixed (see uni())
     params={
         "eta": {
             "type": "number",

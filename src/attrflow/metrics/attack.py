@@ -1,75 +1,121 @@
-"""Attribution attack (Ghorbani et al. 2019; UNI §5.2, Tables 3–4; seed digest B.2).
+"""Attribution attack (Ghorbani, Abid & Zou, AAAI 2019; UNI §5.2, Tables 3–4).
 
 A norm-bounded perturbation that keeps the predicted label is chosen to change the map as much as
 possible; the metric is how much of the map survives. Higher is more robust.
 
-What is attacked (choices the seeds leave open, digest B.2):
+What is attacked:
 
 * **Objective: Ghorbani's top-k attack.** With B the k most important elements of the original
   map, the attack lowers their share of the map, m(x') = Σ_{i∈B} s_i(x') / Σ_i |s_i(x')|,
   where s is |map| (``order="absolute"``, Ghorbani's saliency magnitudes) or the signed map.
   It is the published objective that targets exactly what `attack_topk` measures.
-* **Threat model: one ℓ∞ FGSM step** (S0: ε = 8/255): x' = clip(x − ε · sign(∇_x m), 0, 1) in
-  pixel space.
+* **Threat model: one ℓ∞ FGSM step**, ε = 8/255 as in UNI's Tables 3–4 (which use FGSM only, no
+  PGD): x' = clip(x − ε · sign(∇_x m), 0, 1) in pixel space.
 * **Label constraint.** The predicted class of the real model must not change. If it does, the
   step is retried from x with ε/2, ε/4, … (`max_halvings` times); a sample whose label flips at
   every ε tried is NaN with that reason, not scored on the unattacked image (which would read as
-  perfectly robust). The curve holds the one ε that was used.
-* **Gradient of the objective.** Ghorbani differentiate the map with respect to the input
-  (double back-propagation). attrflow's methods detach their input and take gradients without
-  ``create_graph`` (``methods/_batching.py``), so the map is not a differentiable function of x
-  here, and a private differentiable re-implementation would attack something other than the
-  method evaluated. So ∇_x m is *estimated* from calls of the method itself, by SPSA
-  (Spall 1992): for S random ±1 directions Δ (constant over `spsa_tile`² pixel tiles, per
-  channel, which cuts the dimension the estimate has to cover by tile²),
-  ĝ = (1/S) Σ [m(x + cΔ) − m(x − cΔ)] / (2c) · Δ. Cost per sample: 2S + 3 calls of the method
-  (S pairs, one probe for a differentiable map, the maps before and after) and at most
-  2 + `max_halvings` forward passes for the label check. SPSA is an unbiased estimate of the
-  gradient of a smoothed objective but a noisy one: at small S the attack is weaker than a
-  white-box FGSM, and robustness reads optimistic. Should ``explain``
-  one day return maps that carry a graph to x (a method-level ``create_graph`` path), the exact
-  gradient is used instead, automatically.
-* **Softplus surrogate, for the gradient only.** The gradient map of a ReLU network is piecewise
-  constant in x: its derivative is zero almost everywhere and finite differences only see the
-  kinks they happen to cross. As Ghorbani et al. (and Dombrowski et al. 2019) do, the attack
-  direction is computed on a copy of the model whose ``nn.ReLU`` modules are replaced by
-  Softplus(β) (`softplus_beta`, default 10); the maps before and after the attack, and the label
-  check, use the real model. Limits: ``torch.nn.functional.relu`` called inside ``forward``
-  cannot be swapped, and max pooling stays piecewise linear. A model with no ``nn.ReLU`` module
-  is skipped with a reason (set ``softplus_beta: 0`` to attack the model as it is).
+  perfectly robust).
+* **Exact gradient of the objective** (double back-propagation, as Ghorbani et al.): the
+  method is re-run inside `attrflow.methods.differentiable_maps`, where every method registered
+  ``differentiable=True`` (gradient, Input×Gradient, X-Gradient, IG with any baseline, BlurIG,
+  SmoothGrad/SmoothGrad²/VarGrad of those, Expected Gradients, LPI, UNI, DeepLIFT, DeepSHAP,
+  GradCAM, GradCAM++, FullGrad) returns maps with a graph to x; path methods recompute their points' gradients
+  chunk by chunk with ``create_graph=True`` while back-propagating, so memory stays bounded
+  by ``max_batch`` (see `attrflow.methods._batching`); the gradient is taken for
+  max(1, ``max_batch`` // 32) samples per call (`gradient_group`). Random draws of the method
+  (noise, references, α) are those of the re-run, held fixed; so is UNI's unlearned
+  perturbation δ(x) (differentiating through its unlearning and PGD steps would be an unrolled
+  third-order problem). Cost per sample for a method of P points: P forward+backward passes for
+  each of the three maps (before, attacked, noisy), P × (2 forward + 2 backward + 1 double
+  backward) for the gradient, and at most 2 + `max_halvings` + 2 forward passes for the label
+  checks (`benchmarks/RESULTS.md` has resnet18 figures).
+* **Gradient-free fallback, declared.** Methods that cannot give such maps (occlusion, extremal
+  perturbation, IBA, InputIBA, Guided Backprop, Deconvolution (Captum's hooks), AGI, Guided IG,
+  pathway gradients) are attacked with an SPSA estimate of ∇_x m (Spall 1992) from
+  calls of the method itself: for S random ±1 directions Δ (constant over `spsa_tile`² pixel
+  tiles, per channel), ĝ = (1/S) Σ [m(x + cΔ) − m(x − cΔ)] / (2c) · Δ, costing 2S method calls.
+  SPSA is much weaker than the exact gradient (on max-pool networks the finite differences cross
+  pooling switches); which gradient was used is recorded per sample in the curve (below) and
+  logged, never silent.
+* **Surrogate model, for the gradient only.** The gradient map of a ReLU network is piecewise
+  constant in x: its derivative is zero almost everywhere. As Ghorbani et al. (and Dombrowski
+  et al. 2019) do, the attack direction is computed on a surrogate in which every ReLU is
+  Softplus(β) (`softplus_beta`; default β = 10, attrflow's choice, as the papers vary β):
+  ``nn.ReLU`` modules, ``F.relu``/``torch.relu`` calls and their in-place forms alike (a
+  torch-function mode over the model's forward: nothing is copied, nothing missed). Smooth
+  activations (GELU, SiLU, Softplus) are
+  attacked as they are — the same surrogate call changes nothing there. Max pooling stays
+  piecewise linear; its exact gradient (fixed switches) is used. ``softplus_beta: 0`` attacks
+  the model itself. The maps before and after, and the label check, use the real model.
+* **Checked against random noise.** Every attack also measures the same metric after random
+  ±ε sign noise (per element, ℓ∞ norm equal to the ε the attack used for that sample, same label
+  check), from the job's seed. An attack that changes the map less than noise (a metric value
+  above the noise value) is no attack; the job log counts such samples.
+
+The curve of every ok sample is ``[ε used, metric under random noise, gradient]`` (`CURVE`), with
+gradient 1 for the exact double-backprop gradient and 0 for the SPSA fallback; the report reads
+the attack's margin over noise as curve[1] − value (positive: the attack beats noise).
+
+Reading the numbers against UNI's Tables 3–4: UNI reports, for ImageNet backbones at 224², the
+Spearman ρ between the maps before and after (Table 3, e.g. ResNet-18: UNI .271, IG .088) and
+the top-1000 pixel intersection in % (Table 4, e.g. ResNet-18: UNI 37.3, IG 20.0).
+`attack_spearman` is that ρ (on |map| by default) and `attack_topk` that intersection as a
+fraction (k = 1000 at 224², scaled by area). UNI does not say how the attack direction was
+obtained, how ReLUs were handled or how the label constraint was enforced; with the exact
+gradient here the values are comparable in kind, not identical — and the noise value next to
+each tells how much of the drop any 8/255 perturbation would cause.
 
 Methods whose maps do not depend on the input (random attribution) are skipped. The two metrics
-measure the same attack: its SPSA directions are drawn from the job's seed and the samples' ids
-(not from each metric's own generator), and the last attack is kept in memory, so with the same
-settings the second metric reuses it instead of paying 2S + 3 method calls per sample again.
-Their parameter schemas are the same literal twice, because `attrflow.catalog` reads each
-registration from the source without running it.
+measure the same attack: its random draws come from the job's seed and the samples' ids (not
+from each metric's own generator), and the last attack is kept in memory, so with the same
+settings the second metric reuses it. Their parameter schemas are the same literal twice,
+because `attrflow.catalog` reads each registration from the source without running it.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from attrflow.metrics._removal import CONSTANT_MAP, NONFINITE_MAP, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.stability import cleaned, flat_scores, spearman_rows
 
+LOG = logging.getLogger(__name__)
+
 TOPK_FRACTION = 1000 / 224**2  # Ghorbani / UNI: the top 1000 pixels of a 224² map
 MAPS_IGNORE_INPUT = ("random_attribution",)
+CURVE = ("epsilon_used", "noise_value", "exact_gradient")  # what each ok sample's curve holds
+EXACT, SPSA = "exact", "spsa"
 
 
 @dataclass
 class AttackResult:
     before: torch.Tensor  # (n, P) float64 scores of the map at x (real model)
     after: torch.Tensor  # (n, P) at the attacked image
+    noise_after: torch.Tensor  # (n, P) after random ±ε sign noise of the same ε
     epsilon_used: np.ndarray  # (n,) NaN where every ε tried flipped the label
+    noise_kept: np.ndarray  # (n,) bool: the noise kept the label (else its value is NaN)
     k: int
+    gradient: str  # EXACT (double backprop through the method) or SPSA (gradient-free fallback)
     reasons: list[str | None]  # per sample, None when both maps can be compared
+
+
+def noise_margin(value: float, curve) -> float:  # noqa: ANN001
+    """How much further the attack moved the map than random noise of the same ε did: the
+    metric under noise (``curve[1]``) minus the metric after the attack (``value``). Positive:
+    the attack beats noise; zero or negative: it is no attack on that sample. NaN where either
+    is missing (a skipped or NaN score, or noise that flipped the label)."""
+    if curve is None or len(curve) < 2:
+        return float("nan")
+    return float(curve[CURVE.index("noise_value")]) - float(value)
 
 
 def topk_size(k: int | None, num_elements: int) -> int:
@@ -101,18 +147,48 @@ def topk_mass(scores: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
     return torch.where(total == 0, torch.zeros_like(share), share)
 
 
-def softplus_surrogate(model: nn.Module, beta: float) -> nn.Module | None:
-    """A copy of `model` with every ``nn.ReLU`` module replaced by Softplus(β); None if it has none.
+_RELU_CALLS = {F.relu, torch.relu, torch.Tensor.relu}
+_INPLACE_RELU_CALLS = {F.relu_, torch.relu_, torch.Tensor.relu_}
 
-    The model itself is left untouched. ReLUs applied functionally (F.relu) cannot be found.
-    """
-    if not any(isinstance(module, nn.ReLU) for module in model.modules()):
-        return None
-    smooth = copy.deepcopy(model)
-    for parent in list(smooth.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, nn.Softplus(beta=beta))
+
+class SoftplusForReLU(TorchFunctionMode):
+    """Within this mode every ReLU — ``nn.ReLU`` (which calls ``F.relu``), ``F.relu``,
+    ``torch.relu``, ``Tensor.relu`` and their in-place forms — computes Softplus(β) instead.
+    ``replaced`` counts the calls it changed."""
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = float(beta)
+        self.replaced = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        inplace = func in _INPLACE_RELU_CALLS
+        if func in _RELU_CALLS or inplace:
+            inputs = args[0]
+            inplace = inplace or bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+            self.replaced += 1
+            if not inplace:
+                return F.softplus(inputs, beta=self.beta)
+            # softplus must not save the tensor the in-place copy then overwrites
+            return inputs.copy_(F.softplus(inputs.clone(), beta=self.beta))
+        return func(*args, **kwargs)
+
+
+def softplus_surrogate(model: nn.Module, beta: float) -> nn.Module:
+    """The model with every ReLU computed as Softplus(β) (`SoftplusForReLU`), for the attack
+    direction only. A shallow copy: parameters, buffers and submodules are shared, nothing is
+    duplicated, and the model itself is untouched. β = 0 returns the model itself."""
+    if beta == 0:
+        return model
+    smooth = copy.copy(model)
+    plain_forward = type(model).forward.__get__(smooth)
+
+    def forward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        with SoftplusForReLU(beta):
+            return plain_forward(*args, **kwargs)
+
+    smooth.forward = forward
     return smooth
 
 
@@ -152,6 +228,26 @@ def fgsm_keeping_label(
     return attacked, used
 
 
+def random_sign_noise(
+    model: nn.Module,
+    images: torch.Tensor,
+    epsilon: np.ndarray,
+    generator: torch.Generator,
+    max_batch: int,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """clip(x + ε_i·r, 0, 1) with r uniform on {−1, 1} per element and ε_i per sample (the ε the
+    attack used); returns the noisy images and whether each kept the predicted class (False
+    where ε_i is NaN)."""
+    signs = torch.randint(0, 2, images.shape, generator=generator, device=generator.device)
+    signs = (2 * signs - 1).to(device=images.device, dtype=images.dtype)
+    valid = ~np.isnan(epsilon)
+    scale = torch.as_tensor(np.where(valid, epsilon, 0.0), dtype=images.dtype, device=images.device)
+    noisy = (images + scale.view(-1, 1, 1, 1) * signs).clamp(0.0, 1.0)
+    predicted = predicted_classes(model, images, max_batch)
+    kept = (predicted_classes(model, noisy, max_batch) == predicted).cpu().numpy()
+    return noisy, kept & valid
+
+
 def _rademacher_directions(
     shape: torch.Size, tile: int, generator: torch.Generator, like: torch.Tensor
 ) -> torch.Tensor:
@@ -161,6 +257,58 @@ def _rademacher_directions(
     signs = torch.randint(0, 2, (n, c, *coarse), generator=generator, device=generator.device)
     signs = (2 * signs - 1).to(device=like.device, dtype=like.dtype)
     return signs.repeat_interleave(tile, dim=2).repeat_interleave(tile, dim=3)[:, :, :h, :w]
+
+
+def gradient_group(max_batch: int) -> int:
+    """Samples whose exact objective gradient is taken in one call of the method: a path method
+    holds inputs-sized tensors for all its points of a call (`attrflow.methods._batching`)."""
+    return max(1, max_batch // 32)
+
+
+def exact_objective_gradient(
+    explain, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, top: torch.Tensor,
+    order: str, group: int,
+) -> torch.Tensor | None:
+    """∇_x of the top-k mass of the map, by double back-propagation through the method inside
+    `differentiable_maps`, `group` samples per call; None when the method cannot give maps with
+    a graph to x. (n, C, H, W)."""
+    from attrflow.methods import MapsNotDifferentiable, differentiable_maps
+
+    parts = []
+    for start in range(0, images.shape[0], group):
+        stop = start + group
+        with differentiable_maps(), torch.enable_grad():
+            probe = images[start:stop].detach().clone().requires_grad_(True)
+            try:
+                maps = explain(probe, targets[start:stop], model=model)
+            except MapsNotDifferentiable:
+                return None
+            if not maps.requires_grad:
+                return None
+            mass = topk_mass(flat_scores(maps, order), top[start:stop])
+            (gradient,) = torch.autograd.grad(mass.sum(), probe, allow_unused=True)
+        parts.append(torch.zeros_like(probe) if gradient is None else gradient.detach())
+        del maps, mass, probe
+    return torch.cat(parts)
+
+
+def spsa_objective_gradient(
+    explain, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, top: torch.Tensor,
+    order: str, *, samples: int, step: float, tile: int, generator: torch.Generator,
+) -> torch.Tensor:
+    """The SPSA estimate of ∇_x of the top-k mass from calls of the method (module doc)."""
+    n = images.shape[0]
+    estimate = torch.zeros_like(images)
+    for _ in range(samples):
+        direction = _rademacher_directions(images.shape, tile, generator, images)
+        both = torch.cat([images + step * direction, images - step * direction])
+        masses = topk_mass(
+            flat_scores(explain(both, torch.cat([targets, targets]), model=model), order),
+            top.repeat(2, 1),
+        )
+        slope = (masses[:n] - masses[n:]) / (2 * step)
+        estimate += slope.to(images.dtype).view(-1, 1, 1, 1) * direction
+    return estimate / samples
 
 
 def objective_gradient(
@@ -175,28 +323,18 @@ def objective_gradient(
     step: float,
     tile: int,
     generator: torch.Generator,
-) -> torch.Tensor:
-    """∇_x of the top-k mass of the map `explain` computes with `model`: exact when its maps carry
-    a graph to x, else the SPSA estimate (see the module docstring). (n, C, H, W)."""
-    with torch.enable_grad():
-        probe = images.detach().clone().requires_grad_(True)
-        maps = explain(probe, targets, model=model)
-        if maps.requires_grad:
-            mass = topk_mass(flat_scores(maps, order), top)
-            (gradient,) = torch.autograd.grad(mass.sum(), probe)
-            return gradient.detach()
-    n = images.shape[0]
-    estimate = torch.zeros_like(images)
-    for _ in range(samples):
-        direction = _rademacher_directions(images.shape, tile, generator, images)
-        both = torch.cat([images + step * direction, images - step * direction])
-        masses = topk_mass(
-            flat_scores(explain(both, torch.cat([targets, targets]), model=model), order),
-            top.repeat(2, 1),
-        )
-        slope = (masses[:n] - masses[n:]) / (2 * step)
-        estimate += slope.to(images.dtype).view(-1, 1, 1, 1) * direction
-    return estimate / samples
+    group: int = 8,
+) -> tuple[torch.Tensor, str]:
+    """∇_x of the top-k mass of the map `explain` computes with `model`, and how it was got:
+    exact (EXACT) when the method gives maps with a graph to x, else the SPSA estimate (SPSA)."""
+    exact = exact_objective_gradient(explain, model, images, targets, top, order, group)
+    if exact is not None:
+        return exact, EXACT
+    estimate = spsa_objective_gradient(
+        explain, model, images, targets, top, order,
+        samples=samples, step=step, tile=tile, generator=generator,
+    )  # fmt: skip
+    return estimate, SPSA
 
 
 @dataclass(frozen=True)
@@ -272,12 +410,14 @@ def attack(
     return result.replace("{metric}", metric) if isinstance(result, str) else result
 
 
-def attack_generator(inputs: MetricInputs) -> torch.Generator:
-    """SPSA's random directions: from the job's seed and the samples' ids, so both attack
-    metrics (whose own generators differ) attack alike, whichever runs first."""
+def attack_generator(inputs: MetricInputs, purpose: str = "spsa") -> torch.Generator:
+    """Random draws of the attack (SPSA directions, or the random-noise check with ``purpose``
+    "noise"): from the job's seed and the samples' ids, so both attack metrics (whose own
+    generators differ) attack alike, whichever runs first."""
     import hashlib
 
-    text = f"{inputs.seed}\0{inputs.method}\0" + "\0".join(inputs.ids)
+    salt = "" if purpose == "spsa" else f"\0{purpose}"
+    text = f"{inputs.seed}\0{inputs.method}\0" + "\0".join(inputs.ids) + salt
     digest = hashlib.sha256(text.encode()).digest()
     device = inputs.images.device
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:7], "big"))
@@ -293,23 +433,17 @@ def _run_attack(
     if inputs.method_fn in MAPS_IGNORE_INPUT:
         return f"{metric}: the maps of {who} do not depend on the input: nothing to attack"
     model, images, targets = inputs.model, inputs.images, inputs.targets
-    beta = settings.softplus_beta
-    surrogate = softplus_surrogate(model, beta) if beta > 0 else model
-    if surrogate is None:
-        return (
-            f"{metric}: model {getattr(model, 'name', '')!r} has no nn.ReLU module to replace by "
-            "a softplus surrogate (set softplus_beta: 0 to attack the model as it is)"
-        )
+    surrogate = softplus_surrogate(model, settings.softplus_beta)
     try:
         before, finite_before = cleaned(
             flat_scores(inputs.explain(images, targets), settings.order)
         )
         k = topk_size(settings.k, before.shape[1])
         top = topk_mask(before, k)
-        gradient = objective_gradient(
+        gradient, kind = objective_gradient(
             inputs.explain, surrogate, images, targets, top, settings.order,
             samples=settings.spsa_samples, step=settings.spsa_step, tile=settings.spsa_tile,
-            generator=generator,
+            generator=generator, group=gradient_group(max_batch),
         )  # fmt: skip
         # Lower the top-k share: step against its gradient.
         attacked, used = fgsm_keeping_label(
@@ -318,23 +452,52 @@ def _run_attack(
         after, finite_after = cleaned(
             flat_scores(inputs.explain(attacked, targets), settings.order)
         )
+        noisy, noise_kept = random_sign_noise(
+            model, images, used, attack_generator(inputs, "noise"), max_batch
+        )
+        noise_after, finite_noise = cleaned(
+            flat_scores(inputs.explain(noisy, targets), settings.order)
+        )
     except MethodNotApplicable as err:
         return f"{metric}: {who} cannot be re-run here: {err}"
+    if kind == SPSA:
+        LOG.warning(
+            "attribution attack: %s gives no maps differentiable in x; attacked with the "
+            "gradient-free SPSA estimate (%d directions), recorded as exact_gradient = 0 in the "
+            "curve", who, settings.spsa_samples,
+        )  # fmt: skip
     smallest = settings.epsilon / 2**settings.max_halvings
     tried = f"{settings.epsilon:.4g} down to {smallest:.4g}"
     constant = (before.amax(dim=1) == before.amin(dim=1)).tolist()
     flags = zip(finite_before.tolist(), constant, finite_after.tolist(), used)
     reasons = [_sample_reason(*flag, tried) for flag in flags]
-    return AttackResult(before, after, used, k, reasons)
+    noise_kept = noise_kept & finite_noise.cpu().numpy()
+    return AttackResult(before, after, noise_after, used, noise_kept, k, kind, reasons)
 
 
 def _scored(
-    result: AttackResult, values: torch.Tensor, undefined: list[str | None]
+    result: AttackResult,
+    values: torch.Tensor,
+    noise_values: torch.Tensor,
+    undefined: list[str | None],
+    metric: str,
 ) -> MetricOutput:
-    """Per-sample values with the attack's reasons (else `undefined`); curve: the ε used."""
+    """Per-sample values with the attack's reasons (else `undefined`); curve: `CURVE`."""
     reasons = [r if r is not None else u for r, u in zip(result.reasons, undefined)]
-    curves = [np.array([e]) for e in result.epsilon_used]
-    return with_reasons(values.cpu().numpy(), curves, reasons)
+    noise = np.where(result.noise_kept, noise_values.cpu().numpy(), np.nan)
+    exact = 1.0 if result.gradient == EXACT else 0.0
+    curves = [np.array([e, v, exact]) for e, v in zip(result.epsilon_used, noise)]
+    out = with_reasons(values.cpu().numpy(), curves, reasons)
+    ok = np.array(out.status) == "ok"
+    weaker = ok & np.isfinite(noise) & (out.values > noise)
+    if weaker.any():
+        LOG.warning(
+            "%s: the attack changed the map less than random ±ε noise on %d of %d samples "
+            "(mean %.4g vs noise %.4g): it is not an attack there",
+            metric, int(weaker.sum()), int(ok.sum()), float(np.mean(out.values[ok])),
+            float(np.nanmean(noise[ok])),
+        )  # fmt: skip
+    return out
 
 
 # One parameter schema for every registration below (read as a literal by attrflow.catalog).
@@ -361,14 +524,15 @@ ATTACK_PARAMS = {
         "type": "number",
         "minimum": 0,
         "default": 10.0,
-        "description": "β of the Softplus replacing nn.ReLU for the attack direction; "
-        "0: no surrogate",
+        "description": "β of the Softplus replacing every ReLU (modules and functional) "
+        "for the attack direction; 0: attack the model itself",
     },
     "spsa_samples": {
         "type": "integer",
         "minimum": 1,
         "default": 16,
-        "description": "random ±1 directions of the SPSA gradient (2 method calls each)",
+        "description": "random ±1 directions of the SPSA gradient, used only for methods "
+        "without differentiable maps (2 method calls each)",
     },
     "spsa_step": {
         "type": "number",
@@ -413,7 +577,7 @@ def attack_spearman(
 ) -> MetricOutput:
     """Spearman ρ between the map before and after the top-k FGSM attack (UNI Table 3; higher is
     more robust). Ranks use `order` (magnitudes by default, as Ghorbani); ties get average ranks.
-    Curve: the ε used. See the module docstring for the attack."""
+    Curve: [ε used, ρ under random ±ε noise, 1 exact gradient / 0 SPSA]. See the module doc."""
     settings = AttackSettings(
         epsilon, k, order, softplus_beta, spsa_samples, spsa_step, spsa_tile, max_halvings
     )
@@ -421,8 +585,10 @@ def attack_spearman(
     if isinstance(result, str):
         return MetricOutput.skipped(inputs.n, result)
     rho, constant_after = spearman_rows(result.before, result.after)
+    rho_noise, _ = spearman_rows(result.before, result.noise_after)
     undefined = "the attacked map is constant: Spearman ρ is undefined"
-    return _scored(result, rho, [undefined if c else None for c in constant_after.tolist()])
+    reasons = [undefined if c else None for c in constant_after.tolist()]
+    return _scored(result, rho, rho_noise, reasons, "attack_spearman")
 
 
 @register_metric(
@@ -448,7 +614,8 @@ def attack_topk(
     """Top-k intersection: the fraction of the k most important map elements before the attack
     that are still among the k most important after it (UNI Table 4 in %, here in [0, 1]; higher
     is more robust). k = 1000 at 224² scaled by the map's area (``k: null``); ties at the k-th
-    place keep the row-major order. Curve: the ε used. See the module docstring."""
+    place keep the row-major order. Curve: [ε used, intersection under random ±ε noise, 1 exact
+    gradient / 0 SPSA]. See the module docstring."""
     settings = AttackSettings(
         epsilon, k, order, softplus_beta, spsa_samples, spsa_step, spsa_tile, max_halvings
     )
@@ -456,4 +623,5 @@ def attack_topk(
     if isinstance(result, str):
         return MetricOutput.skipped(inputs.n, result)
     shared = topk_intersection(result.before, result.after, result.k)
-    return _scored(result, shared, [None] * inputs.n)
+    noise = topk_intersection(result.before, result.noise_after, result.k)
+    return _scored(result, shared, noise, [None] * inputs.n, "attack_topk")
