@@ -27,6 +27,7 @@ of their module.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -97,7 +98,7 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
 
 def normalised_dump(node: ast.AST) -> str:
     """The AST of a definition without docstrings, positions, comments or formatting."""
-    return ast.dump(_strip_docstrings(node), annotate_fields=False, include_attributes=False)
+    return ast.dump(_strip_docstrings(copy.deepcopy(node)), annotate_fields=False, include_attributes=False)
 
 
 def _import_targets(node: ast.AST, package: str) -> dict[str, tuple[str, str | None]]:
@@ -223,6 +224,13 @@ def _references(node: ast.AST, index: ModuleIndex) -> tuple[set[Symbol], set[tup
     return used, dispatched
 
 
+@lru_cache(maxsize=None)
+def _symbol_dump(module: str, name: str, index_id: int) -> str:
+    """The normalised dump of one definition, computed once per parse of its module."""
+    del index_id  # part of the cache key only: a re-parsed (edited) module is dumped again
+    return normalised_dump(module_index(module).symbols[name])
+
+
 def registered_symbol(family: str, fn: str) -> Symbol:
     """The (module, function name) a registered method or metric is defined as."""
     entry = catalog(family)[fn]
@@ -249,7 +257,7 @@ def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
                 todo.extend((module, n) for n in index.symbols)
             continue
         node = index.symbols[name]
-        seen[(module, name)] = normalised_dump(node)
+        seen[(module, name)] = _symbol_dump(module, name, id(index))
         if module not in residues:
             residues.add(module)
             for i, dump in enumerate(index.residue):

@@ -186,14 +186,36 @@ class Plan:
         """What a job computing ``method`` depends on: the entry less where and on how many
         samples it runs (those reach jobs as their sample ranges and as the jobs that exist).
         Keys are sorted, so a config written in another order plans the same params."""
-        return canonical({k: v for k, v in self.config["methods"][method].items() if k not in SELECTION_KEYS})
+        return self._method_entries[method]
+
+    @cached_property
+    def _method_entries(self) -> dict[str, dict]:
+        return {
+            name: canonical({k: v for k, v in entry.items() if k not in SELECTION_KEYS})
+            for name, entry in self.config["methods"].items()
+        }
+
+    @cached_property
+    def _memo(self) -> dict[tuple, Any]:
+        """Per-plan results that thousands of jobs share (planning a large study calls the params
+        functions once per job)."""
+        return {}
+
+    def _memoised(self, key: tuple, compute) -> Any:
+        memo = self._memo
+        if key not in memo:
+            memo[key] = compute()
+        return memo[key]
 
     def method_fingerprint(self, method: str) -> str:
         """The code an attribution shard of ``method`` runs: the job, the registered function and
         everything they use, plus methods the entry names by their function (SmoothGrad's `of`)."""
         import json
 
-        return _method_code(self.config["methods"][method]["fn"], json.dumps(self.method_entry(method)))
+        return self._memoised(
+            ("method_code", method),
+            lambda: _method_code(self.config["methods"][method]["fn"], json.dumps(self.method_entry(method))),
+        )
 
     def method_references(self, method: str) -> str | None:
         """The reference set a method entry needs (e.g. "train_pool" for Expected Gradients)."""
@@ -239,16 +261,21 @@ class Plan:
     def metric_entries(self, method: str | None = None) -> dict[str, dict]:
         """The selected metric entries (those that score ``method``), less their method list:
         a score job depends on whether a metric applies, not on which other methods it scores."""
-        return {
-            name: canonical({k: v for k, v in self.config["metrics"][name].items() if k != "methods"})
-            for name in sorted(self.run["metrics"])
-            if method is None or self.scores_method(name, method)
-        }
+        return self._memoised(
+            ("metric_entries", method),
+            lambda: {
+                name: canonical({k: v for k, v in self.config["metrics"][name].items() if k != "methods"})
+                for name in sorted(self.run["metrics"])
+                if method is None or self.scores_method(name, method)
+            },
+        )
 
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
         """The code each metric's scores depend on: the per-metric scoring step, the registered
         metric function and what they use (an explainer metric's method code is the method's)."""
-        return {name: self.metric_fingerprint(name) for name in self.metric_entries(method)}
+        return self._memoised(
+            ("metric_codes", method), lambda: {name: self.metric_fingerprint(name) for name in self.metric_entries(method)}
+        )
 
     def metric_fingerprint(self, metric: str) -> str:
         return _metric_code_cached(self.config["metrics"][metric]["fn"])
@@ -263,6 +290,9 @@ class Plan:
 
     def runtime(self) -> dict[str, Any]:
         """Settings every compute job receives."""
+        return self._memoised(("runtime",), self._runtime)
+
+    def _runtime(self) -> dict[str, Any]:
         return canonical({
             "device": self.config["device"],
             "seed": self.config["seed"],
@@ -289,17 +319,20 @@ class Plan:
         ]
 
     def score_setting(self, dataset: str, model: str, method: str, shard: int) -> dict:
-        return {
-            "dataset": dataset,
-            "model": model,
-            "method": method,
-            "method_entry": self.method_entry(method),
-            "method_code": self.method_fingerprint(method),
-            "metrics": self.metric_entries(method),
-            "metrics_code": self.metric_fingerprints(method),
-            "sample_range": self.shard_range(dataset, shard, method),
-            **self.runtime(),
-        }
+        shared = self._memoised(
+            ("score", dataset, model, method),
+            lambda: {
+                "dataset": dataset,
+                "model": model,
+                "method": method,
+                "method_entry": self.method_entry(method),
+                "method_code": self.method_fingerprint(method),
+                "metrics": self.metric_entries(method),
+                "metrics_code": self.metric_fingerprints(method),
+                **self.runtime(),
+            },
+        )
+        return {**shared, "sample_range": self.shard_range(dataset, shard, method)}
 
     def scored_samples(self, dataset: str, method: str, metric: str) -> int:
         """Rows a score file holds: the method's samples, cut to the metric's limit if it has one."""
