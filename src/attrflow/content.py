@@ -386,6 +386,8 @@ def _decode_error(path: str, Image) -> str:
     except Image.DecompressionBombError as err:
         return f"too large to decode safely ({err})"
     except (OSError, ValueError, SyntaxError, EOFError) as err:  # what Pillow plugins raise for bad data
+        if "truncated" in str(err).lower():
+            return f"truncated file ({err})"
         return f"does not decode ({type(err).__name__}: {err})"
     return ""
 
