@@ -89,16 +89,12 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class _Signature:
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    inode: int
+# (size, mtime_ns, ctime_ns, inode): while it is unchanged, the recorded digest is reused.
+_Signature = tuple[int, int, int, int]
 
-    @classmethod
-    def of(cls, stat: os.stat_result) -> _Signature:
-        return cls(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+def _signature(stat: os.stat_result) -> _Signature:
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 class FileIndex:
@@ -205,18 +201,18 @@ class FileIndex:
         out: list[str] = []
         fresh: dict[str, tuple[_Signature, int, str]] = {}
         for key, stat in zip(keys, stats):
-            signature = _Signature.of(stat)
+            signature = _signature(stat)
             if key in fresh and fresh[key][0] == signature:
                 out.append(fresh[key][2])
                 continue
             row = known.get(key)
-            if row is not None and row[0] == signature and signature.mtime_ns + RACY_WINDOW_NS <= row[1]:
+            if row is not None and row[0] == signature and signature[1] + RACY_WINDOW_NS <= row[1]:
                 out.append(row[2])
                 continue
             hashed_at = time.time_ns()
             digest = file_digest(key)
             self.hashed += 1
-            after = _Signature.of(os.stat(key))
+            after = _signature(os.stat(key))
             if after != signature:  # written while we read it: record nothing, report what we read
                 out.append(digest)
                 continue
@@ -238,7 +234,7 @@ class FileIndex:
                     batch,
                 )
                 for path, size, mtime_ns, ctime_ns, inode, hashed_at, digest in rows:
-                    found[path] = (_Signature(size, mtime_ns, ctime_ns, inode), hashed_at, digest)
+                    found[path] = ((size, mtime_ns, ctime_ns, inode), hashed_at, digest)
         except sqlite3.Error as err:
             self._give_up(err)
             return {}
@@ -248,8 +244,7 @@ class FileIndex:
         if self._db is None or not fresh:
             return
         rows = [
-            (path, s.size, s.mtime_ns, s.ctime_ns, s.inode, hashed_at, digest)
-            for path, (s, hashed_at, digest) in fresh.items()
+            (path, *signature, hashed_at, digest) for path, (signature, hashed_at, digest) in fresh.items()
         ]
         self._write(
             "INSERT OR REPLACE INTO files (path, size, mtime_ns, ctime_ns, inode, hashed_at_ns, sha256) "
@@ -433,13 +428,13 @@ def range_fingerprint(
     """
     if not 0 <= start <= stop <= len(paths):
         raise IndexError(f"range [{start}, {stop}) is outside the {len(paths)} paths given")
-    base = Path(relative_to).absolute()
-    chosen = [Path(p).absolute() for p in paths[start:stop]]
+    # os.path on strings, not pathlib: planning does this for every image of a folder.
+    base = os.path.join(os.path.abspath(relative_to), "")
+    chosen = [os.path.abspath(p) for p in paths[start:stop]]
     h = hashlib.sha256(f"attrflow-files/1 [{start}, {stop})\n".encode())
     for path, digest in zip(chosen, index.digests(chosen)):
-        try:
-            relative = path.relative_to(base).as_posix()
-        except ValueError:
-            raise ValueError(f"{path} is not inside {base}") from None
+        if not path.startswith(base):
+            raise ValueError(f"{path} is not inside {base.rstrip(os.sep)}")
+        relative = path[len(base) :].replace(os.sep, "/")
         h.update(f"{len(relative.encode())}:{relative}\0{digest}\n".encode())
     return h.hexdigest()

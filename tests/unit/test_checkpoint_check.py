@@ -92,7 +92,8 @@ def test_legacy_torch_format_is_read_too(tmp_path, resnet18_state):
     path = tmp_path / "legacy.pth"
     small = {k: resnet18_state[k] for k in ("fc.weight", "fc.bias")}
     torch.save(small, path, _use_new_zipfile_serialization=False)  # cannot be memory-mapped
-    assert dict(checkpoint_header(path)) == {"fc.weight": ((CLASSES, 512), "float32"), "fc.bias": ((CLASSES,), "float32")}
+    expected = {"fc.weight": ((CLASSES, 512), "float32"), "fc.bias": ((CLASSES,), "float32")}
+    assert dict(checkpoint_header(path)) == expected
 
 
 def test_truncated_safetensors_is_reported(tmp_path, files):

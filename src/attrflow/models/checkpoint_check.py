@@ -377,7 +377,8 @@ def check_model_checkpoint(
         notes.append(f"its tensors are nested under {header.wrapper!r}, which attrflow unwraps")
     if header.stripped_prefix:
         notes.append(f"the DataParallel prefix {header.stripped_prefix!r} was already removed")
-    lines = [f"{where} does not fit the {described} architecture ({len(header)} tensors in the file, {len(expected)} expected):"]
+    counts = f"{len(header)} tensors in the file, {len(expected)} expected"
+    lines = [f"{where} does not fit the {described} architecture ({counts}):"]
     lines += [f"  - {problem}" for problem in problems]
     if notes:
         lines.append(f"  (note: {'; '.join(notes)})")
