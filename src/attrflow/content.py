@@ -19,8 +19,10 @@ underneath the file system. Like git's index ("racy git"), an entry hashed less 
 same timestamp tick could otherwise leave every stat field unchanged. Such a file is re-read
 next time, until its digest is older than the window.
 
-**Image verdicts** are keyed by content digest and Pillow version, so a file is decoded once per
-content (a renamed or copied image reuses its verdict) and again after a Pillow upgrade.
+**Verdicts** of checks on content (`verdicts`, `record_verdicts`) are keyed by content digest
+and a checker string naming the check and what else it depends on: an image is decoded once per
+content and Pillow version (a renamed or copied image reuses its verdict), a checkpoint is
+checked against an architecture once (see `attrflow.models.checkpoint_check`).
 
 **Robustness.** Several processes may parse the workflow at once (cluster jobs re-parse the
 Snakefile): SQLite serialises the writers, with a busy timeout, and every read or write that
@@ -38,7 +40,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,7 @@ __all__ = [
 # time (2 s covers the coarsest common timestamp resolution, FAT's).
 RACY_WINDOW_NS = 2_000_000_000
 SCHEMA_VERSION = 1
-_BUSY_TIMEOUT_S = 30.0
+_BUSY_TIMEOUT_S = 10.0  # a writer holds the lock for one batch insert: milliseconds
 _CHUNK = 1 << 20
 _SQL_BATCH = 500  # host parameters per query, well under SQLite's limit
 
@@ -71,10 +73,10 @@ CREATE TABLE IF NOT EXISTS files (
     hashed_at_ns INTEGER NOT NULL,
     sha256 TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS image_verdicts (
+CREATE TABLE IF NOT EXISTS verdicts (
     sha256 TEXT NOT NULL,
     checker TEXT NOT NULL,
-    error TEXT NOT NULL,  -- '' when the image decodes
+    error TEXT NOT NULL,  -- '' when the content passed the check
     PRIMARY KEY (sha256, checker)
 );
 """
@@ -265,9 +267,16 @@ class FileIndex:
         except sqlite3.Error as err:
             self._give_up(err)
 
-    # -- image verdicts -------------------------------------------------------------------
+    # -- verdicts of checks on content ------------------------------------------------------
 
-    def _verdicts(self, digests: Sequence[str], checker: str) -> dict[str, str]:
+    def verdicts(self, digests: Iterable[str], checker: str) -> dict[str, str]:
+        """Remembered results of `checker` on contents `digests`: ``{digest: error}``, where
+        ``''`` means the content passed. Digests never checked are absent.
+
+        `checker` names the check and everything its result depends on besides the content
+        (library versions, settings), so that a change there starts afresh.
+        """
+        digests = sorted(set(digests))
         if self._db is None or not digests:
             return {}
         found: dict[str, str] = {}
@@ -275,7 +284,7 @@ class FileIndex:
             for start in range(0, len(digests), _SQL_BATCH):
                 batch = list(digests[start : start + _SQL_BATCH])
                 rows = self._db.execute(
-                    "SELECT sha256, error FROM image_verdicts WHERE checker = ? "
+                    "SELECT sha256, error FROM verdicts WHERE checker = ? "
                     f"AND sha256 IN ({','.join('?' * len(batch))})",
                     [checker, *batch],
                 )
@@ -285,11 +294,12 @@ class FileIndex:
             return {}
         return found
 
-    def _store_verdicts(self, verdicts: dict[str, str], checker: str) -> None:
+    def record_verdicts(self, verdicts: Mapping[str, str], checker: str) -> None:
+        """Remember ``{digest: error}`` results of `checker` (``''`` = passed), in one transaction."""
         if self._db is None or not verdicts:
             return
         self._write(
-            "INSERT OR REPLACE INTO image_verdicts (sha256, checker, error) VALUES (?, ?, ?)",
+            "INSERT OR REPLACE INTO verdicts (sha256, checker, error) VALUES (?, ?, ?)",
             [(digest, checker, error) for digest, error in verdicts.items()],
         )
 
@@ -337,7 +347,7 @@ def check_images(paths: Iterable[str | os.PathLike], *, index: FileIndex) -> lis
         else:
             present.append(path)
     digests = index.digests(present)
-    known = index._verdicts(sorted(set(digests)), checker)
+    known = index.verdicts(digests, checker)
     new: dict[str, str] = {}
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, never decode as grey
@@ -355,7 +365,7 @@ def check_images(paths: Iterable[str | os.PathLike], *, index: FileIndex) -> lis
                 bad[path] = error
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    index._store_verdicts(new, checker)
+    index.record_verdicts(new, checker)
     return [BadFile(path, bad[path]) for path in listed if path in bad]
 
 

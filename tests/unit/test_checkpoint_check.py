@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from attrflow.models.checkpoint_check import (
     CheckpointError,
     check_model_checkpoint,
+    check_model_checkpoint_cached,
     checkpoint_header,
     compare_state_dict,
     expected_shapes,
@@ -47,6 +48,8 @@ def files(resnet18_state, tmp_path_factory):
     save_file(resnet18_state, out["safetensors"])
     torch.save(resnet18_state, out["pt"])
     save_file({f"model.{k}": v for k, v in resnet18_state.items()}, out["prefixed"])
+    for path in out.values():  # dated long ago, so content digests are trusted at once (no racy window)
+        os.utime(path, ns=(1_600_000_000 * 10**9,) * 2)
     return out
 
 
@@ -286,3 +289,33 @@ def test_header_json_is_what_the_file_says(tmp_path):
     table = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert table["a"]["dtype"] == "F16" and table["a"]["shape"] == [2, 3]
     assert dict(checkpoint_header(path)) == {"a": ((2, 3), "float16"), "b": ((), "bool")}
+
+
+def test_cached_verdicts_are_reused_without_importing_torch(tmp_path, files):
+    from attrflow.content import FileIndex
+
+    cache = tmp_path / "cache" / "content.sqlite"
+    good, bad = timm_spec(files["safetensors"]), timm_spec(files["prefixed"])
+    with FileIndex(cache) as index:
+        assert check_model_checkpoint_cached("r18", good, index=index) is None
+        message = check_model_checkpoint_cached("r18", bad, index=index)
+        assert message == check_model_checkpoint("r18", bad)
+    # A later parse: both verdicts come from the cache, and torch is never imported.
+    code = (
+        "import sys\n"
+        "from attrflow.content import FileIndex\n"
+        "from attrflow.models.checkpoint_check import check_model_checkpoint_cached as check\n"
+        f"index = FileIndex({str(cache)!r})\n"
+        f"assert check('r18', {good!r}, index=index) is None\n"
+        f"print(check('r18', {bad!r}, index=index))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert index.hashed == 0, index.hashed\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip("\n") == message
+    # Another entry for the same file is another verdict.
+    with FileIndex(cache) as index:
+        wrong = check_model_checkpoint_cached("r18", {**good, "num_classes": 10}, index=index)
+        assert "fc.weight (checkpoint (3, 512), model (10, 512))" in wrong

@@ -18,8 +18,9 @@ give ``num_classes``, and the architecture built by `loading.build_architecture`
 checking them imports neither torch nor safetensors. ``.pt/.pth/.bin/.ckpt`` files are read with
 ``torch.load(weights_only=True, map_location="meta")``: tensors are never materialised and a
 file holding pickled objects other than tensors and plain containers is refused, its code never
-run. `expected_shapes` needs torch and timm/torchvision; planning calls `check_model_checkpoint`
-once per checkpoint content and caches the verdict.
+run. `expected_shapes` needs torch and timm/torchvision; `check_model_checkpoint_cached`
+remembers each verdict in an `attrflow.content.FileIndex` by the checkpoint's content digest, so
+planning imports torch only when a checkpoint, its model entry or the libraries changed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointHeader",
     "check_model_checkpoint",
+    "check_model_checkpoint_cached",
     "checkpoint_header",
     "compare_state_dict",
     "expected_shapes",
@@ -383,3 +385,52 @@ def check_model_checkpoint(
     if notes:
         lines.append(f"  (note: {'; '.join(notes)})")
     return "\n".join(lines)
+
+
+def check_model_checkpoint_cached(
+    name: str, spec: Mapping[str, Any], *, index: Any, base_dir: str | os.PathLike | None = None
+) -> str | None:
+    """`check_model_checkpoint`, remembered in `index` (an `attrflow.content.FileIndex`).
+
+    The verdict is keyed by the checkpoint's content digest and by everything else it depends
+    on: the model entry, `base_dir`, the installed torch/timm/torchvision versions and the
+    source of the attrflow modules that build the architecture. A cached verdict is returned
+    without importing torch.
+    """
+    checkpoint = spec.get("checkpoint")
+    path = Path(base_dir or ".") / Path(checkpoint) if checkpoint else None
+    if path is None or not path.is_file():
+        return check_model_checkpoint(name, spec, base_dir=base_dir)  # nothing to cache; no torch
+    checker = _checker(name, spec, base_dir, index)
+    digest = index.digest(path)
+    known = index.verdicts([digest], checker)
+    if digest in known:
+        return known[digest] or None
+    message = check_model_checkpoint(name, spec, base_dir=base_dir)
+    index.record_verdicts({digest: message or ""}, checker)
+    return message
+
+
+def _checker(name: str, spec: Mapping[str, Any], base_dir: str | os.PathLike | None, index: Any) -> str:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("torch", "timm", "torchvision"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    here = Path(__file__).resolve().parent
+    sources = [here / "checkpoint_check.py", here / "loading.py", here / "xdnn.py"]
+    return json.dumps(
+        {
+            "check": "attrflow checkpoint/1",
+            "model": name,
+            "spec": {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in spec.items()},
+            "base_dir": os.fspath(base_dir) if base_dir is not None else None,
+            "versions": versions,
+            "code": index.digests(sources),
+        },
+        sort_keys=True,
+        default=str,
+    )
