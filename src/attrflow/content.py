@@ -25,7 +25,8 @@ content and Pillow version (a renamed or copied image reuses its verdict), a che
 checked against an architecture once (see `attrflow.models.checkpoint_check`).
 
 **Robustness.** Several processes may parse the workflow at once (cluster jobs re-parse the
-Snakefile): SQLite serialises the writers, with a busy timeout, and every read or write that
+Snakefile): SQLite serialises the writers, with a busy timeout, in its rollback-journal mode
+(WAL would need all processes on one host), and every read or write that
 still fails — a locked, read-only, corrupt or missing database, or a directory that cannot be
 created — turns the index into an uncached one for the rest of its life (`cache_error` says
 why). Results are then the same, only slower.
@@ -113,6 +114,8 @@ class FileIndex:
         self.hashed = 0
         self.decoded = 0
         self._db: sqlite3.Connection | None = None
+        # Digests taken by this instance: reused within one parse even without a cache file.
+        self._memory: dict[str, tuple[_Signature, int, str]] = {}
         if self.cache_path is not None:
             self._open(create_dirs)
 
@@ -130,19 +133,15 @@ class FileIndex:
             self._give_up(err)
             return
         try:
-            try:
-                # WAL lets readers proceed while another process writes; where it is unavailable
-                # (some network file systems) SQLite's default rollback journal still works.
-                db.execute("PRAGMA journal_mode=WAL")
-            except sqlite3.OperationalError:
-                pass
-            db.execute("PRAGMA synchronous=NORMAL")
+            # SQLite's default rollback journal, not WAL: WAL needs shared memory on one host,
+            # and several cluster nodes may parse the workflow on a shared file system.
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(
                     f"cache schema version {version}, expected {SCHEMA_VERSION}; delete {self.cache_path}"
                 )
-            db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            if version == 0:  # new: create the tables (every parse after this one only reads)
+                db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
         except sqlite3.Error as err:
             db.close()
             self._give_up(err)
@@ -199,7 +198,8 @@ class FileIndex:
             stats.append(stat)
         if missing:
             raise FileNotFoundError(f"{len(missing)} file(s) missing or not regular files: {_first(missing)}")
-        known = self._lookup(sorted(set(keys)))
+        unseen = sorted({key for key in keys if key not in self._memory})
+        known = {**self._lookup(unseen), **self._memory}
         out: list[str] = []
         fresh: dict[str, tuple[_Signature, int, str]] = {}
         for key, stat in zip(keys, stats):
@@ -220,6 +220,7 @@ class FileIndex:
                 continue
             fresh[key] = (signature, hashed_at, digest)
             out.append(digest)
+        self._memory.update(fresh)
         self._store(fresh)
         return out
 

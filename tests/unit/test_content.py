@@ -148,7 +148,10 @@ def test_unwritable_cache_location_works_uncached(tmp_path):
         assert not index.cached and index.cache_error
         assert index.digest(path) == sha(b"a")
         assert index.digest(path) == sha(b"a")
-        assert index.hashed == 2
+        assert index.hashed == 1  # remembered within the instance
+    with FileIndex(blocker / "attrflow" / "content.sqlite") as index:
+        assert index.digest(path) == sha(b"a")
+        assert index.hashed == 1  # but not across instances
 
 
 def test_missing_cache_directory_without_create_works_uncached(tmp_path):
@@ -181,15 +184,17 @@ def test_corrupt_cache_file_works_uncached(tmp_path):
         assert index.digest(path) == sha(b"a")
 
 
-def _hash_folder(args: tuple[str, str, int]) -> list[str]:
+def _hash_folder(args: tuple[str, str, int]) -> tuple[list[str], list[str | None]]:
     cache, folder, rounds = args
     out: list[str] = []
+    errors: list[str | None] = []
     for _ in range(rounds):
         with FileIndex(cache) as index:
             paths = sorted(Path(folder).iterdir())
             out = index.digests(paths)
             assert check_images(paths[:3], index=index) == []
-    return out
+            errors.append(index.cache_error)
+    return out, errors
 
 
 def test_concurrent_processes_share_the_cache_without_errors(tmp_path):
@@ -201,7 +206,8 @@ def test_concurrent_processes_share_the_cache_without_errors(tmp_path):
     with context.Pool(3) as pool:
         results = pool.map(_hash_folder, [(cache, str(folder), 4)] * 3)
     expected = [sha((folder / f"{i:03d}.jpg").read_bytes()) for i in range(40)]
-    assert results == [expected] * 3
+    assert [digests for digests, _ in results] == [expected] * 3
+    assert [errors for _, errors in results] == [[None] * 4] * 3  # nobody fell back to uncached
     with sqlite3.connect(cache) as db:
         assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 40
     with FileIndex(cache) as index:
