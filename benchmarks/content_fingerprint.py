@@ -146,6 +146,24 @@ def main() -> None:
             lambda: subprocess.run([sys.executable, "-c", fresh], env=env, check=True),
             rows,
         )
+        from attrflow.models.checkpoint_check import check_model_checkpoint_cached
+
+        with FileIndex(cache) as index:
+            assert check_model_checkpoint_cached("r18", spec, index=index) is None
+        os.utime(checkpoint, ns=(OLD_NS, OLD_NS))  # outside the racy window: the digest is reused
+        with FileIndex(cache) as index:
+            assert check_model_checkpoint_cached("r18", spec, index=index) is None  # recorded now
+        cached = (
+            "import sys; from attrflow.content import FileIndex; "
+            "from attrflow.models.checkpoint_check import check_model_checkpoint_cached as c; "
+            f"assert c('r18', {spec!r}, index=FileIndex({str(cache)!r})) is None; "
+            "assert 'torch' not in sys.modules"
+        )
+        timed(
+            "check_model_checkpoint_cached resnet18, fresh process, verdict cached (no torch)",
+            lambda: subprocess.run([sys.executable, "-c", cached], env=env, check=True),
+            rows,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
