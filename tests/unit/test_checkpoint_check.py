@@ -248,7 +248,7 @@ def test_prefix_that_does_not_fix_the_names_is_said_so():
 
 
 def test_nested_prefix_is_found():
-    header = {"model.backbone.a.weight": ((2,), "float32"), "model.backbone.b.bias": ((3,), "float32")}
+    header = {"model.backbone.a.weight": (2,), "model.backbone.b.bias": ((3,), "float32")}  # both forms
     problems = compare_state_dict(header, {"a.weight": (2,), "b.bias": (4,)})
     assert problems[0].startswith("all 2 keys start with 'model.backbone.': strip it")
     assert problems[1] == "1 shape mismatch(es): b.bias (checkpoint (3,), model (4,))"
@@ -319,3 +319,17 @@ def test_cached_verdicts_are_reused_without_importing_torch(tmp_path, files):
     with FileIndex(cache) as index:
         wrong = check_model_checkpoint_cached("r18", {**good, "num_classes": 10}, index=index)
         assert "fc.weight (checkpoint (3, 512), model (10, 512))" in wrong
+
+
+def test_bias_free_x_variant_with_a_convolution_head(tmp_path):
+    """SqueezeNet's classifier is a 1×1 convolution: the class count is read from it, as the
+    loader does, and an X-variant's checkpoint has no biases to expect."""
+    from attrflow.models.xdnn import to_x_dnn
+
+    net = to_x_dnn(torchvision.models.get_model("squeezenet1_1", weights=None, num_classes=2))
+    path = tmp_path / "xsqueeze.safetensors"
+    save_file(dict(net.state_dict()), path)
+    spec = {"kind": "torchvision", "name": "squeezenet1_1", "checkpoint": str(path), "x_dnn": True}
+    assert check_model_checkpoint("xs", spec) is None
+    with_biases = check_model_checkpoint("xs", {**spec, "x_dnn": False})
+    assert "26 missing key(s): 'features.0.bias'" in with_biases

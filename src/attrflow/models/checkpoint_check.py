@@ -218,13 +218,18 @@ def _torch_header(path: Path) -> tuple[dict[str, tuple[Shape, str]], str | None]
 
 
 def compare_state_dict(
-    header: Mapping[str, tuple[Shape, str]], expected: Mapping[str, Shape], *, limit: int = LISTED
+    header: Mapping[str, tuple[Shape, str] | Shape], expected: Mapping[str, Shape], *, limit: int = LISTED
 ) -> list[str]:
     """Every way `header` fails to load strictly into a network whose state dict has `expected`
     shapes: missing keys, unexpected keys, shape mismatches — each kind one line naming the
     first `limit` keys and the count. When all checkpoint keys share a prefix (``model.``,
     ``state_dict.``, …) whose removal makes the names match, that is the one line about names,
-    with the fix; shapes are then compared after removing it. [] when it loads."""
+    with the fix; shapes are then compared after removing it. [] when it loads.
+
+    `header` values are ``(shape, dtype)`` as `checkpoint_header` gives them, or bare shapes.
+    Dtypes are not compared: ``load_state_dict`` casts them.
+    """
+    header = {k: _shape_of(v) for k, v in header.items()}
     names = set(expected)
     stripped, prefix = dict(header), None
     if set(header) != names:
@@ -251,13 +256,19 @@ def compare_state_dict(
         if missing and unexpected and shared:
             problems.append(f"all checkpoint keys start with {shared[0]!r}, but removing it does not make them match")
     mismatched = [
-        f"{k} (checkpoint {_shape(stripped[k][0])}, model {_shape(shape)})"
+        f"{k} (checkpoint {_shape(stripped[k])}, model {_shape(shape)})"
         for k, shape in expected.items()
-        if k in stripped and tuple(stripped[k][0]) != tuple(shape)
+        if k in stripped and stripped[k] != tuple(shape)
     ]
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): {_names(mismatched, limit, quote=False)}")
     return problems
+
+
+def _shape_of(value: tuple[Shape, str] | Shape) -> Shape:
+    if len(value) == 2 and isinstance(value[0], (tuple, list)) and isinstance(value[1], str):
+        return tuple(value[0])
+    return tuple(value)
 
 
 def _common_prefixes(keys: Mapping[str, Any] | list[str]) -> list[str]:
