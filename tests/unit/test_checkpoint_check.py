@@ -245,6 +245,8 @@ def test_prefix_that_does_not_fix_the_names_is_said_so():
     header = {"net.a.weight": ((1,), "float32"), "net.b.weight": ((1,), "float32")}
     problems = compare_state_dict(header, {"a.weight": (1,), "c.weight": (1,)})
     assert problems[-1] == "all checkpoint keys start with 'net.', but removing it does not make them match"
+    same_prefix = compare_state_dict({"net.a.weight": (1,)}, {"net.b.weight": (1,)})
+    assert same_prefix == ["1 missing key(s): 'net.b.weight'", "1 unexpected key(s): 'net.a.weight'"]
 
 
 def test_nested_prefix_is_found():

@@ -252,7 +252,8 @@ def compare_state_dict(
             problems.append(f"{len(missing)} missing key(s): {_names(missing, limit)}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected, limit)}")
-        shared = _common_prefixes(header)
+        # A prefix the architecture's own names share (``features.`` of a plain Sequential) is no news.
+        shared = [p for p in _common_prefixes(header) if not all(k.startswith(p) for k in expected)]
         if missing and unexpected and shared:
             problems.append(f"all checkpoint keys start with {shared[0]!r}, but removing it does not make them match")
     mismatched = [
