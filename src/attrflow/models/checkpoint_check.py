@@ -253,7 +253,8 @@ def compare_state_dict(
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s): {_names(unexpected, limit)}")
         # A prefix the architecture's own names share (``features.`` of a plain Sequential) is no news.
-        shared = [p for p in _common_prefixes(header) if not all(k.startswith(p) for k in expected)]
+        shared = _common_prefixes(header)[:1] if len(header) > 1 else []
+        shared = [p for p in shared if not all(k.startswith(p) for k in expected)]
         if missing and unexpected and shared:
             problems.append(f"all checkpoint keys start with {shared[0]!r}, but removing it does not make them match")
     mismatched = [
