@@ -31,6 +31,7 @@ from torch import nn
 
 from attrflow.data.sample_store import SampleSet, read_samples
 from attrflow.fingerprint import file_sha256
+from attrflow.models.checkpoint_check import CHECKPOINT_SUFFIXES, STATE_DICT_KEYS
 from attrflow.models.preact_resnet import PreActResNet18
 from attrflow.models.small_cnn import SmallCNN
 from attrflow.models.training import evaluate_accuracy, reproducible_torch, train_classifier
@@ -43,9 +44,6 @@ CARD_FILE = "card.json"
 CARD_FORMAT = "attrflow-model/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-# Wrappers under which training scripts commonly nest the state dict.
-STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict")
 TRAINED_DEFAULTS = {
     "arch": "small_cnn",
     "epochs": 8,
@@ -470,7 +468,7 @@ def _timm_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[s
     if checkpoint:
         state = read_state_dict(checkpoint)
         kwargs.setdefault(
-            "num_classes", _classifier_outputs(timm.create_model(arch_name, pretrained=False), state)
+            "num_classes", classifier_outputs(timm.create_model(arch_name, pretrained=False), state)
         )
         net = timm.create_model(arch_name, pretrained=False, **kwargs)
         net = _maybe_x_dnn(net, spec)
@@ -551,7 +549,7 @@ def _torchvision_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module,
     elif checkpoint:
         state = read_state_dict(checkpoint)
         if "num_classes" not in kwargs:
-            kwargs["num_classes"] = _classifier_outputs(
+            kwargs["num_classes"] = classifier_outputs(
                 torchvision.models.get_model(arch_name, weights=None), state
             )
         net = _maybe_x_dnn(torchvision.models.get_model(arch_name, weights=None, **kwargs), spec)
@@ -605,7 +603,7 @@ def _maybe_x_dnn(net: nn.Module, spec: Mapping[str, Any]) -> nn.Module:
     return to_x_dnn(net) if spec.get("x_dnn") else net
 
 
-def _classifier_outputs(default_net: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
+def classifier_outputs(default_net: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
     """Classes a checkpoint was trained for: the output size of its classifier.
 
     The classifier is the network's last linear layer, or its last convolution when it has no
