@@ -17,10 +17,8 @@ Planning is read-only for ``results/``: nothing here writes there.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 
 class PreflightError(RuntimeError):
@@ -54,20 +52,16 @@ def _image_problems(plan) -> list[str]:
 
 
 def _checkpoint_problems(plan) -> list[str]:
+    """Each local checkpoint against the architecture its entry builds; the verdict is kept by
+    content digest, so torch is imported to check a checkpoint once, not on every plan."""
+    from attrflow.models.checkpoint_check import check_model_checkpoint_cached
+
     problems = []
-    verdicts = _VerdictFile(Path(plan.workdir) / ".snakemake" / "attrflow" / "checkpoints.json")
     for model in plan.run["models"]:
         spec = plan.model_spec(model)
-        checkpoint = spec.get("checkpoint")
-        if not checkpoint or spec.get("kind") not in ("timm", "torchvision"):
+        if not spec.get("checkpoint") or spec.get("kind") not in ("timm", "torchvision"):
             continue
-        key = f"{plan.content_index.digests([checkpoint])[0]}:{json.dumps(spec, sort_keys=True)}"
-        verdict = verdicts.get(key)
-        if verdict is None:
-            from attrflow.models.checkpoint_check import check_model_checkpoint
-
-            verdict = check_model_checkpoint(model, spec) or ""
-            verdicts.put(key, verdict)
+        verdict = check_model_checkpoint_cached(model, spec, index=plan.content_index, base_dir=plan.workdir)
         if verdict:
             problems.append(verdict)
     return problems
@@ -96,29 +90,3 @@ def _damaged_stores(plan, results: str) -> list[str]:
         f"after the store was written):\n{listing}{more}\n"
         "Remove them with `python -m attrflow.clean --damaged` (or by hand) and run again to recompute them."
     ]
-
-
-class _VerdictFile:
-    """Checkpoint verdicts by (content digest, model entry), so torch is imported to check a
-    checkpoint once, not on every plan. Written atomically outside results/; a read-only or
-    missing folder just means checking again."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            self.data = {}
-
-    def get(self, key: str) -> str | None:
-        return self.data.get(key)
-
-    def put(self, key: str, verdict: str) -> None:
-        self.data[key] = verdict
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.data))
-            os.replace(tmp, self.path)
-        except OSError:
-            pass

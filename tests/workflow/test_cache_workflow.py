@@ -103,3 +103,50 @@ def test_a_copied_project_replans_nothing(photo_run: Workflow, tmp_path):
         path.touch()  # a fresh clone: every source file newer than every result
     proc = moved.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_bad_images_stop_the_run_before_any_job_naming_every_culprit(photo_run: Workflow):
+    root = photo_run.workdir / "photos"
+    order = ordered_images(root)
+    truncated, not_an_image = root / order[2], root / order[7]
+    originals = {p: p.read_bytes() for p in (truncated, not_an_image)}
+    before = tree_digest(photo_run.workdir / "results")
+    truncated.write_bytes(originals[truncated][: len(originals[truncated]) // 2])
+    not_an_image.write_text("this is not a picture")
+    try:
+        proc = photo_run.snakemake(check=False)
+    finally:
+        for path, data in originals.items():
+            path.write_bytes(data)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert order[2] in output and order[7] in output, output[-3000:]
+    assert "before starting any job" in output
+    assert tree_digest(photo_run.workdir / "results") == before, "the previous outputs are intact"
+
+
+def test_a_checkpoint_with_prefixed_keys_fails_before_any_job(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    wf = Workflow(copy_workflow(tmp_path / "repo"), tmp_path / "work")
+    for k, cls in enumerate(CLASSES):
+        _image(wf.workdir / "photos" / cls / f"{cls}_0.png", seed=k)
+    torch.manual_seed(0)
+    state = timm.create_model("resnet18", pretrained=False, num_classes=4).state_dict()
+    checkpoint = wf.workdir / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, checkpoint)
+    config = photo_config()
+    config["models"]["r18"] = {"kind": "timm", "name": "resnet18", "checkpoint": "r18.safetensors", "num_classes": 4}
+    config["run"].update(models=["r18"], methods=["gradient"])
+    wf.write_config(config)
+    wf.snakemake()
+    model_dir = wf.workdir / "results" / "models" / "r18"
+    before = tree_digest(model_dir)
+    save_file({f"model.{k}": v.contiguous() for k, v in state.items()}, checkpoint)  # a Lightning-style save
+    proc = wf.snakemake(check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "model." in output and "r18" in output and "strip" in output, output[-3000:]
+    assert tree_digest(model_dir) == before, "the model prepared from the good checkpoint is intact"
