@@ -61,6 +61,32 @@ def test_a_outputs_and_one_row_per_sample_method_metric(finished_run: Workflow):
         assert verify_store(store) == []
 
 
+def test_a2_labels_correctness_and_progress(finished_run: Workflow):
+    import torch
+
+    from attrflow.data.sample_store import read_samples
+    from attrflow.models.loading import load_model
+
+    results = finished_run.workdir / "results"
+    scores = pd.read_parquet(results / "reports" / "scores.parquet")
+    samples = read_samples(results / "data" / "tiny" / "samples.zarr")
+    for model in TINY_CONFIG["run"]["models"]:
+        net = load_model(results / "models" / model)
+        with torch.no_grad():
+            predicted = net(torch.from_numpy(samples.images)).argmax(1).numpy()
+        truth = dict(zip(samples.ids, predicted == samples.labels))
+        labels = dict(zip(samples.ids, samples.labels.tolist()))
+        rows = scores[scores.model == model]
+        assert rows.correct.tolist() == [bool(truth[i]) for i in rows.sample_id], model
+        assert rows.label.tolist() == [labels[i] for i in rows.sample_id], model
+    # progress per batch of samples, with a rate, in the job logs
+    log = (finished_run.workdir / "logs" / "attribute" / "tiny" / "cnn" / "gradient" / "shard-0.log").read_text()
+    assert "img/s" in log or "s/img" in log, log[-2000:]
+    # stochastic metrics are scored twice (test-retest), deterministic ones once
+    assert scores[scores.metric == "mufidelity"].value_retest.notna().any()
+    assert scores[scores.metric == "deletion"].value_retest.isna().all()
+
+
 def test_b_second_run_has_nothing_to_do(finished_run: Workflow):
     proc = finished_run.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

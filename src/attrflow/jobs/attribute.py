@@ -18,6 +18,7 @@ from attrflow.jobs.runtime import (
     generator_for,
     library_versions,
     peak_memory_bytes,
+    progress,
     resolve_device,
 )
 from attrflow.methods import MethodNotApplicable, call_method, get_method, reduce_channels
@@ -186,20 +187,20 @@ def attribute_shard(
 
 
 def _explain(info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights):
-    from tqdm import tqdm
-
     maps, diagnostics = [], {}
     n = images.shape[0]
-    for lo in tqdm(range(0, n, SAMPLES_PER_CALL), desc=info.name, mininterval=5, file=None):
-        hi = min(lo + SAMPLES_PER_CALL, n)
-        result = call_method(
-            info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch,
-            references=references, reference_weights=reference_weights,
-        )
-        chunk = result.maps.detach()
-        maps.append((chunk if keep_channels else reduce_channels(chunk)).float().cpu().numpy())
-        for key, value in result.diagnostics.items():
-            diagnostics.setdefault(key, []).append(value.detach().cpu().numpy())
+    with progress(n, info.name) as bar:
+        for lo in range(0, n, SAMPLES_PER_CALL):
+            hi = min(lo + SAMPLES_PER_CALL, n)
+            result = call_method(
+                info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch,
+                references=references, reference_weights=reference_weights,
+            )
+            chunk = result.maps.detach()
+            maps.append((chunk if keep_channels else reduce_channels(chunk)).float().cpu().numpy())
+            for key, value in result.diagnostics.items():
+                diagnostics.setdefault(key, []).append(value.detach().cpu().numpy())
+            bar.update(hi - lo)
     joined = {k: np.concatenate(v) for k, v in diagnostics.items()}
     return np.concatenate(maps), joined
 

@@ -63,6 +63,16 @@ def job_log(log_path: str | os.PathLike | None, threads: int | None = None) -> I
             stream.close()
 
 
+def progress(total: int, desc: str):
+    """A progress bar over samples for the job log: images done, images per second and ETA.
+
+    Written to the log (stderr is redirected there), at most every two seconds, so
+    `tail -f logs/attribute/…/shard-0.log` shows how far a long job is."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", mininterval=2.0, file=sys.stderr, dynamic_ncols=False, ascii=True)
+
+
 def mark_ready() -> None:
     """Log the job's start-up cost: process start to job code imported and ready.
 

@@ -15,7 +15,7 @@ import torch
 
 from attrflow.data.sample_store import read_samples
 from attrflow.jobs.attribute import method_params
-from attrflow.jobs.runtime import derive_seed, generator_for, resolve_device
+from attrflow.jobs.runtime import derive_seed, generator_for, progress, resolve_device
 from attrflow.metrics import MetricInputs, MetricOutput, call_metric, get_metric
 from attrflow.registry import signature_params
 from attrflow.report.schema import SCORES, write_table
@@ -259,25 +259,28 @@ def _score_batches(
     any_curve = False
     device = context.images.device
     nonfinite_maps = context.diagnostics.get("nonfinite")
-    for lo in range(0, n, SAMPLES_PER_CALL):
-        hi = min(lo + SAMPLES_PER_CALL, n)
-        # Seeded per batch position: the same config gives the same subsets and noise.
-        out = call_metric(
-            info, context.inputs(lo, hi), params, generator=generator_for(device, seed + first_index + lo), max_batch=context.max_batch
-        )
-        if nonfinite_maps is not None:
-            for i, bad in enumerate(nonfinite_maps[lo:hi].tolist()):
-                if bad:
-                    out.values[i] = np.nan
-                    out.status[i], out.reasons[i] = "nan", "the method produced a non-finite map"
-        values.append(out.values)
-        status.extend(out.status)
-        reasons.extend(out.reasons)
-        if out.curves is not None:
-            any_curve = True
-            curves.extend(out.curves)
-        else:
-            curves.extend([None] * (hi - lo))
+    with progress(n, info.name) as bar:
+        for lo in range(0, n, SAMPLES_PER_CALL):
+            hi = min(lo + SAMPLES_PER_CALL, n)
+            # Seeded per batch position: the same config gives the same subsets and noise.
+            out = call_metric(
+                info, context.inputs(lo, hi), params, generator=generator_for(device, seed + first_index + lo),
+                max_batch=context.max_batch,
+            )
+            if nonfinite_maps is not None:
+                for i, bad in enumerate(nonfinite_maps[lo:hi].tolist()):
+                    if bad:
+                        out.values[i] = np.nan
+                        out.status[i], out.reasons[i] = "nan", "the method produced a non-finite map"
+            values.append(out.values)
+            status.extend(out.status)
+            reasons.extend(out.reasons)
+            if out.curves is not None:
+                any_curve = True
+                curves.extend(out.curves)
+            else:
+                curves.extend([None] * (hi - lo))
+            bar.update(hi - lo)
     return MetricOutput(np.concatenate(values) if values else np.zeros(0), curves if any_curve else None, status, reasons)
 
 
