@@ -129,15 +129,65 @@ def test_null_feature_hand_values():
     masks = _two_patch_masks(3)
     right_only = masks[:, 0].astype(float)  # all of S_a on f_a
     both = (masks[:, 0] | masks[:, 1]).astype(float)
-    both[:, 5:7, 5:7] *= 3.0  # 12 on f_null out of 16
-    both[:, 3, 3] = -4.0  # negative mass elsewhere counts (signed, as the seed): total 12
+    both[:, 5:7, 5:7] *= 3.0  # 12 on f_null out of 4 + 12 + 4 (below)
+    both[:, 3, 3] = -4.0  # negative mass counts by its magnitude: total 20
     zero = np.zeros_like(right_only)
-    for maps, expected in ((right_only, 0.0), (both, 1.0)):
+    for maps, expected in ((right_only, 0.0), (both, 12 / 20)):
         out = score_scenario("null_feature", maps, zero, masks)
         np.testing.assert_allclose(out.values, expected)
         assert out.status == ["ok"] * 3 and out.per_sample
     out = score_scenario("null_feature", zero, zero, masks)
     assert out.status == ["nan"] * 3
+
+
+def _hand_made_maps(n: int) -> dict[str, np.ndarray]:
+    """S_a of every kind the issue names, scaled differently per sample (so correlations are defined)."""
+    masks = _two_patch_masks(n)
+    scale = np.arange(1.0, n + 1)[:, None, None]
+    f_a, f_other = masks[:, 0], masks[:, 1]
+    return {
+        "perfect (all on f_a)": f_a * scale,
+        "all on f_null": f_other * scale,
+        "negative on f_null": f_a * scale - 0.5 * f_other * scale,
+        "uniform": np.ones((n, 8, 8)) * scale,
+        "zero": np.zeros((n, 8, 8)),
+    }
+
+
+def test_null_feature_orders_hand_made_maps_and_nothing_beats_a_perfect_map():
+    masks = _two_patch_masks(8)
+    maps = _hand_made_maps(8)
+    score = {name: score_scenario("null_feature", m, m, masks) for name, m in maps.items()}
+    value = {name: float(np.mean(s.values)) for name, s in score.items() if name != "zero"}
+    # lower is better; a negative patch counts by its magnitude
+    np.testing.assert_allclose(value["perfect (all on f_a)"], 0.0)
+    np.testing.assert_allclose(value["negative on f_null"], 2 / 6)  # −0.5 on 4 px counts as 2 of 6
+    np.testing.assert_allclose(value["uniform"], 4 / 64)  # the null patch's share of the pixels
+    np.testing.assert_allclose(value["all on f_null"], 1.0)
+    assert min(value, key=value.get) == "perfect (all on f_a)"
+    assert value["perfect (all on f_a)"] < value["uniform"] < value["negative on f_null"] < value["all on f_null"]
+    assert score["zero"].status == ["nan"] * 8
+    rng = np.random.default_rng(0)  # no map, however signed, scores below the perfect 0 or above 1
+    random_maps = rng.normal(size=(200, 8, 8))
+    values = score_scenario("null_feature", random_maps, random_maps, np.repeat(masks[:1], 200, 0)).values
+    assert (values >= 0).all() and (values <= 1).all()
+
+
+def test_class_sensitivity_double_orders_hand_made_maps():
+    masks = _two_patch_masks(8)
+    maps = _hand_made_maps(8)
+    switch = score_scenario("class_sensitivity_double", maps["perfect (all on f_a)"], masks[:, 1] * 1.0, masks).values
+    same = score_scenario("class_sensitivity_double", maps["uniform"], maps["uniform"], masks).values
+    negative = score_scenario("class_sensitivity_double", maps["perfect (all on f_a)"], -maps["perfect (all on f_a)"], masks).values
+    np.testing.assert_allclose(switch, 0.0)
+    np.testing.assert_allclose(same, 1.0)
+    np.testing.assert_allclose(negative, 1.0)  # S_b = −S_a is the same map in magnitude: class-insensitive
+    zero = score_scenario("class_sensitivity_double", maps["zero"], maps["zero"], masks)
+    assert zero.status == ["nan"] * 8
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(2, 200, 8, 8))
+    values = score_scenario("class_sensitivity_double", a, b, np.repeat(masks[:1], 200, 0)).values
+    assert (values >= 0).all() and (values <= 1).all()
 
 
 def test_class_sensitivity_double_hand_values():
@@ -154,22 +204,40 @@ def test_class_sensitivity_double_hand_values():
 
 
 def test_class_sensitivity_single_and_saturation_hand_values():
-    masks = _two_patch_masks(4)
-    scale = np.array([1.0, 2.0, 3.0, 4.0])[:, None, None]
+    n = 8
+    masks = _two_patch_masks(n)
+    scale = np.arange(1.0, n + 1)[:, None, None]
     outside = ~masks[:, 0]
     class_a = masks[:, 0] * scale + outside * 1.0  # r_a = (s + ε) / (1 + ε): increasing
     class_b = masks[:, 0] * 1.0 + outside * scale  # r_b = (1 + ε) / (s + ε): decreasing
     out = score_scenario("class_sensitivity_single", class_a, class_b, masks)
     assert not out.per_sample and out.status == ["ok"]
-    np.testing.assert_allclose(out.values, [-1.0])
-    # class-insensitive: the same map for both classes correlates perfectly
+    # ρ = −1: r_b does not follow r_a; anti-correlation is no better than independence → 0
+    np.testing.assert_allclose(out.values, [0.0])
+    # class-insensitive: the same map for both classes correlates perfectly (the worst, 1)
     np.testing.assert_allclose(score_scenario("class_sensitivity_single", class_a, class_a, masks).values, [1.0])
-    # saturation: equal shares on both patches → 1; only one patch (the other's share falls) → −1
+    # uniform or zero maps do not say where the feature is: nan, not a best value
+    for flat in (np.ones((n, 8, 8)) * scale, np.zeros((n, 8, 8))):
+        assert score_scenario("class_sensitivity_single", flat, flat, masks).status == ["nan"]
+    # saturation: equal shares on both patches → 1 (the best); only one patch → 0; opposite → −1
     equal = (masks[:, 0] | masks[:, 1]) * scale
     np.testing.assert_allclose(score_scenario("saturation", equal, equal * 0, masks).values, [1.0])
-    lopsided = masks[:, 0] * scale + masks[:, 1] * (5.0 - scale)
+    one_only = masks[:, 0] * scale
+    np.testing.assert_allclose(score_scenario("saturation", one_only, one_only, masks).values, [0.0])
+    lopsided = masks[:, 0] * scale + masks[:, 1] * (n + 1 - scale)
     np.testing.assert_allclose(score_scenario("saturation", lopsided, lopsided * 0, masks).values, [-1.0])
-    assert score_scenario("saturation", equal[:2], equal[:2], masks[:2]).status == ["nan"]
+    negative = -equal  # magnitudes: negative mass shared alike is still shared alike
+    np.testing.assert_allclose(score_scenario("saturation", negative, negative, masks).values, [1.0])
+    assert score_scenario("saturation", np.zeros((n, 8, 8)), equal, masks).status == ["nan"]
+
+
+def test_correlations_need_enough_samples_and_say_so():
+    masks = _two_patch_masks(7)
+    equal = (masks[:, 0] | masks[:, 1]) * np.arange(1.0, 8)[:, None, None]
+    for scenario in ("saturation", "class_sensitivity_single"):
+        out = score_scenario(scenario, equal, equal, masks)
+        assert out.status == ["skipped"] and "needs >= 8 accepted samples, have 7" in out.reasons[0]
+        assert np.isnan(out.values[0])
 
 
 def test_spearman_uses_average_ranks():
