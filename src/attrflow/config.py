@@ -128,8 +128,10 @@ def _check_selection(config: dict) -> None:
                 raise ConfigError(f"metrics.{name}.methods[{i}]", f"{method!r} is not an entry of 'methods'")
     for name in run["methods"]:
         for family in ("models", "datasets"):
+            # a method may also name the models the axiom inputs are synthesised for
+            selected = run[family] + (run.get("axiom_models", []) if family == "models" else [])
             for i, chosen in enumerate(config["methods"][name].get(family, [])):
-                if chosen not in run[family]:
+                if chosen not in selected:
                     raise ConfigError(
                         f"methods.{name}.{family}[{i}]",
                         f"{chosen!r} is not selected in run.{family} ({', '.join(run[family])})",
