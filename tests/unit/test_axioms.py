@@ -453,3 +453,27 @@ def test_no_axiom_entries_plan_no_axiom_job(config):
     config["run"]["axioms"] = []
     plan = Plan(validate_config(config, workdir=REPO))
     assert plan.axiom_pairs() == [] and plan.axiom_stores() == [] and plan.axiom_score_files() == []
+
+
+def test_the_report_states_every_entrys_three_outcome_counts(tmp_path):
+    from attrflow.report.axiom_tables import read_synthesis, synthesis_table
+
+    attrs = {"scenario": "saturation", "candidates_started": 7, "accepted": 3, "failed": 2, "unfinished": 2,
+             "acceptance_rate": 0.6, "robust_pass_fraction": 0.875, "effect_ratio": 0.04,
+             "iterations_per_accepted": 120.0, "seconds_per_accepted": 4.5,
+             "setting": {"robust_checks": 8, "robust_fraction": 0.75, "tolerance": "effect", "independence_threshold": 0.15}}
+    write_store(tmp_path / "m" / "saturation" / "inputs.zarr", {"accepted": np.array([True])}, attrs)
+    write_store(tmp_path / "m" / "old" / "inputs.zarr", {"accepted": np.array([True])}, {"scenario": "null_feature"})
+    frame = read_synthesis(tmp_path)
+    assert frame["entry"].tolist() == ["saturation"]  # a store without outcome counts is left out
+    table = synthesis_table(frame)
+    assert "| saturation | 7 | 3 | 2 | 2 | 0.60 | 0.88 (8) | 0.040 | 120 | 4.5 |" in table
+
+
+def test_hopeless_candidates_are_given_up_and_counted_failed(model):
+    chosen = setting("class_sensitivity_double", warmup=1, iterations=12, check_after=50, give_up_after=3, max_candidates=6)
+    result = synthesize(model, chosen, seed=0)
+    given_up = result.iterations == 3
+    assert given_up.any() and (result.outcome[given_up] == "failed").all()
+    assert (result.iterations[~given_up] == 12).all()  # the others ran to their cap
+    assert result.stats["failed"] + result.stats["accepted"] == 6 and result.stats["unfinished"] == 0
