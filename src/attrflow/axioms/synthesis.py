@@ -28,8 +28,9 @@ under the configured ``tolerance``:
   saturation it is the saturation index: 0 when each patch alone gives what both give, 1 for an
   additive pair;
 * ``seed``: the authors' tanh(|Δ| / min(|Φ(with)|, |Φ(without)|)) below 0.14 — kept as an option.
-  It depends on the logits' offset (12/12 samples accepted become 5/12 at a shift of +2) and
-  accepts an additive pair on large logits (1 / 11 < 0.14);
+  It depends on the logits' offset (a review of this code found 12 / 12 accepted samples become
+  5 / 12 when 2 is added to every logit) and accepts an additive pair on large logits
+  (tanh(1 / 11) < 0.14);
 * ``absolute``: |Δ| in logits.
 
 A draw that passes is then re-checked on ``robust_checks`` (K) fresh draws of background and
@@ -114,9 +115,6 @@ def compose_stored(backgrounds: np.ndarray, patches: np.ndarray, boxes: np.ndarr
 
 def relative_change(with_value: torch.Tensor, without_value: torch.Tensor) -> torch.Tensor:
     return (with_value - without_value).abs() / torch.minimum(with_value.abs(), without_value.abs()).clamp_min(EPS)
-
-
-TOLERANCES = ("effect", "seed", "absolute")
 
 
 def constraint_measures(scenario: Scenario, values: torch.Tensor) -> dict[str, torch.Tensor]:
