@@ -117,17 +117,22 @@ def _check_selection(config: dict) -> None:
     for i, name in enumerate(run.get("axiom_methods", [])):
         if name not in config["methods"]:
             raise ConfigError(f"run.axiom_methods[{i}]", f"{name!r} is not an entry of 'methods'")
+    # An axiom model need not be in run.models: a model trained for the axioms only (e.g. one whose
+    # head can saturate) then costs its training and its axiom jobs, not every method and metric.
     for i, name in enumerate(run.get("axiom_models", [])):
-        if name not in run["models"]:
-            raise ConfigError(f"run.axiom_models[{i}]", f"{name!r} is not selected in run.models")
+        if name not in config["models"]:
+            known = ", ".join(sorted(config["models"]))
+            raise ConfigError(f"run.axiom_models[{i}]", f"{name!r} is not an entry of 'models' (have: {known})")
     for name in run["metrics"]:
         for i, method in enumerate(config["metrics"][name].get("methods", [])):
             if method not in config["methods"]:
                 raise ConfigError(f"metrics.{name}.methods[{i}]", f"{method!r} is not an entry of 'methods'")
     for name in run["methods"]:
         for family in ("models", "datasets"):
+            # a method may also name the models the axiom inputs are synthesised for
+            selected = run[family] + (run.get("axiom_models", []) if family == "models" else [])
             for i, chosen in enumerate(config["methods"][name].get(family, [])):
-                if chosen not in run[family]:
+                if chosen not in selected:
                     raise ConfigError(
                         f"methods.{name}.{family}[{i}]",
                         f"{chosen!r} is not selected in run.{family} ({', '.join(run[family])})",

@@ -31,10 +31,21 @@ DEFAULTS = {
     "iterations": 1500,
     "check_after": 50,
     "accuracy_threshold": 0.94,
-    "independence_threshold": 0.14,
+    "tolerance": "effect",
+    # A draw that passes is re-checked on K fresh backgrounds and placements; by default all K must
+    # pass (the embedded configs ask 6 of 8: on the small CNNs that is what the optimiser reaches,
+    # see benchmarks/RESULTS.md); the stored sample keeps its pass fraction either way.
+    "robust_checks": 8,
+    "robust_fraction": 1.0,
+    "give_up_after": None,
+    "max_minutes": None,
     "lr": 0.01,
     "prior_width": 32,
 }
+# independence_threshold per tolerance (see attrflow.axioms.synthesis): "seed" is the authors'
+# tanh(|Δ| / min |Φ|) < 0.14; "effect" bounds a coalition's change by a fraction of the
+# constrained patch's effect on its own class; "absolute" in logits.
+DEFAULT_INDEPENDENCE_THRESHOLD = {"effect": 0.1, "seed": 0.14, "absolute": 0.25}
 # The authors' warm-up: 300 iterations, 200 for the saturation ("repeated") setting.
 DEFAULT_WARMUP = {"saturation": 200}
 DEFAULT_WARMUP_OTHERS = 300
@@ -129,6 +140,7 @@ def resolve_setting(config: dict, model: str, entry_name: str) -> dict:
     setting["input_size"] = size
     setting.setdefault("patch_size", max(1, round(size * SEED_PATCH_FRACTION)))
     setting.setdefault("warmup", DEFAULT_WARMUP.get(scenario, DEFAULT_WARMUP_OTHERS))
+    setting.setdefault("independence_threshold", DEFAULT_INDEPENDENCE_THRESHOLD[setting["tolerance"]])
     setting.setdefault("max_candidates", CANDIDATES_PER_SAMPLE * int(setting["samples"]))
     setting.setdefault("classes", None)
     setting.setdefault("class_pool", None)
@@ -172,5 +184,7 @@ def axiom_problems(config: dict) -> Iterator[tuple[str, str]]:
             pool = entry.get("class_pool")
             if count is not None and pool is not None and classes is None and pool > count - 1:
                 yield f"axioms.{name}.class_pool", f"model {model!r} has only {count - 1} classes besides the background's own, not {pool}"
+            if setting["tolerance"] == "seed" and setting["independence_threshold"] >= 1:
+                yield f"axioms.{name}.independence_threshold", "the seed's tolerance is a tanh, below 1: a threshold >= 1 accepts every change"
             if setting["warmup"] >= setting["iterations"]:
                 yield f"axioms.{name}.warmup", f"warm-up ({setting['warmup']}) must be shorter than iterations ({setting['iterations']})"

@@ -19,12 +19,33 @@ Losses (S4-DoEE Eq. 1–7 with the authors' weighting, reference-implementations
 
 Acceptance, checked every iteration after ``check_after`` on the values that iteration computed:
 every patch's own-class probability on its single-patch image exceeds ``accuracy_threshold``
-(0.94), and every constraint's relative logit change
-``tanh(|Φ(with) − Φ(without)| / min(|Φ(with)|, |Φ(without)|))`` is below
-``independence_threshold`` (0.14). The accepted sample is that iteration's background,
-placement and patches, so its property holds exactly for what is stored. A candidate that is
-not accepted within ``iterations`` is a failure: it is kept, flagged ``accepted = False``.
-Candidates still running when enough samples are accepted are dropped (neither outcome).
+(0.94), and every independence constraint's change stays within ``independence_threshold``
+under the configured ``tolerance``:
+
+* ``effect`` (default): |Φ_c(with) − Φ_c(without)| / |Φ_o(X_{p}) − Φ_o(X_{})|, the constraint's
+  change relative to the effect the constrained patch p has on its own class o. It does not move
+  when a constant is added to every logit (softmax and gradients do not either), and for
+  saturation it is the saturation index: 0 when each patch alone gives what both give, 1 for an
+  additive pair;
+* ``seed``: the authors' tanh(|Δ| / min(|Φ(with)|, |Φ(without)|)) below 0.14 — kept as an option.
+  It depends on the logits' offset (a review of this code found 12 / 12 accepted samples become
+  5 / 12 when 2 is added to every logit) and accepts an additive pair on large logits
+  (tanh(1 / 11) < 0.14);
+* ``absolute``: |Δ| in logits.
+
+A draw that passes is then re-checked on ``robust_checks`` (K) fresh draws of background and
+placement (no gradient): the candidate is accepted only when at least ``robust_fraction`` of the
+K re-checks pass too, because the paper wants properties that do not depend on where the patch
+is (a single lucky draw held on fresh placements in 0–12 % of cases). The accepted sample is the
+passing iteration's background, placement and patches, with its pass fraction over the K
+re-checks (``robust_pass_fraction``).
+
+Every started candidate has one outcome: ``accepted``; ``failed`` (not accepted within
+``iterations``, or given up after ``give_up_after`` iterations while a patch's running
+own-class probability is still below ½); or ``unfinished`` (cut off by the ``max_minutes``
+budget). A round always runs until each of its candidates has an outcome, even when enough samples
+are accepted, so the acceptance rate of a set of candidates does not depend on when the run
+stops; the stats count all three outcomes.
 """
 
 from __future__ import annotations
@@ -53,7 +74,7 @@ EPS = 1e-12
 
 @dataclass
 class SynthesisResult:
-    """Every finished candidate (accepted or failed), in the order they finished."""
+    """Every started candidate (accepted, failed or unfinished), in the order they finished."""
 
     scenario: str
     backgrounds: np.ndarray  # (m, C, H, W) float32
@@ -61,11 +82,14 @@ class SynthesisResult:
     boxes: np.ndarray  # (m, k, 2) int64: (top, left) of each patch
     targets: np.ndarray  # (m, 2) int64: class a, class b
     accepted: np.ndarray  # (m,) bool
+    outcome: np.ndarray  # (m,) str: accepted | failed | unfinished
     iterations: np.ndarray  # (m,) int64: iterations run (the accepting one included)
     coalition_logits: np.ndarray  # (m, 2**k, 2): logits of a and b on every coalition (settings order)
     own_probability: np.ndarray  # (m, k): each patch's own-class probability on its single-patch image
     residuals: np.ndarray  # (m, constraints): tanh relative logit change, the acceptance measure
     relative_change: np.ndarray  # (m, constraints): |Φ(with) − Φ(without)| / min(|Φ(with)|, |Φ(without)|)
+    effect_ratio: np.ndarray  # (m, constraints): |Φ(with) − Φ(without)| / the constrained patch's own effect
+    robust_pass_fraction: np.ndarray  # (m,): share of the K fresh draws on which the property held (nan: never re-checked)
     seconds: np.ndarray  # (m,) wall seconds of the candidate's round up to its outcome, shared by the round
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +115,32 @@ def compose_stored(backgrounds: np.ndarray, patches: np.ndarray, boxes: np.ndarr
 
 def relative_change(with_value: torch.Tensor, without_value: torch.Tensor) -> torch.Tensor:
     return (with_value - without_value).abs() / torch.minimum(with_value.abs(), without_value.abs()).clamp_min(EPS)
+
+
+def constraint_measures(scenario: Scenario, values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every change measure of every constraint, from the logits of a and b on every coalition.
+
+    ``values`` is (n, 2**k, 2) in `coalitions` order. Returns (n, constraints) tensors: ``seed``
+    (the authors' tanh relative change), ``relative`` (its argument), ``effect`` (the change over
+    the constrained patch's effect on its own class) and ``absolute`` (the change in logits).
+    """
+    order = coalitions(scenario.patches)
+    n = values.shape[0]
+    if not scenario.constraints:
+        empty = values.new_zeros((n, 0))
+        return {"seed": empty, "relative": empty, "effect": empty, "absolute": empty}
+    empty_set = values[:, order.index(())]
+    changes, relatives, effects = [], [], []
+    for c in scenario.constraints:
+        with_v, without_v = values[:, order.index(c.with_patches), c.cls], values[:, order.index(c.without_patches), c.cls]
+        own = scenario.patch_class[c.patch]
+        effect = (values[:, order.index((c.patch,)), own] - empty_set[:, own]).abs()
+        change = (with_v - without_v).abs()
+        changes.append(change)
+        relatives.append(relative_change(with_v, without_v))
+        effects.append(change / effect.clamp_min(EPS))
+    change, relative = torch.stack(changes, 1), torch.stack(relatives, 1)
+    return {"seed": torch.tanh(relative), "relative": relative, "effect": torch.stack(effects, 1), "absolute": change}
 
 
 def _focal_towards_one(key: torch.Tensor) -> torch.Tensor:
@@ -157,8 +207,10 @@ def _entries(scenario: Scenario) -> list[_Entry]:
 class _Round:
     """One batch of candidates optimised together."""
 
-    def __init__(self, model, scenario: Scenario, setting: dict, targets: torch.Tensor, generator: torch.Generator):
+    def __init__(self, model, scenario: Scenario, setting: dict, targets: torch.Tensor, generator: torch.Generator,
+                 check_generator: torch.Generator):
         self.model, self.scenario, self.setting, self.gen = model, scenario, setting, generator
+        self.check_gen = check_generator
         self.targets = targets
         n, k = targets.shape[0], scenario.patches
         self.n = n
@@ -168,9 +220,15 @@ class _Round:
         self.optimiser = torch.optim.RMSprop(self.bank.parameters(), lr=float(setting["lr"]))
         self.entries = _entries(scenario)
         self.value_entry = {s: next(i for i, e in enumerate(self.entries) if e.coalition == s) for s in coalitions(k)}
+        self.tolerance = str(setting["tolerance"])
         dev = targets.device
         self.gen_key = torch.full((n, k), KEY_START, device=dev)
         self.ind_key = torch.full((n, len(scenario.constraints)), KEY_START, device=dev)
+
+    def _own(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(n, k) values of each patch's own class on its single-patch image, from (E, n, 2) values."""
+        sc = self.scenario
+        return torch.stack([tensor[self.entries.index(_Entry((i,), i)), :, sc.patch_class[i]] for i in range(sc.patches)], 1)
 
     def step(self, iteration: int, active: torch.Tensor) -> dict[str, torch.Tensor]:
         """One forward/backward/update; returns this iteration's state (before the update)."""
@@ -188,24 +246,23 @@ class _Round:
         pair = logits.gather(2, self.targets[None].expand(len(self.entries), n, 2))  # (E, n, 2) logits of a, b
         probs = torch.softmax(logits.detach(), dim=2).gather(2, self.targets[None].expand(len(self.entries), n, 2))
 
-        own = torch.stack([pair[self.entries.index(_Entry((i,), i)), :, sc.patch_class[i]] for i in range(k)], 1)
-        own_prob = torch.stack([probs[self.entries.index(_Entry((i,), i)), :, sc.patch_class[i]] for i in range(k)], 1)
-        with_values, without_values = [], []
-        for c in sc.constraints:
-            with_values.append(pair[self.entries.index(_Entry(c.with_patches, c.patch)), :, c.cls])
-            without_values.append(pair[self.value_entry[c.without_patches], :, c.cls].detach())
-        if with_values:
-            with_t, without_t = torch.stack(with_values, 1), torch.stack(without_values, 1)
-            change = relative_change(with_t.detach(), without_t)
+        own = self._own(pair)
+        own_prob = self._own(probs)
+        values = torch.stack([pair[self.value_entry[s]].detach() for s in coalitions(k)], 1)  # (n, 2**k, 2)
+        measures = constraint_measures(sc, values)
+        measure = measures[self.tolerance]
+        if sc.constraints:
+            with_t = torch.stack([pair[self.entries.index(_Entry(c.with_patches, c.patch)), :, c.cls] for c in sc.constraints], 1)
+            without_t = torch.stack([pair[self.value_entry[c.without_patches], :, c.cls].detach() for c in sc.constraints], 1)
         else:
-            with_t = without_t = change = torch.zeros(n, 0, device=logits.device)
-        residual = torch.tanh(change)
+            with_t = without_t = torch.zeros(n, 0, device=logits.device)
 
         if iteration <= int(self.setting["warmup"]):
             per_candidate = -WARMUP_WEIGHT * own.sum(1)
         else:
+            progress = measure if self.tolerance == "seed" else torch.tanh(measure)
             self.gen_key = KEY_MOMENTUM * own_prob + (1 - KEY_MOMENTUM) * self.gen_key
-            self.ind_key = KEY_MOMENTUM * residual + (1 - KEY_MOMENTUM) * self.ind_key
+            self.ind_key = KEY_MOMENTUM * progress + (1 - KEY_MOMENTUM) * self.ind_key
             generating = -GENERATING_WEIGHT * (_focal_towards_one(self.gen_key) * own).sum(1)
             independence = INDEPENDENCE_WEIGHT * (_focal_towards_zero(self.ind_key) * (with_t - without_t) ** 2).sum(1)
             per_candidate = generating + independence
@@ -213,27 +270,57 @@ class _Round:
         (per_candidate * active.to(per_candidate.dtype)).sum().backward()
         self.optimiser.step()
 
-        values = torch.stack([pair[self.value_entry[s]].detach() for s in coalitions(k)], 1)  # (n, 2**k, 2)
         return {
             "patches": patches.detach(),
             "background": background,
             "boxes": boxes,
             "coalition_logits": values,
             "own_probability": own_prob,
-            "residuals": residual,
-            "relative_change": change,
+            "residuals": measures["seed"],
+            "relative_change": measures["relative"],
+            "effect_ratio": measures["effect"],
+            "measure": measure,
         }
+
+    def passes(self, own_prob: torch.Tensor, measure: torch.Tensor) -> torch.Tensor:
+        accuracy, independence = float(self.setting["accuracy_threshold"]), float(self.setting["independence_threshold"])
+        return (own_prob > accuracy).all(1) & (measure < independence).all(1)
+
+    @torch.no_grad()
+    def recheck(self, patches: torch.Tensor, rows: torch.Tensor, draws: int) -> torch.Tensor:
+        """Pass fraction of candidates ``rows`` (their ``patches`` as evaluated) over ``draws`` fresh
+        backgrounds and placements (``check_generator``, so re-checks never perturb the optimisation)."""
+        sc, k = self.scenario, self.scenario.patches
+        m = int(rows.numel())
+        chosen = patches[rows].repeat_interleave(draws, 0)  # (m·K, k, C, p, p)
+        targets = self.targets[rows].repeat_interleave(draws, 0)
+        background = random_background(m * draws, self.channels, self.size, self.check_gen)
+        boxes = random_boxes(m * draws, k, self.size, self.patch, self.check_gen)
+        pieces = [chosen[:, i] for i in range(k)]
+        order = coalitions(k)
+        logits = self.model(torch.cat([compose(background, pieces, boxes, s) for s in order])).view(len(order), m * draws, -1)
+        pair = logits.gather(2, targets[None].expand(len(order), -1, 2))
+        probs = torch.softmax(logits, dim=2).gather(2, targets[None].expand(len(order), -1, 2))
+        own_prob = torch.stack([probs[order.index((i,)), :, sc.patch_class[i]] for i in range(k)], 1)
+        measure = constraint_measures(sc, pair.permute(1, 0, 2))[self.tolerance]
+        return self.passes(own_prob, measure).view(m, draws).float().mean(1)
+
+
+HOPELESS_PROBABILITY = 0.5  # give_up_after: a patch whose running own-class probability is still below this
 
 
 def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progress: bool = False) -> SynthesisResult:
-    """Run rounds of candidates until ``samples`` are accepted or ``max_candidates`` have finished."""
+    """Run rounds of candidates until ``samples`` are accepted, ``max_candidates`` have started or
+    ``max_minutes`` have passed; every started candidate ends with an outcome (see the module)."""
     scenario = SCENARIOS[setting["scenario"]]
     device = model.mean.device
     need, budget = int(setting["samples"]), int(setting["max_candidates"])
     per_round = max(1, min(int(setting["batch"]), max_batch // len(_entries(scenario))))
-    accuracy, independence = float(setting["accuracy_threshold"]), float(setting["independence_threshold"])
+    draws, fraction = int(setting["robust_checks"]), float(setting["robust_fraction"])
+    give_up = setting.get("give_up_after")
+    deadline = None if setting.get("max_minutes") is None else 60.0 * float(setting["max_minutes"])
     rows: list[dict[str, Any]] = []
-    finished = accepted_count = dropped = rounds = 0
+    started_count = accepted_count = rounds = candidate_iterations = 0
     was_training = model.training
     grads = [p.requires_grad for p in model.parameters()]
     model.eval().requires_grad_(False)
@@ -244,60 +331,75 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
         )
         if setting.get("classes") is not None and ranked[0] in setting["classes"]:
             LOG.warning("class %d is the background's own class: its patches need not carry anything", ranked[0])
-        while accepted_count < need and finished < budget:
-            n = min(per_round, budget - finished)
+        while accepted_count < need and started_count < budget:
+            if deadline is not None and rounds and time.perf_counter() - started >= deadline:
+                break
+            n = min(per_round, budget - started_count)
+            started_count += n
             gen = torch.Generator(device=device)
             gen.manual_seed((int(seed) + 1_000_003 * rounds) % 2**63)
+            check_gen = torch.Generator(device=device)
+            check_gen.manual_seed((int(seed) + 1_000_003 * rounds + 7_919) % 2**63)
             targets = choose_classes(n, ranked, setting.get("classes"), setting.get("class_pool"), gen)
-            state = _Round(model, scenario, setting, targets, gen)
+            state = _Round(model, scenario, setting, targets, gen, check_gen)
             round_start = time.perf_counter()
             active = torch.ones(n, dtype=torch.bool, device=device)
             iterations = int(setting["iterations"])
             for it in range(1, iterations + 1):
                 out = state.step(it, active)
-                ok = (out["own_probability"] > accuracy).all(1) & (out["residuals"] < independence).all(1)
-                ok &= active & (it >= int(setting["check_after"]))
-                outcome = ok | (active & (it == iterations))
-                for i in torch.nonzero(outcome).flatten().tolist():
-                    if ok[i] and accepted_count >= need:
-                        dropped += 1
-                        continue
+                candidate_iterations += int(active.sum())
+                ok = state.passes(out["own_probability"], out["measure"]) & active & (it >= int(setting["check_after"]))
+                robustness = torch.full((n,), float("nan"), device=device)
+                if ok.any() and draws > 0:
+                    rows_ok = torch.nonzero(ok).flatten()
+                    robustness[rows_ok] = state.recheck(out["patches"], rows_ok, draws)
+                    ok &= torch.nan_to_num(robustness, nan=0.0) >= fraction - 1e-9
+                failed = active & ~ok & (it == iterations)
+                if give_up is not None and it == int(give_up):
+                    failed |= active & ~ok & (state.gen_key.min(1).values < HOPELESS_PROBABILITY)
+                for i in torch.nonzero(ok | failed).flatten().tolist():
+                    outcome = "accepted" if ok[i] else "failed"
                     accepted_count += int(ok[i])
-                    finished += 1
-                    rows.append(_row(out, targets, i, bool(ok[i]), it, time.perf_counter() - round_start))
-                active &= ~outcome
-                if not active.any() or accepted_count >= need:
-                    dropped += int(active.sum())
+                    rows.append(_row(out, targets, i, outcome, it, time.perf_counter() - round_start, float(robustness[i])))
+                active &= ~(ok | failed)
+                if not active.any():
+                    break
+                if deadline is not None and time.perf_counter() - started >= deadline:
+                    for i in torch.nonzero(active).flatten().tolist():
+                        rows.append(_row(out, targets, i, "unfinished", it, time.perf_counter() - round_start, float("nan")))
                     break
                 if progress and it % 50 == 0:
                     LOG.info("round %d iteration %d: %d accepted so far, %d running", rounds, it, accepted_count, int(active.sum()))
             rounds += 1
-            LOG.info("round %d done: %d accepted, %d finished of budget %d", rounds, accepted_count, finished, budget)
+            LOG.info("round %d done: %d accepted, %d started of budget %d", rounds, accepted_count, started_count, budget)
     finally:
         model.train(was_training)
         for p, g in zip(model.parameters(), grads, strict=True):
             p.requires_grad_(g)
     return _result(scenario, rows, setting, {
-        "candidates_finished": finished,
-        "candidates_dropped": dropped,
+        "candidates_started": started_count,
+        "candidate_iterations": candidate_iterations,
         "rounds": rounds,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "background_class": ranked[0],
     })
 
 
-def _row(out: dict[str, torch.Tensor], targets: torch.Tensor, i: int, accepted: bool, iteration: int, seconds: float) -> dict:
+def _row(out: dict[str, torch.Tensor], targets: torch.Tensor, i: int, outcome: str, iteration: int, seconds: float,
+         robustness: float) -> dict:
     return {
         "backgrounds": out["background"][i].cpu().numpy(),
         "patches": out["patches"][i].cpu().numpy(),
         "boxes": out["boxes"][i].cpu().numpy(),
         "targets": targets[i].cpu().numpy(),
-        "accepted": accepted,
+        "outcome": outcome,
         "iterations": iteration,
         "coalition_logits": out["coalition_logits"][i].cpu().numpy(),
         "own_probability": out["own_probability"][i].cpu().numpy(),
         "residuals": out["residuals"][i].cpu().numpy(),
         "relative_change": out["relative_change"][i].cpu().numpy(),
+        "effect_ratio": out["effect_ratio"][i].cpu().numpy(),
+        "robust_pass_fraction": robustness,
         "seconds": seconds,
     }
 
@@ -311,16 +413,28 @@ def _result(scenario: Scenario, rows: list[dict], setting: dict, stats: dict) ->
         return np.stack([np.asarray(r[key]) for r in rows]).astype(dtype)
 
     channels = rows[0]["backgrounds"].shape[0] if rows else 3
-    accepted = np.array([r["accepted"] for r in rows], dtype=bool)
+    outcome = np.array([r["outcome"] for r in rows], dtype=str)
+    accepted = outcome == "accepted"
+    counts = {name: int((outcome == name).sum()) for name in ("accepted", "failed", "unfinished")}
+    finished = counts["accepted"] + counts["failed"]
     change = stack("relative_change", (len(scenario.constraints),), np.float64)
+    effect = stack("effect_ratio", (len(scenario.constraints),), np.float64)
+    seconds = float(stats.get("wall_time_s", 0.0))
     stats = {
         **stats,
-        "accepted": int(accepted.sum()),
-        "failed": int((~accepted).sum()),
-        "acceptance_rate": float(accepted.mean()) if len(accepted) else float("nan"),
-        # The seed's "feasibility ratio": output change / output over the accepted samples
-        # (S4-DoEE §4.4 reports 0.0712 and 0.0649), averaged over each sample's constraints.
+        **counts,
+        # accepted / (accepted + failed): every candidate of a round runs to its outcome, so this
+        # does not depend on when the run stopped; unfinished candidates (a max_minutes cut) are
+        # counted apart, never as failures or successes.
+        "acceptance_rate": counts["accepted"] / finished if finished else float("nan"),
+        "iterations_per_accepted": stats["candidate_iterations"] / counts["accepted"] if counts["accepted"] else float("nan"),
+        "seconds_per_accepted": seconds / counts["accepted"] if counts["accepted"] else float("nan"),
+        # The authors' "feasibility ratio": output change / output over the accepted samples
+        # (Khakzar et al. §4.4 report 0.0712 and 0.0649), averaged over each sample's constraints.
         "feasibility_ratio": float(change[accepted].mean()) if accepted.any() and change.shape[1] else float("nan"),
+        "effect_ratio": float(effect[accepted].mean()) if accepted.any() and effect.shape[1] else float("nan"),
+        "robust_pass_fraction": float(np.mean([r["robust_pass_fraction"] for r in rows if r["outcome"] == "accepted"]))
+        if accepted.any() else float("nan"),
     }
     return SynthesisResult(
         scenario=scenario.name,
@@ -329,11 +443,14 @@ def _result(scenario: Scenario, rows: list[dict], setting: dict, stats: dict) ->
         boxes=stack("boxes", (k, 2), np.int64),
         targets=stack("targets", (2,), np.int64),
         accepted=accepted,
+        outcome=outcome,
         iterations=np.array([r["iterations"] for r in rows], dtype=np.int64),
         coalition_logits=stack("coalition_logits", (2**k, 2), np.float32),
         own_probability=stack("own_probability", (k,), np.float32),
         residuals=stack("residuals", (len(scenario.constraints),), np.float32),
         relative_change=change,
+        effect_ratio=effect,
+        robust_pass_fraction=np.array([r["robust_pass_fraction"] for r in rows], dtype=np.float64),
         seconds=np.array([r["seconds"] for r in rows], dtype=np.float64),
         stats=stats,
     )

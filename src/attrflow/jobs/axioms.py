@@ -3,13 +3,21 @@
 
 Stores (DESIGN.md → The DAG):
 
-* ``axioms/{model}/{entry}/inputs.zarr`` — every finished candidate: ``inputs`` (the images to
+* ``axioms/{model}/{entry}/inputs.zarr`` — every started candidate: ``inputs`` (the images to
   explain, all patches pasted), ``backgrounds``, ``patches``, ``boxes`` ((top, left) per patch),
   ``masks`` (per patch), ``targets`` ((a, b) per sample), ``accepted``, ``iterations``,
-  ``coalition_logits``, ``own_probability``, ``residuals``, ``relative_change``, ``seconds``, ``ids``;
-  attrs: the complete setting (thresholds, iterations, patch size…), seed, fingerprints and the
-  synthesis statistics (acceptance rate, feasibility ratio). Failed candidates are kept with
-  ``accepted = False`` so failures are reported per sample; nothing downstream reads them as samples.
+  ``coalition_logits``, ``own_probability``, ``residuals`` (the authors' tanh relative change),
+  ``relative_change``, ``seconds``, ``ids``; added with robust acceptance: ``outcome`` (str:
+  accepted | failed | unfinished), ``effect_ratio`` (per constraint: the change over the
+  constrained patch's own effect — for saturation the saturation index) and
+  ``robust_pass_fraction`` (share of the ``robust_checks`` fresh draws of background and placement
+  on which the property held; nan when never re-checked). Attrs: the complete setting (tolerance,
+  thresholds, iterations, robust_checks, patch size…), seed, fingerprints and the synthesis
+  statistics: ``candidates_started``, ``accepted``, ``failed``, ``unfinished``,
+  ``acceptance_rate`` (accepted / (accepted + failed)), ``iterations_per_accepted``,
+  ``seconds_per_accepted``, ``feasibility_ratio``, ``effect_ratio``, ``robust_pass_fraction``.
+  Candidates not accepted are kept with ``accepted = False`` so failures are reported per sample;
+  nothing downstream reads them as samples.
 * ``axioms/{model}/maps/{method}.zarr`` — one group per entry with ``maps_a`` and ``maps_b`` (the
   maps explaining class a and class b) for the accepted samples, their ``ids`` and ``targets``;
   attrs ``entries`` say per entry whether the method applied and what it cost.
@@ -78,6 +86,9 @@ def synthesize_axioms(
         "own_probability": result.own_probability,
         "residuals": result.residuals,
         "relative_change": result.relative_change,
+        "effect_ratio": result.effect_ratio,
+        "robust_pass_fraction": result.robust_pass_fraction,
+        "outcome": result.outcome,
         "seconds": result.seconds,
     }
     scenario = SCENARIOS[setting["scenario"]]
@@ -217,8 +228,13 @@ def _score_entry(
             records.append(_record(AGGREGATE_ID, None, result.values[0], result.status[0], result.reasons[0]))
     failed = np.flatnonzero(~inputs["accepted"][:])
     iterations = inputs["iterations"][:]
+    outcomes = inputs["outcome"][:].tolist() if "outcome" in inputs else ["failed"] * len(ids)
     records += [
-        _record(ids[i], targets[i, 0], np.nan, "skipped", f"synthesis not accepted within {int(iterations[i])} iterations")
+        _record(
+            ids[i], targets[i, 0], np.nan, "skipped",
+            f"synthesis unfinished after {int(iterations[i])} iterations (time budget)" if outcomes[i] == "unfinished"
+            else f"synthesis not accepted within {int(iterations[i])} iterations",
+        )
         for i in failed
     ]
     n = len(records)

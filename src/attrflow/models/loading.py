@@ -33,7 +33,7 @@ from attrflow.data.sample_store import SampleSet, read_samples
 from attrflow.fingerprint import file_sha256
 from attrflow.models.checkpoint_check import CHECKPOINT_SUFFIXES, STATE_DICT_KEYS
 from attrflow.models.preact_resnet import PreActResNet18
-from attrflow.models.small_cnn import SmallCNN
+from attrflow.models.small_cnn import SmallCNN, SmallCNNMaxPool
 from attrflow.models.training import evaluate_accuracy, reproducible_torch, train_classifier
 from attrflow.models.wrapper import WrappedModel
 from attrflow.models.xdnn import check_x_dnn, homogeneity_residual, to_x_dnn
@@ -53,7 +53,9 @@ TRAINED_DEFAULTS = {
     "x_dnn": False,
 }
 # Architectures `kind: trained` models and ROAR retraining build; keep the schema's `arch` enums in step.
-TRAINABLE_NETWORKS: dict[str, type[nn.Module]] = {"small_cnn": SmallCNN, "preact_resnet18": PreActResNet18}
+TRAINABLE_NETWORKS: dict[str, type[nn.Module]] = {
+    "small_cnn": SmallCNN, "small_cnn_max": SmallCNNMaxPool, "preact_resnet18": PreActResNet18,
+}
 TRAINED_ARCHS = tuple(TRAINABLE_NETWORKS)
 EVAL_BATCH = 64
 HOMOGENEITY_PROBE = 16  # eval samples on which the card records the X-DNN homogeneity residual
@@ -189,8 +191,8 @@ def trainable_network(arch: str, num_classes: int, *, in_channels: int, width: i
     """
     if arch not in TRAINABLE_NETWORKS:
         raise ValueError(f"unknown trainable architecture {arch!r}; known: {list(TRAINED_ARCHS)}")
-    if arch == "small_cnn":
-        return SmallCNN(num_classes, in_channels=in_channels, width=width, x_dnn=x_dnn)
+    if arch in ("small_cnn", "small_cnn_max"):
+        return TRAINABLE_NETWORKS[arch](num_classes, in_channels=in_channels, width=width, x_dnn=x_dnn)
     if x_dnn:
         raise ValueError(f"{arch} has BatchNorm layers, which break homogeneity: it has no X-variant")
     return TRAINABLE_NETWORKS[arch](num_classes, in_channels=in_channels, width=width)

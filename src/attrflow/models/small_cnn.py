@@ -10,6 +10,15 @@ The regular variant uses conv biases and BatchNorm, as a practitioner would. The
 so that only linear maps, ReLU, max- and average-pooling remain: F(a·x) = a·F(x) for a ≥ 0 and
 F(0) = 0 (S3 Assumption 3.7, Cor. 3.10). It is meant to take raw pixels (wrapper mean 0, std 1),
 which puts its homogeneity origin at the black image.
+
+`SmallCNNMaxPool` (arch ``small_cnn_max``) replaces the global *average* pooling by a global
+*max*: a logit then reads the strongest response of each channel anywhere in the image, not the
+sum over locations. It exists for the saturation axiom (Khakzar et al., CVPR 2022, §3.3), whose
+two features must each give alone what both give together. On the average-pooled CNN the two
+patches' contributions add up (its last block sees ~38 px, two 32 px patches: a pair changes
+a patch's effect by only −5 % to −17 %, saturation needs −100 %), so saturation cannot be
+synthesised there — it stays as the documented negative case; under a max the second patch of
+the same class adds nothing once the first one has set the maxima.
 """
 
 from __future__ import annotations
@@ -96,3 +105,11 @@ def _block(c_in: int, c_out: int, *, pool: bool, x_dnn: bool) -> nn.Sequential:
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+class SmallCNNMaxPool(SmallCNN):
+    """The small CNN with global max pooling: its head can saturate (see the module docstring)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 32, x_dnn: bool = False) -> None:
+        super().__init__(num_classes, in_channels=in_channels, width=width, x_dnn=x_dnn)
+        self.pool = nn.AdaptiveMaxPool2d(1)

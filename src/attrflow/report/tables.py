@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attrflow.report.axiom_tables import AXIOM_PREFIX, axiom_sections
+from attrflow.report.axiom_tables import AXIOM_PREFIX, axiom_sections, read_synthesis
 
 ARROW = {"higher": "↑", "lower": "↓"}
 
@@ -84,7 +84,7 @@ def cost_table(costs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None) -> str:
+def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None, synthesis: pd.DataFrame | None = None) -> str:
     out = [
         "# attrflow summary",
         "",
@@ -93,7 +93,7 @@ def render_markdown(summary: pd.DataFrame, costs: pd.DataFrame | None = None) ->
         "",
     ]
     out += _generic_sections(summary[~summary["dataset"].str.startswith(AXIOM_PREFIX)])
-    out += axiom_sections(summary, _cell)
+    out += axiom_sections(summary, _cell, synthesis)
     if costs is not None and len(costs):
         out += ["## Cost of each method", "", cost_table(costs), ""]
     return "\n".join(out)
@@ -124,5 +124,7 @@ def write_markdown(summary_path: str | Path, out_path: str | Path, costs_path: s
     costs = pd.read_parquet(costs_path) if costs_path else None
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(render_markdown(summary, costs))
+    # the axiom synthesis stores sit beside reports/: results/axioms/{model}/{entry}/inputs.zarr
+    synthesis = read_synthesis(Path(summary_path).resolve().parents[1] / "axioms")
+    tmp.write_text(render_markdown(summary, costs, synthesis))
     os.replace(tmp, out_path)
