@@ -303,3 +303,23 @@ def test_g_more_samples_add_shards_and_keep_finished_ones(finished_run: Workflow
     assert "prepare_model" not in rules, "evaluation samples must not retrain the models"
     shards = {wc["shard"] for rule, wc in jobs if rule == "attribute"}
     assert shards == {"1", "2"}
+
+
+def test_h_a_config_that_comes_back_reuses_its_results(tmp_path):
+    wf = Workflow(copy_workflow(tmp_path / "repo"), tmp_path / "work")
+    wf.workdir.mkdir()
+    config = copy.deepcopy(TINY_CONFIG)
+    config["run"].update(models=["cnn"], methods=["ig"], metrics=["deletion"])
+    first = wf.write_config(config)
+    wf.snakemake()
+    maps = wf.workdir / "results" / "attributions" / "tiny" / "cnn" / "ig" / "shard-0.zarr"
+    original = (maps / "maps" / "c" / "0" / "0" / "0").read_bytes() if (maps / "maps" / "c").exists() else None
+    config["methods"]["ig"]["steps"] = 6
+    wf.snakemake(config=wf.write_config(config, "other.yaml"))
+    assert not any("reused" in p.read_text() for p in (wf.workdir / "logs" / "attribute").rglob("*.log"))
+    wf.snakemake(config=first)  # back to the first config: Snakemake re-runs the jobs ...
+    logs = [p.read_text() for p in (wf.workdir / "logs" / "attribute").rglob("*.log")]
+    assert logs and all("reused the result computed earlier" in text for text in logs), "... which reuse"
+    assert verify_store(maps) == []
+    if original is not None:
+        assert (maps / "maps" / "c" / "0" / "0" / "0").read_bytes() == original
