@@ -17,11 +17,31 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+rule evidence:
+    input:
+        scores=rules.aggregate.output.scores,
+    output:
+        comparisons=f"{RESULTS}/reports/comparisons.parquet",
+        ranks=f"{RESULTS}/reports/ranks.parquet",
+        quality=f"{RESULTS}/reports/metric_quality.parquet",
+        agreement=f"{RESULTS}/reports/metric_agreement.parquet",
+    log:
+        "logs/evidence.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evidence.tsv"
+    localrule: True
+    conda:
+        "../envs/attrflow.yaml"
+    script:
+        "../workflow_scripts/evidence.py"
+
+
 rule report:
     input:
         scores=rules.aggregate.output.scores,
         summary=rules.aggregate.output.summary,
         costs=rules.aggregate.output.costs,
+        ranks=rules.evidence.output.ranks,
     output:
         markdown=f"{RESULTS}/reports/summary.md",
     log:

@@ -7,4 +7,4 @@ with job_log(snakemake.log[0]):
 
     mark_ready()
 
-    write_markdown(snakemake.input.summary, snakemake.output.markdown, snakemake.input.costs)
+    write_markdown(snakemake.input.summary, snakemake.output.markdown, snakemake.input.costs, snakemake.input.ranks)
