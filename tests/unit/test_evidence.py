@@ -91,6 +91,16 @@ def test_holm_on_a_known_vector():
     assert math.isnan(got[4])
 
 
+def test_holm_agrees_with_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 7, 40):
+        p = rng.uniform(0, 0.2, size=m) ** 2
+        p[rng.integers(m)] = p[0]  # a tie
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+
+
 def test_nemenyi_q_matches_demsar_table_5a():
     table = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164]
     np.testing.assert_allclose([nemenyi_q(k) for k in range(2, 11)], table, atol=1.5e-3)
