@@ -42,8 +42,16 @@ rule report:
         summary=rules.aggregate.output.summary,
         costs=rules.aggregate.output.costs,
         ranks=rules.evidence.output.ranks,
+        quality=rules.evidence.output.quality,
+        agreement=rules.evidence.output.agreement,
+        samples=PLAN.sample_stores(RESULTS),
+        maps=PLAN.attribution_stores(RESULTS),
+        axioms=PLAN.axiom_stores(RESULTS),
+        roar=PLAN.roar_outputs(RESULTS),
     output:
         markdown=f"{RESULTS}/reports/summary.md",
+        # its figures go to reports/figures/report-*.png (beside the ROAR figures, not declared)
+        html=f"{RESULTS}/reports/report.html",
     log:
         "logs/report.log",
     benchmark:
