@@ -22,7 +22,7 @@ SEED_GROUPS = [
     ("Lundberg et al. masking metrics (seed 003, Table 3)", ["kpm", "knm", "kam", "ram"]),
     ("Insertion / deletion (seed 004, App. Table 3)", ["insertion", "deletion"]),
     ("Attribution attack, FGSM ε = 8/255 (UNI, Tables 3–4)", ["attack_spearman", "attack_topk"]),
-    ("Faithfulness (UNI Table 2; Bhatt et al.)", ["mufidelity", "faithfulness_correlation", "sensitivity_n", "diffid"]),
+    ("Faithfulness (UNI Table 2; Bhatt et al.)", ["mufidelity", "mufidelity_fixed", "faithfulness_correlation", "sensitivity_n", "diffid"]),
     ("Localisation against object masks", ["pointing_game", "relevance_mass", "ehr", "iou"]),
     ("Axiomatic diagnostics", ["completeness", "path_monotonicity", "mard_ig", "ig_convergence"]),
 ]
