@@ -41,6 +41,12 @@ def _plt():
     return plt
 
 
+def _inches(fig, left: float, right: float, bottom: float, top: float, wspace: float = 0.2, hspace: float = 0.2) -> None:
+    """Fixed margins in inches (what tight layouts compute by drawing the figure once more)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace, hspace=hspace)
+
+
 def _name(*parts: str) -> str:
     return FIGURE_PREFIX + "-".join(_SAFE.sub("_", p) for p in parts) + ".png"
 
@@ -74,7 +80,7 @@ class Page:
     def figure(self, fig, name: str, caption: str) -> None:
         path = self.figures / name
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+        fig.savefig(tmp, dpi=DPI)  # layouts are fixed by hand: "tight" boxes draw every figure twice
         _plt().close(fig)
         os.replace(tmp, path)
         rel = os.path.relpath(path, self.out_html.parent).replace(os.sep, "/")
@@ -145,12 +151,13 @@ def _cd_diagrams(page: Page, ranks: pd.DataFrame) -> None:
         cols = min(3, len(metrics))
         rows = math.ceil(len(metrics) / cols)
         k = part.groupby("metric")["method"].size().max()
-        fig, axes = plt.subplots(rows, cols, figsize=(cols * 4.2, rows * (0.9 + 0.14 * k)), squeeze=False)
+        panel_h = 0.3 + 0.14 * k  # axes height; 0.8 in more for its title and axis label
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 4.2, rows * (panel_h + 0.8)), squeeze=False)
+        _inches(fig, 1.4, 0.2, 0.5, 0.35, wspace=1.5 / 2.6, hspace=0.8 / panel_h)
         for ax in axes.ravel()[len(metrics):]:
             ax.axis("off")
         for ax, metric in zip(axes.ravel(), metrics):
             _cd_axis(ax, part[(part["metric"] == metric) & part["avg_rank"].notna()], metric)
-        fig.tight_layout()
         page.figure(fig, _name("cd", dataset, model), f"Critical-difference diagrams, {model} on {dataset}")
 
 
@@ -200,7 +207,8 @@ def _rank_heatmaps(page: Page, ranks: pd.DataFrame) -> None:
         if grid.empty:
             continue
         grid = grid.loc[grid.mean(axis=1).sort_values().index]
-        fig, ax = plt.subplots(figsize=(1.0 + 0.42 * grid.shape[1], 1.0 + 0.22 * grid.shape[0]))
+        fig, ax = plt.subplots(figsize=(1.6 + 0.3 * grid.shape[1], 1.8 + 0.2 * grid.shape[0]))
+        _inches(fig, 1.4, 0.2, 1.5, 0.3)
         ax.imshow(grid.to_numpy(), cmap="viridis_r", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=90, fontsize=6)
         ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=6)
@@ -241,7 +249,8 @@ def _agreement(page: Page, agreement: pd.DataFrame, quality: pd.DataFrame) -> No
         tau = pd.DataFrame(np.eye(len(metrics)), index=metrics, columns=metrics)
         for r in part.itertuples():
             tau.loc[r.metric_a, r.metric_b] = tau.loc[r.metric_b, r.metric_a] = r.kendall_tau
-        fig, ax = plt.subplots(figsize=(1.5 + 0.35 * len(metrics), 1.2 + 0.35 * len(metrics)))
+        fig, ax = plt.subplots(figsize=(2.8 + 0.3 * len(metrics), 1.8 + 0.3 * len(metrics)))
+        _inches(fig, 1.5, 1.3, 1.5, 0.3)
         im = ax.imshow(tau.to_numpy(dtype=float), cmap="RdBu", vmin=-1, vmax=1)
         ax.set_xticks(range(len(metrics)), metrics, rotation=90, fontsize=6)
         ax.set_yticks(range(len(metrics)), metrics, fontsize=6)
@@ -309,45 +318,69 @@ def _galleries(page: Page, sample_stores: Iterable[str], attribution_stores: Ite
         images = np.asarray(store["images"][: max(rows) + 1])[rows]
         masks = np.asarray(store["masks"][: max(rows) + 1])[rows] if "masks" in store else None
         names = sorted(maps)
-        # Each sample is a block of panels (its image, then every method's map) wrapped at WRAP columns.
-        panels = 1 + len(names)
-        cols = min(WRAP, panels)
-        block = math.ceil(panels / cols)
-        fig, axes = plt.subplots(block * len(chosen), cols, figsize=(1.1 * cols, 1.25 * block * len(chosen)), squeeze=False)
-        for ax in axes.ravel():
-            ax.axis("off")
+        panels = []
         for r, sid in enumerate(chosen):
-            for i in range(panels):
-                ax = axes[r * block + i // cols, i % cols]
-                ax.axis("on")
-                if i == 0:
-                    _show_image(ax, images[r], None if masks is None else masks[r])
-                    ax.set_title(f"{sid}", fontsize=6)
-                else:
-                    _show_map(ax, maps[names[i - 1]][sid])
-                    ax.set_title(names[i - 1], fontsize=6)
-        fig.subplots_adjust(wspace=0.08, hspace=0.35)
+            panels.append((sid, _image_rgb(images[r], [] if masks is None else [masks[r]])))
+            panels += [(method, _map_rgb(maps[method][sid])) for method in names]
+            panels += [None] * (-len(panels) % min(WRAP, 1 + len(names)))  # each sample starts a row
+        fig = _mosaic(panels, min(WRAP, 1 + len(names)))
         page.figure(fig, _name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
 
 
-def _show_image(ax, image: np.ndarray, mask: np.ndarray | None = None, outlines: Iterable[np.ndarray] = ()) -> None:
-    img = np.clip(np.moveaxis(image, 0, -1), 0, 1)
-    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
-    for outline in ([mask] if mask is not None else []) + list(outlines):
-        if outline.any() and not outline.all():
-            ax.contour(outline.astype(float), levels=[0.5], colors="lime", linewidths=1.0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = ()) -> np.ndarray:
+    """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted green."""
+    img = np.clip(np.moveaxis(np.asarray(image, dtype=np.float64), 0, -1), 0, 1)
+    rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
+    for mask in outlines:
+        mask = np.asarray(mask, dtype=bool)
+        inner = mask.copy()
+        inner[1:, :] &= mask[:-1, :]
+        inner[:-1, :] &= mask[1:, :]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        rgb[mask & ~inner] = (0.0, 1.0, 0.0)
+    return rgb
 
 
-def _show_map(ax, m: np.ndarray) -> None:
+def _map_rgb(m: np.ndarray) -> np.ndarray:
+    """(H, W, 3): red positive, blue negative, scaled to the map's own largest magnitude."""
+    from matplotlib import colormaps
+
     m = np.asarray(m, dtype=np.float64)
     if m.ndim == 3:  # kept channels: sum them for display
         m = m.sum(axis=0)
-    scale = np.nanmax(np.abs(m)) if np.isfinite(m).any() else 0.0
-    ax.imshow(m, cmap="bwr", vmin=-(scale or 1.0), vmax=scale or 1.0)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    m = np.where(np.isfinite(m), m, 0.0)
+    scale = np.abs(m).max() or 1.0
+    return colormaps["bwr"]((m / scale + 1) / 2)[..., :3]
+
+
+def _mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
+    """One figure, one image: panels laid out `cols` to a row with their titles above them (far
+    cheaper to draw than an axes per panel); None leaves a panel blank."""
+    plt = _plt()
+    h, w = next(p for p in panels if p is not None)[1].shape[:2]
+    rows = math.ceil(len(panels) / cols)
+    gap, head = max(2, w // 16), max(10, h // 4)
+    canvas = np.ones((rows * (h + head) + gap, cols * (w + gap) + gap, 3))
+    for i, panel in enumerate(panels):
+        if panel is None:
+            continue
+        rgb = panel[1]
+        r, c = divmod(i, cols)
+        y, x = r * (h + head) + head, gap + c * (w + gap)
+        canvas[y : y + h, x : x + w] = rgb[:h, :w]
+    scale = max(1.0, 72 / w)  # at least ~1 inch per panel
+    fig = plt.figure(figsize=(canvas.shape[1] * scale / DPI, canvas.shape[0] * scale / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    for i, panel in enumerate(panels):
+        if panel is None:
+            continue
+        title = panel[0]
+        r, c = divmod(i, cols)
+        ax.text(gap + c * (w + gap) + w / 2, r * (h + head) + head - 2, title[:22], ha="center", va="bottom", fontsize=6)
+    return fig
 
 
 def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int) -> None:
@@ -369,12 +402,12 @@ def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int
     )
     for (dataset, model), part in df.groupby(["dataset", "model"], sort=True):
         metrics = sorted(part["metric"].unique())
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.6), squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
+        _inches(fig, 0.45, 0.15, 0.5, 0.3, wspace=0.25)
         for ax, metric in zip(axes[0], metrics):
             _curve_axis(ax, part[part["metric"] == metric], ranks[(ranks["dataset"] == dataset) & (ranks["model"] == model) & (ranks["metric"] == metric)], max_methods)
             ax.set_title(metric, fontsize=8)
         axes[0][0].legend(fontsize=5, loc="best")
-        fig.tight_layout()
         page.figure(fig, _name("curves", dataset, model), f"Curves, {model} on {dataset}")
 
 
@@ -451,23 +484,15 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
             if entry in group and "maps_a" in group[entry]:
                 g = group[entry]
                 method_maps[mp.stem] = (np.asarray(g["maps_a"][:]), np.asarray(g["maps_b"][:]), [str(i) for i in g["ids"][:]])
-        cols = 1 + len(method_maps)
-        rows = 2 * len(ids)
-        fig, axes = plt.subplots(rows, cols, figsize=(0.9 * cols, 0.95 * rows), squeeze=False)
-        for s, sid in enumerate(ids):
+        panels = []
+        for si, sid in enumerate(ids):
+            outlines = [masks[si][i] for i in range(masks.shape[1])] if masks.ndim == 4 else [masks[si]]
             for target, label in ((0, "a"), (1, "b")):
-                r = 2 * s + target
-                outlines = [masks[s][i] for i in range(masks.shape[1])] if masks.ndim == 4 else [masks[s]]
-                _show_image(axes[r, 0], images[s], outlines=outlines)
-                axes[r, 0].set_ylabel(f"{sid} → {label}", fontsize=5)
-                for c, (method, (ma, mb, mids)) in enumerate(sorted(method_maps.items()), start=1):
+                panels.append((f"{sid} → {label}", _image_rgb(images[si], outlines)))
+                for method, (ma, mb, mids) in sorted(method_maps.items()):
                     if sid in mids:
-                        _show_map(axes[r, c], (ma if target == 0 else mb)[mids.index(sid)])
-                    else:
-                        axes[r, c].axis("off")
-                    if r == 0:
-                        axes[r, c].set_title(method, fontsize=5, rotation=45, ha="left")
-        fig.subplots_adjust(wspace=0.05, hspace=0.05)
+                        panels.append((f"{method} ({label})", _map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
+        fig = _mosaic(panels, 1 + len(method_maps))
         page.figure(fig, _name("axioms", model, entry), f"{entry} on {model}")
 
 
