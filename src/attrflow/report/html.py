@@ -196,7 +196,7 @@ def _rank_heatmaps(page: Page, ranks: pd.DataFrame) -> None:
     plt = _plt()
     page.h(2, "Methods × metrics")
     page.p(
-        "Colour: average rank divided by the number of methods (dark = best). Marks: ★ significantly better "
+        "Colour: average rank divided by the number of methods (yellow = best, purple = worst). Marks: ★ significantly better "
         "than the runner-up; + better than the random control; − worse; no mark: not distinguishable from "
         "random (paired Wilcoxon, Holm-corrected)."
     )
