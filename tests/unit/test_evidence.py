@@ -291,3 +291,25 @@ def test_files_have_their_schemas_with_and_without_retest(tmp_path):
             assert pq.read_schema(out).equals(schema, check_metadata=False)
         q = pd.read_parquet(outs[2])
         assert len(q) == 2 and q["retest_icc"].notna().all() == retest
+
+
+def test_vectorised_wilcoxon_equals_one_call_per_pair():
+    """Non-shared samples written as zero differences give the p-value of the shared ones alone."""
+    from scipy.stats import wilcoxon
+
+    from attrflow.report.evidence import wilcoxon_columns
+
+    rng = np.random.default_rng(8)
+    for n in (20, 120):  # exact and normal-approximation regimes
+        diffs = rng.normal(0.2, 1.0, size=(n, 6))
+        diffs[rng.random(size=diffs.shape) < 0.3] = 0.0  # not shared
+        diffs[:, 5] = np.round(diffs[:, 5], 1)  # ties: the approximation even for small n
+        statistic, p, reasons = wilcoxon_columns(diffs)
+        for col in range(6):
+            d = diffs[diffs[:, col] != 0, col]
+            method = "exact" if d.size <= 50 and np.unique(np.abs(d)).size == d.size else "asymptotic"
+            ref = wilcoxon(d, method=method)
+            assert statistic[col] == ref.statistic and p[col] == pytest.approx(ref.pvalue, rel=1e-12)
+            assert reasons[col] is None
+            if method == "exact":
+                assert p[col] == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)  # scipy's own choice agrees
