@@ -313,3 +313,27 @@ def test_vectorised_wilcoxon_equals_one_call_per_pair():
             assert reasons[col] is None
             if method == "exact":
                 assert p[col] == pytest.approx(wilcoxon(d).pvalue, rel=1e-12)  # scipy's own choice agrees
+
+
+def test_an_unscored_method_does_not_empty_the_common_set():
+    # "skipped" (e.g. X-Gradient refused on a network with biases): no score at all
+    rng = np.random.default_rng(9)
+    matrix = np.c_[rng.normal(size=15) + 5, rng.normal(size=15), rng.normal(size=15), np.full(15, np.nan)]
+    comp, ranks = evidence(scores_from(matrix, ["good", "rand", "dull", "skipped"], random="rand"))
+    ranks = ranks.set_index("method")
+    assert (ranks["n_common"] == 15).all() and (ranks["k_methods"] == 3).all()
+    assert ranks.loc["skipped", "reason"].startswith("not scored") and np.isnan(ranks.loc["skipped", "avg_rank"])
+    assert ranks.loc["good", "avg_rank"] == 1.0 and ranks.loc["good", "vs_random"] == "better"
+    assert ranks.loc["dull", "vs_random"] == "not distinguishable"
+    assert ranks.loc["skipped", "vs_random"] == "no test" and pd.isna(ranks.loc["good", "reason"])
+
+
+def test_verdicts_survive_a_tied_pair_in_the_family():
+    # one pair with identical scores (a reason) must not turn the others' verdicts into "no test"
+    rng = np.random.default_rng(10)
+    base = rng.normal(size=12)
+    matrix = np.c_[base + 2, base + 2, base]
+    comp, ranks = evidence(scores_from(matrix, ["a", "b", "rand"], random="rand"))
+    assert comp.set_index(["method_a", "method_b"]).loc[("a", "b"), "reason"] == ALL_TIES
+    ranks = ranks.set_index("method")
+    assert ranks.loc["a", "vs_random"] == "better" and ranks.loc["b", "vs_random"] == "better"

@@ -39,6 +39,7 @@ MIN_SHARED = 3
 # Read only what the statistics need: the `curve` lists would dominate memory on large tables.
 COLUMNS = ["dataset", "model", "method", "metric", "sample_id", "target", "value", "status", "direction", "method_fn"]
 
+NOT_SCORED = "not scored on any sample (skipped, not applicable or all NaN)"
 NO_SHARED = "no sample has a finite score from both methods"
 FEW_SHARED = "fewer than 3 shared samples with finite scores; no test run"
 ALL_TIES = "every paired difference is zero (ties everywhere); no test run"
@@ -339,8 +340,10 @@ def rank_family(family: Family, comparisons: pd.DataFrame, draws: int = BOOTSTRA
 
     x = family.values
     finite = np.isfinite(x)
-    k = len(family.methods)
-    common = finite.all(axis=1)
+    # Methods with no score at all (skipped, not applicable, all NaN) do not shrink the common set.
+    scored = finite.any(axis=0)
+    xs, k = x[:, scored], int(scored.sum())
+    common = np.isfinite(xs).all(axis=1) if k else np.zeros(x.shape[0], dtype=bool)
     n_common = int(common.sum())
     nan = np.full(k, np.nan)
     avg, low, high = nan.copy(), nan.copy(), nan.copy()
@@ -348,30 +351,34 @@ def rank_family(family: Family, comparisons: pd.DataFrame, draws: int = BOOTSTRA
     groups: list[str | None] = [None] * k
     reason = None
     if k < 2:
-        reason = "only one method scored; nothing to rank"
+        reason = "fewer than 2 methods scored; nothing to rank"
     elif n_common == 0:
         reason = "no sample was scored by every method"
     elif n_common < MIN_SHARED:
         reason = "fewer than 3 samples scored by every method; no test run"
     if k >= 2 and n_common:
-        ranks = average_ranks(family.oriented[common])
+        oriented = -xs[common] if family.direction == "lower" else xs[common]
+        ranks = average_ranks(oriented)
         avg = ranks.mean(axis=0)
         if n_common >= MIN_SHARED:
             counts = _bootstrap_counts(n_common, family.rng("ranks"), draws)
             low, high = np.percentile(counts @ ranks / n_common, [2.5, 97.5], axis=0)
     if reason is None:
-        if np.all(x[common] == x[common][:, :1]):
+        if np.all(xs[common] == xs[common][:, :1]):
             reason = ALL_TIES
         elif k < 3:
             reason = "the Friedman test needs at least 3 methods; see the pairwise comparison"
         else:
-            res = friedmanchisquare(*family.values[common].T)
+            res = friedmanchisquare(*xs[common].T)
             stat, p = float(res.statistic), float(res.pvalue)
             cd = critical_difference(k, n_common)
             if p < ALPHA:
                 groups = cd_groups(avg, cd)
             else:
                 groups = ["a"] * k  # Friedman does not reject: no post-hoc separation (Demšar)
+    avg, low, high = (_spread(v, scored) for v in (avg, low, high))
+    groups = list(_spread(np.array(groups, dtype=object), scored, None))
+    reasons = [reason if s else NOT_SCORED for s in scored]
     position = pd.Series(avg).rank(method="min").to_numpy()
     vs_random = _versus_random(family, comparisons)
     best = _best_vs_runner_up(family, avg, comparisons)
@@ -383,14 +390,21 @@ def rank_family(family: Family, comparisons: pd.DataFrame, draws: int = BOOTSTRA
             "dataset": dataset, "model": model, "metric": metric, "direction": family.direction,
             "method": family.methods, "is_random": [m == family.random for m in family.methods],
             "n_own": finite.sum(axis=0), "n_common": n_common, "k_methods": k, "mean_own": mean_own,
-            "mean_common": x[common].mean(axis=0) if n_common else nan, "avg_rank": avg,
+            "mean_common": x[common].mean(axis=0) if n_common else np.full(x.shape[1], np.nan), "avg_rank": avg,
             "avg_rank_ci95_low": low, "avg_rank_ci95_high": high, "position": position,
             "friedman_statistic": stat, "friedman_p": p, "critical_difference": cd, "cd_group": groups,
             "vs_random": [vs_random.get(m) for m in family.methods],
-            "best_vs_runner_up": [best.get(m) for m in family.methods], "reason": reason,
+            "best_vs_runner_up": [best.get(m) for m in family.methods], "reason": reasons,
         },
         columns=RANK_COLUMNS,
     )  # fmt: skip
+
+
+def _spread(values: np.ndarray, scored: np.ndarray, fill=np.nan) -> np.ndarray:
+    """Values of the scored methods back in the family's method order, `fill` for the rest."""
+    out = np.full(scored.size, fill, dtype=values.dtype if values.dtype == object else np.float64)
+    out[scored] = values
+    return out
 
 
 def _versus_random(family: Family, comparisons: pd.DataFrame) -> dict[str, str]:
@@ -401,7 +415,7 @@ def _versus_random(family: Family, comparisons: pd.DataFrame) -> dict[str, str]:
     rows = comparisons[comparisons["involves_random"]]
     for row in rows.itertuples():
         other = row.method_b if row.method_a == family.random else row.method_a
-        if row.reason is not None:
+        if isinstance(row.reason, str):
             out[other] = "no test"
         elif not row.significant:
             out[other] = "not distinguishable"
@@ -421,7 +435,7 @@ def _best_vs_runner_up(family: Family, avg: np.ndarray, comparisons: pd.DataFram
         ((comparisons["method_a"] == first) & (comparisons["method_b"] == second))
         | ((comparisons["method_a"] == second) & (comparisons["method_b"] == first))
     ].iloc[0]
-    if pair["reason"] is not None:
+    if isinstance(pair["reason"], str):
         return {first: "no test"}
     return {first: "significant" if pair["significant"] and pair["better"] == first else "not significant"}
 
@@ -569,7 +583,7 @@ def metric_quality(scores: pd.DataFrame | pa.Table, comparisons: pd.DataFrame, r
     rows = []
     for family in families(df):
         fr = rank_groups[family.key].reset_index(drop=True)
-        row = dict(zip(FAMILY, family.key), direction=family.direction, k_methods=len(family.methods), n_common=int(fr["n_common"].iloc[0]))
+        row = dict(zip(FAMILY, family.key), direction=family.direction, k_methods=int(fr["k_methods"].iloc[0]), n_common=int(fr["n_common"].iloc[0]))
         row.update(_separation(family, fr))
         row.update(_retest(family, retests.get(family.key)))
         dataset, model, metric = family.key
@@ -589,13 +603,13 @@ def _separation(family: Family, fr: pd.DataFrame) -> dict:
     out["n_better_than_random"] = int((verdicts == "better").sum())
     out["n_worse_than_random"] = int((verdicts == "worse").sum())
     out["n_indistinguishable_from_random"] = int((verdicts == "not distinguishable").sum())
-    others = len(family.methods) - 1
     control = fr[fr["method"] == family.random].iloc[0]
+    others = int(control["k_methods"]) - 1
     differ = out["n_better_than_random"] + out["n_worse_than_random"]
     if not np.isfinite(control["avg_rank"]):
         out["separation_note"] = f"{differ} of {others} methods differ significantly from random; no common samples to rank it"
         return out
-    position, k = int(control["position"]), len(family.methods)
+    position, k = int(control["position"]), int(control["k_methods"])
     out["random_position"], out["random_avg_rank"] = position, float(control["avg_rank"])
     top_half = position <= k / 2
     out["flag"] = UNINFORMATIVE if top_half else None

@@ -407,7 +407,9 @@ def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int
         for ax, metric in zip(axes[0], metrics):
             _curve_axis(ax, part[part["metric"] == metric], ranks[(ranks["dataset"] == dataset) & (ranks["model"] == model) & (ranks["metric"] == metric)], max_methods)
             ax.set_title(metric, fontsize=8)
-        axes[0][0].legend(fontsize=5, loc="best")
+        for ax in axes[0]:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5, loc="best")
         page.figure(fig, _name("curves", dataset, model), f"Curves, {model} on {dataset}")
 
 
