@@ -73,9 +73,8 @@ class Page:
         if frame.empty:
             self.p("(nothing to show)")
             return
-        self.parts.append(
-            frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t")
-        )
+        table = frame.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.{digits}g}", border=0, classes="t")
+        self.parts.append(f'<div class="wide">{table}</div>')
 
     def figure(self, fig, name: str, caption: str) -> None:
         path = self.figures / name
@@ -98,7 +97,7 @@ body {{ font-family: sans-serif; margin: 1.5em auto; max-width: 1200px; color: #
 table.t {{ border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0 1.5em; }}
 table.t td, table.t th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ font-size: 0.85em; color: #555; }}
-.note {{ font-size: 0.9em; color: #555; }}
+.wide {{ overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 {body}
@@ -176,7 +175,7 @@ def _cd_axis(ax, g: pd.DataFrame, metric: str) -> None:
     high = (g["avg_rank_ci95_high"] - g["avg_rank"]).clip(lower=0).fillna(0)
     ax.errorbar(g["avg_rank"], range(k), xerr=[low, high], fmt="none", ecolor="0.5", lw=0.6)
     ax.scatter(g["avg_rank"], range(k), c=colors, s=6, zorder=3)
-    labels = [f"{r.method} {r.cd_group or ''}".strip() for r in g.itertuples()]
+    labels = [f"{r.method} {r.cd_group if isinstance(r.cd_group, str) else ''}".strip() for r in g.itertuples()]
     ax.set_yticks(range(k), labels, fontsize=5.5)
     for tick, color in zip(ax.get_yticklabels(), colors):
         tick.set_color(color)
