@@ -44,6 +44,7 @@ def test_axiom_rules_write_inputs_maps_scores_and_tables(tmp_path):
     summary = (results / "reports" / "summary.md").read_text()
     assert "Axiom scores, generated inputs (seed 004, Table 1) — cnn" in summary
     assert "— axioms/" not in summary  # axiom rows only in the axiom tables, not in the per-metric ones
+    assert "<h2>Axiom scenarios</h2>" in (results / "reports" / "report.html").read_text()
     proc = wf.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
