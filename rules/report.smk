@@ -48,6 +48,7 @@ rule report:
         maps=PLAN.attribution_stores(RESULTS),
         axioms=PLAN.axiom_stores(RESULTS),
         roar=PLAN.roar_outputs(RESULTS),
+        probes=probe_report_outputs(),
     output:
         markdown=f"{RESULTS}/reports/summary.md",
         # its figures go to reports/figures/report-*.png (beside the ROAR figures, not declared)

@@ -18,4 +18,5 @@ with job_log(snakemake.log[0]):
         attribution_stores=snakemake.input.maps,
         axiom_stores=snakemake.input.axioms,
         roar_outputs=snakemake.input.roar,
+        probe_outputs=snakemake.input.probes,
     )

@@ -86,7 +86,20 @@ def _results(root: Path) -> dict:
     aggregate(paths, reports / "scores.parquet", reports / "summary.parquet")
     write_costs(stores, reports / "costs.parquet")
     write_evidence(reports / "scores.parquet", *(reports / f"{n}.parquet" for n in ("comparisons", "ranks", "metric_quality", "metric_agreement")))
-    return {"samples": [str(samples)], "maps": stores, "axioms": [str(axiom_inputs), *axiom_maps], "reports": reports}
+    # the baseline-bias probe table (attrflow.report.probes) of a clean/corrupted pair of datasets
+    from attrflow.report.probes import PROBES
+
+    probe_rows = [
+        {"dataset": f"shapes_{c}", "clean_dataset": "shapes", "corruption": c, "family": family, "severity": sev,
+         "model": "cnn", "method": method, "metric": "insertion", "direction": "higher", "n": N,
+         "clean_mean": 0.5, "corrupted_mean": 0.5 - 0.1 * sev, "drop": 0.1 * sev, "loss": 0.1 * sev}
+        for c, family in (("gaussian_blur", "blur"), ("brightness", "digital")) for sev in (1, 3) for method in METHODS
+    ]  # fmt: skip
+    write_table(pa.Table.from_pylist(probe_rows, schema=PROBES), reports / "probes.parquet")
+    return {
+        "samples": [str(samples)], "maps": stores, "axioms": [str(axiom_inputs), *axiom_maps], "reports": reports,
+        "probes": [str(reports / "probes.parquet")],
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +108,7 @@ def report(tmp_path_factory):
     made = _results(root)
     out = write_report(
         reports=made["reports"], out_html=made["reports"] / "report.html", sample_stores=made["samples"],
-        attribution_stores=made["maps"], axiom_stores=made["axioms"],
+        attribution_stores=made["maps"], axiom_stores=made["axioms"], probe_outputs=made["probes"],
     )  # fmt: skip
     return out
 
@@ -104,10 +117,10 @@ def test_report_has_every_section_and_relative_figures(report):
     text = report.read_text()
     for heading in ("What was run", "Critical-difference diagrams", "Methods × metrics", "Metric quality",
                     "Agreement between metrics", "MuFidelity", "Map galleries", "Curves", "Quality against cost",
-                    "Axiom scenarios"):  # fmt: skip
+                    "Axiom scenarios", "Baseline-bias probes"):  # fmt: skip
         assert heading in text, heading
     sources = re.findall(r'<img src="([^"]+)"', text)
-    assert len(sources) == 7  # cd, ranks, agreement, gallery, curves, cost, axioms
+    assert len(sources) == 8  # cd, ranks, agreement, gallery, curves, cost, axioms, probes
     for src in sources:
         assert not src.startswith(("/", "http")) and (report.parent / src).is_file()
     assert "http://" not in text and "https://" not in text  # nothing to fetch

@@ -507,11 +507,35 @@ def _roar(page: Page, roar_outputs: Iterable[str]) -> None:
         page.raw(f'<figure><img src="{html.escape(rel)}" alt="{html.escape(png.stem)}"><figcaption>{html.escape(png.stem)}</figcaption></figure>')
 
 
-def _probes(page: Page, reports: Path) -> None:
-    path = reports / "probes.md"
-    if path.exists():
-        page.h(2, "Baseline-bias probes")
-        page.raw(f"<pre>{html.escape(path.read_text(encoding='utf-8'))}</pre>")
+def _probes(page: Page, probe_outputs: Iterable[str]) -> None:
+    """UNI's baseline-bias probes: how much worse each method scores on corrupted inputs."""
+    tables = [Path(p) for p in probe_outputs if Path(p).name == "probes.parquet" and Path(p).exists()]
+    if not tables:
+        return
+    plt = _plt()
+    probes = pd.read_parquet(tables[0])
+    page.h(2, "Baseline-bias probes")
+    page.p(
+        "Loss on corrupted inputs (clean − corrupted score, oriented so that positive = worse on corrupted), "
+        "averaged over corruptions and severities of each family, per method (UNI, Azarian et al.). "
+        "The tables are probes.md / probes.parquet / probes_bias.parquet."
+    )
+    for model, part in probes.groupby("model", sort=True):
+        metrics = sorted(part["metric"].unique())
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+        _inches(fig, 0.5, 0.2, 1.3, 0.3, wspace=0.3)
+        for ax, metric in zip(axes[0], metrics):
+            grid = part[part["metric"] == metric].pivot_table(index="method", columns="family", values="loss", aggfunc="mean")
+            width = 0.8 / max(1, grid.shape[1])
+            for j, family in enumerate(grid.columns):
+                ax.bar(np.arange(grid.shape[0]) + j * width, grid[family], width, label=family)
+            ax.axhline(0, color="k", lw=0.5)
+            ax.set_xticks(np.arange(grid.shape[0]) + 0.4 - width / 2, grid.index, rotation=90, fontsize=6)
+            ax.tick_params(axis="y", labelsize=6)
+            ax.set_title(metric, fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=5)
+        page.figure(fig, _name("probes", model), f"Loss on corrupted inputs per corruption family, {model}")
 
 
 def write_report(
@@ -523,6 +547,7 @@ def write_report(
     attribution_stores: Iterable[str] = (),
     axiom_stores: Iterable[str] = (),
     roar_outputs: Iterable[str] = (),
+    probe_outputs: Iterable[str] = (),
     gallery_samples: int = GALLERY_SAMPLES,
 ) -> Path:
     """Write `out_html` from the Parquet reports in `reports` and the stores named."""
@@ -553,6 +578,6 @@ def write_report(
     _quality_vs_cost(page, ranks, costs)
     _axioms(page, axiom_stores, AXIOM_SAMPLES)
     _roar(page, roar_outputs)
-    _probes(page, reports)
+    _probes(page, probe_outputs)
     page.write("attrflow report")
     return out_html
