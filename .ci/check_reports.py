@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,19 @@ def main(workdir: Path, config_path: Path) -> None:
         problems.append(f"summary.parquet has {len(summary)} rows")
     if not (reports / "summary.md").read_text().startswith("# attrflow summary"):
         problems.append("summary.md is not the report")
+    # the evidence: one comparison row per method pair, one rank row per summary row
+    comparisons = pd.read_parquet(reports / "comparisons.parquet")
+    ranks = pd.read_parquet(reports / "ranks.parquet")
+    quality = pd.read_parquet(reports / "metric_quality.parquet")
+    families = summary.groupby(["dataset", "model", "metric"])["method"].nunique()
+    if len(comparisons) != int((families * (families - 1) // 2).sum()):
+        problems.append(f"comparisons.parquet has {len(comparisons)} rows")
+    if len(ranks) != len(summary) or len(quality) != len(families):
+        problems.append(f"ranks.parquet has {len(ranks)} rows, metric_quality.parquet {len(quality)}")
+    page = (reports / "report.html").read_text()
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        if not (reports / src).is_file():
+            problems.append(f"report.html shows a missing figure {src}")
     if problems:
         sys.exit("report check failed: " + "; ".join(problems))
     print(f"reports ok: {len(scores)} scores, {len(summary)} summary rows")

@@ -17,13 +17,42 @@ rule aggregate:
         "../workflow_scripts/aggregate.py"
 
 
+rule evidence:
+    input:
+        scores=rules.aggregate.output.scores,
+    output:
+        comparisons=f"{RESULTS}/reports/comparisons.parquet",
+        ranks=f"{RESULTS}/reports/ranks.parquet",
+        quality=f"{RESULTS}/reports/metric_quality.parquet",
+        agreement=f"{RESULTS}/reports/metric_agreement.parquet",
+    log:
+        "logs/evidence.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evidence.tsv"
+    localrule: True
+    conda:
+        "../envs/attrflow.yaml"
+    script:
+        "../workflow_scripts/evidence.py"
+
+
 rule report:
     input:
         scores=rules.aggregate.output.scores,
         summary=rules.aggregate.output.summary,
         costs=rules.aggregate.output.costs,
+        ranks=rules.evidence.output.ranks,
+        quality=rules.evidence.output.quality,
+        agreement=rules.evidence.output.agreement,
+        samples=PLAN.sample_stores(RESULTS),
+        maps=PLAN.attribution_stores(RESULTS),
+        axioms=PLAN.axiom_stores(RESULTS),
+        roar=PLAN.roar_outputs(RESULTS),
+        probes=probe_report_outputs(),
     output:
         markdown=f"{RESULTS}/reports/summary.md",
+        # its figures go to reports/figures/report-*.png (beside the ROAR figures, not declared)
+        html=f"{RESULTS}/reports/report.html",
     log:
         "logs/report.log",
     benchmark:

@@ -29,6 +29,7 @@ from attrflow.metrics._removal import (
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
     CONSTANT_OUTPUT,
+    draw_bernoulli_subsets,
     draw_subsets,
     grid_cells,
     subset_fidelity,
@@ -475,3 +476,38 @@ def test_registrations():
     assert get_metric("insertion").params["fill"]["default"] == "blur"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(28, get_metric("insertion").params["blur_kernel"])  # even kernel
+
+
+def test_mufidelity_fixed_draw_is_one_for_the_exact_linear_attribution():
+    model, images, exact = _linear_6x6()
+    out = score("mufidelity", make_inputs(model, images, exact), grid=3, output="logit", absolute=False, subsets=32, subset_draw="fixed")
+    np.testing.assert_allclose(out.values, [1.0, 1.0], atol=1e-6)
+
+
+def test_mufidelity_fixed_draw_removes_exactly_k_cells():
+    # round(0.2 · 81) = 16 cells in every subset; Xplique's Bernoulli draw varies the size
+    fixed = draw_subsets(2, 50, 81, round(0.2 * 81), torch.Generator().manual_seed(0))
+    assert set(fixed.sum(dim=-1).flatten().tolist()) == {16}
+    bernoulli = draw_bernoulli_subsets(2, 50, 81, 0.2, torch.Generator().manual_seed(0))
+    assert len(set(bernoulli.sum(dim=-1).flatten().tolist())) > 5
+
+
+def test_mufidelity_random_map_correlates_through_the_subset_size_only_under_bernoulli():
+    """A non-negative map unrelated to the model: with |corr|, Xplique's variable subset size makes
+    it look faithful (both sides grow with the number of cells removed); |S| = k does not."""
+    generator = torch.Generator().manual_seed(11)
+    model = linear_model(torch.ones(9, 9))  # every pixel matters equally
+    images = torch.rand(8, 1, 9, 9, generator=generator) + 0.5
+    noise = torch.rand(8, 9, 9, generator=generator)  # a random, non-negative map
+    inputs = make_inputs(model, images, noise)
+    common = dict(grid=9, subsets=200, output="logit")
+    variable = score("mufidelity", inputs, **common).values
+    fixed = score("mufidelity", inputs, subset_draw="fixed", **common).values
+    assert variable.mean() > 0.6 and fixed.mean() < 0.35
+    assert (variable > fixed).all()
+
+
+def test_mufidelity_fixed_draw_rejects_an_empty_subset():
+    model, images, exact = _linear_6x6()
+    with pytest.raises(ValueError, match="subset_draw='fixed'"):
+        score("mufidelity", make_inputs(model, images, exact), grid=2, subset_fraction=0.1, subset_draw="fixed")

@@ -139,6 +139,7 @@ def test_registrations_and_defaults():
     assert defaults | {"fill": "black"} == {
         "subsets": 200, "subset_fraction": 0.2, "grid": 9, "fill": "black", "blur_kernel": 29,
         "blur_sigma": 15.0, "output": "prob", "correlation": "spearman", "absolute": True,
+        "subset_draw": "bernoulli",  # Xplique's draw stays the default (UNI's numbers come from it)
     }  # fmt: skip
     faith = {k: v["default"] for k, v in get_metric("faithfulness_correlation").params.items()}
     assert (faith["subsets"], faith["subset_size"], faith["fill"], faith["output"], faith["absolute"]) == (

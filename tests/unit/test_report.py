@@ -69,7 +69,47 @@ def test_skipped_groups_have_no_rank_and_render():
     summary = summarise(table.to_pandas()).set_index("method")
     assert summary.loc["b", "n_skipped"] == 2 and pd.isna(summary.loc["b", "rank"])
     text = render_markdown(summary.reset_index())
-    assert "skipped" in text and "| a |" in text and "**" in text
+    assert "skipped" in text and "| a |" in text and "**" not in text.split("## ", 1)[1]  # no evidence, no bold
+
+
+def test_bold_only_when_significantly_better_than_runner_up():
+    from attrflow.report.evidence import evidence
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(3, 12))
+    table = pa.concat_tables(
+        [
+            _scores("best", "x", 5 + noise[0]),
+            _scores("runner", "x", noise[1]),
+            _scores("short", "x", list(noise[2][:8] - 0.1) + [float("nan")] * 4, status=["ok"] * 8 + ["nan"] * 4),
+        ]
+    )
+    summary = summarise(table.to_pandas())
+    _, ranks = evidence(table.to_pandas())
+    text = render_markdown(summary, ranks=ranks)
+    # compared on the 8 samples all share: 8 of 8 paired wins over either, exact Wilcoxon p = 0.0078
+    # (Holm: ×3, ×2 → < 0.05)
+    assert "| best | **5." in text
+    assert "n=8 (4 nan)" in text and "(n = 12)" in text
+    # the same table where the top two are close: no bold
+    close = pa.concat_tables([_scores("best", "x", noise[1] + 0.01 + noise[2]), _scores("runner", "x", noise[1])])
+    text = render_markdown(summarise(close.to_pandas()), ranks=evidence(close.to_pandas())[1])
+    assert "**" not in text.split("## ", 1)[1]
+
+
+def test_cells_like_random_are_marked():
+    from attrflow.report.evidence import evidence
+    from attrflow.report.tables import LIKE_RANDOM
+
+    rng = np.random.default_rng(1)
+    random = _scores("random", "x", rng.normal(size=15)).to_pandas().assign(method_fn="random_attribution")
+    like = _scores("like", "x", rng.normal(size=15)).to_pandas()
+    good = _scores("good", "x", 4 + rng.normal(size=15)).to_pandas()
+    table = pd.concat([random, like, good])
+    text = render_markdown(summarise(table), ranks=evidence(table)[1])
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert LIKE_RANDOM in rows["like"] and LIKE_RANDOM not in rows["good"] and LIKE_RANDOM not in rows["random"]
+    assert LIKE_RANDOM in text.split("## ")[0]  # the legend explains the mark
 
 
 def test_aggregate_files_open_in_pandas_pyarrow_duckdb(tmp_path):

@@ -46,6 +46,7 @@ def test_axiom_rules_write_inputs_maps_scores_and_tables(tmp_path):
     # every started candidate's outcome is stated: accepted, failed, unfinished
     assert "## Axiom inputs synthesised — cnn" in summary and "| started | accepted | failed | unfinished |" in summary
     assert "— axioms/" not in summary  # axiom rows only in the axiom tables, not in the per-metric ones
+    assert "<h2>Axiom scenarios</h2>" in (results / "reports" / "report.html").read_text()
     proc = wf.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
 

@@ -35,7 +35,8 @@ def expected_score_rows(config: dict) -> int:
 
 def test_a_outputs_and_one_row_per_sample_method_metric(finished_run: Workflow):
     reports = finished_run.workdir / "results" / "reports"
-    for name in ("scores.parquet", "summary.parquet", "summary.md"):
+    for name in ("scores.parquet", "summary.parquet", "summary.md", "comparisons.parquet", "ranks.parquet",
+                 "metric_quality.parquet", "metric_agreement.parquet", "report.html"):  # fmt: skip
         assert (reports / name).is_file(), name
     scores = pd.read_parquet(reports / "scores.parquet")
     run = TINY_CONFIG["run"]
@@ -97,7 +98,7 @@ def test_c_changed_method_parameter_replans_only_that_method(finished_run: Workf
     changed["methods"]["ig"]["steps"] = 6
     jobs = finished_run.planned(finished_run.write_config(changed, "changed.yaml"))
     rules = {rule for rule, _ in jobs}
-    assert rules == {"attribute", "score", "aggregate", "report"}
+    assert rules == {"attribute", "score", "aggregate", "evidence", "report"}
     for rule, wc in jobs:
         if rule in ("attribute", "score"):
             assert wc["method"] == "ig", (rule, wc)
@@ -109,7 +110,7 @@ def test_c2_changed_metric_parameter_replans_no_attribution(finished_run: Workfl
     changed = copy.deepcopy(TINY_CONFIG)
     changed["metrics"]["deletion"]["steps"] = 5
     rules = {rule for rule, _ in finished_run.planned(finished_run.write_config(changed, "metric.yaml"))}
-    assert rules == {"score", "aggregate", "report"}
+    assert rules == {"score", "aggregate", "evidence", "report"}
 
 
 def _edit(path, transform):
@@ -131,7 +132,7 @@ def test_d_edited_method_module_replans_only_that_method(finished_run: Workflow)
         jobs = finished_run.planned()
     finally:
         module.write_text(original)
-    assert {rule for rule, _ in jobs} == {"attribute", "score", "aggregate", "report"}
+    assert {rule for rule, _ in jobs} == {"attribute", "score", "aggregate", "evidence", "report"}
     assert {wc["method"] for rule, wc in jobs if rule in ("attribute", "score")} == {"random"}
     proc = finished_run.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr, "restoring the source restores the state"

@@ -11,7 +11,12 @@ in how S is drawn and which correlation is taken, so both are offered under thei
 al. 2022a):
 
 * the image is cut into a ``grid`` × ``grid`` lattice of cells (9 × 9), and each subset drops every
-  cell *independently* with probability ``subset_fraction`` (0.2), so subset sizes vary; cells
+  cell *independently* with probability ``subset_fraction`` (0.2), so subset sizes vary
+  (``subset_draw: bernoulli``, the default); ``subset_draw: fixed`` instead removes exactly
+  k = round(``subset_fraction`` · grid²) cells per subset, as Bhatt et al. (IJCAI 2020) define
+  |S| = k. Under the variable size, with ``absolute`` and a non-negative map, the summed
+  attribution and the output drop both grow with the number of cells removed, so even a random
+  map correlates with the drop; the fixed size removes that shared factor; cells
   follow Xplique's nearest-neighbour upsampling of the grid (TensorFlow's half-pixel centres:
   pixel y belongs to cell floor((y + ½)·grid / H));
 * ``subsets`` = 200 subsets per image; the correlation is **Spearman's** (average ranks for ties,
@@ -60,6 +65,7 @@ from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
 CONSTANT_OUTPUT = "the output drops do not vary over the subsets (correlation undefined)"
 CORRELATIONS = ("pearson", "spearman")
+SUBSET_DRAWS = ("bernoulli", "fixed")
 
 
 def grid_cells(
@@ -307,6 +313,7 @@ def subset_fidelity(
         "output": {"enum": ["prob", "logit"], "default": "prob"},
         "correlation": {"enum": ["spearman", "pearson"], "default": "spearman"},
         "absolute": {"type": "boolean", "default": True},
+        "subset_draw": {"enum": ["bernoulli", "fixed"], "default": "bernoulli"},
     },
 )
 def mufidelity(
@@ -321,6 +328,7 @@ def mufidelity(
     output: str = "prob",
     correlation: str = "spearman",
     absolute: bool = True,
+    subset_draw: str = "bernoulli",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -330,7 +338,9 @@ def mufidelity(
     filled (higher is better).
 
     `grid` must be at least 2 and at most the image side; `absolute` reports |corr| as S0 does.
-    Subsets come from the injected `generator`, one independent draw per sample.
+    `subset_draw` "fixed" removes exactly round(`subset_fraction` · grid²) cells per subset (Bhatt
+    et al. 2020) instead of Xplique's independent drops. Subsets come from the injected
+    `generator`, one independent draw per sample.
     """
     if subsets < 2:
         raise ValueError(f"mufidelity: subsets must be >= 2 to correlate, got {subsets}")
@@ -342,7 +352,18 @@ def mufidelity(
     if grid > min(h, w):
         raise ValueError(f"mufidelity: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
     cells_of_pixels = grid_cells(h, w, grid, half_pixel=True, device=inputs.images.device)
-    cell_subsets = draw_bernoulli_subsets(inputs.n, subsets, grid * grid, subset_fraction, generator)
+    if subset_draw == "bernoulli":
+        cell_subsets = draw_bernoulli_subsets(inputs.n, subsets, grid * grid, subset_fraction, generator)
+    elif subset_draw == "fixed":
+        size = round(subset_fraction * grid * grid)
+        if not 1 <= size < grid * grid:
+            raise ValueError(
+                f"mufidelity: subset_fraction={subset_fraction} of {grid * grid} cells gives {size} cells per "
+                "subset under subset_draw='fixed'; it must be at least 1 and fewer than all cells"
+            )
+        cell_subsets = draw_subsets(inputs.n, subsets, grid * grid, size, generator)
+    else:
+        raise ValueError(f"mufidelity: subset_draw={subset_draw!r}; use one of {SUBSET_DRAWS}")
     return subset_fidelity(
         inputs,
         cell_subsets,

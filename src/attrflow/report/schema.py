@@ -85,3 +85,38 @@ COSTS = pa.schema(
         ("device", pa.string()),
     ]
 )
+
+_S, _F, _I, _B = pa.string(), pa.float64(), pa.int64(), pa.bool_()
+
+# Paired comparisons: one row per method pair per (dataset, model, metric) (attrflow.report.evidence).
+COMPARISONS = pa.schema(
+    [("dataset", _S), ("model", _S), ("metric", _S), ("direction", _S), ("method_a", _S), ("method_b", _S),
+     ("n_a", _I), ("n_b", _I), ("n_shared", _I), ("mean_a", _F), ("mean_b", _F),
+     ("mean_diff", _F),  # mean of (a − b) over the shared samples
+     ("diff_ci95_low", _F), ("diff_ci95_high", _F),  # percentile bootstrap, 1000 resamples
+     ("wilcoxon_statistic", _F), ("p_value", _F), ("p_holm", _F), ("significant", _B),
+     ("better", _S), ("verdict", _S), ("involves_random", _B), ("reason", _S)]  # reason: why no test
+)  # fmt: skip
+
+# Ranks on the samples every method covers, Friedman + Nemenyi (Demšar 2006), verdict vs random.
+RANKS = pa.schema(
+    [("dataset", _S), ("model", _S), ("metric", _S), ("direction", _S), ("method", _S), ("is_random", _B),
+     ("n_own", _I), ("n_common", _I), ("k_methods", _I), ("mean_own", _F), ("mean_common", _F),
+     ("avg_rank", _F), ("avg_rank_ci95_low", _F), ("avg_rank_ci95_high", _F), ("position", _F),
+     ("friedman_statistic", _F), ("friedman_p", _F), ("critical_difference", _F), ("cd_group", _S),
+     ("vs_random", _S), ("best_vs_runner_up", _S), ("reason", _S)]
+)  # fmt: skip
+
+METRIC_QUALITY = pa.schema(
+    [("dataset", _S), ("model", _S), ("metric", _S), ("direction", _S), ("k_methods", _I), ("n_common", _I),
+     ("random_method", _S), ("random_position", _F), ("random_avg_rank", _F), ("n_better_than_random", _I),
+     ("n_worse_than_random", _I), ("n_indistinguishable_from_random", _I), ("flag", _S),
+     ("separation_note", _S), ("retest_n", _I), ("retest_spearman", _F), ("retest_icc", _F),
+     ("retest_icc_kind", _S), ("retest_reason", _S), ("mean_kendall_tau", _F), ("top_two", _S),
+     ("top_gap", _F), ("top_gap_sd", _F), ("n_for_80_power", _F), ("sample_size_reason", _S)]
+)  # fmt: skip
+
+METRIC_AGREEMENT = pa.schema(
+    [("dataset", _S), ("model", _S), ("metric_a", _S), ("metric_b", _S), ("n_methods", _I),
+     ("kendall_tau", _F), ("p_value", _F), ("reason", _S)]
+)  # fmt: skip
