@@ -63,7 +63,8 @@ HOMOGENEITY_PROBE = 16  # eval samples on which the card records the X-DNN homog
 _COMMON_KEYS = {"kind", "dataset", "cam_layer"}
 SPEC_KEYS = {
     "trained": _COMMON_KEYS | set(TRAINED_DEFAULTS),
-    "timm": _COMMON_KEYS | {"name", "checkpoint", "pretrained", "num_classes", "mean", "std", "x_dnn"},
+    "timm": _COMMON_KEYS
+    | {"name", "checkpoint", "pretrained", "num_classes", "mean", "std", "x_dnn", "input_size", "interpolation"},
     "torchvision": _COMMON_KEYS | {"name", "weights", "checkpoint", "num_classes", "mean", "std", "x_dnn"},
 }
 
@@ -292,7 +293,23 @@ def _prepare_library_model(
         print(f"model {name}: accuracy {accuracy:.4f} on {dataset_store} (eval split)", file=log, flush=True)
     card = _card(name, spec, model, details["architecture"], accuracy, dataset_store)
     card["weights_source"] = details["weights_source"]
+    card["preprocessing"] = details.get("preprocessing")  # timm: which mean/std/size/interpolation, from where
+    _note_crop_mismatch(name, card["preprocessing"], dataset_store, log)
     return model, card
+
+
+def _note_crop_mismatch(name: str, preprocessing: Mapping[str, Any] | None, dataset_store: Path | None, log: TextIO) -> None:
+    """Say so in the job log when a timm model expects another input size than the dataset's crop."""
+    if not preprocessing or dataset_store is None:
+        return
+    size = preprocessing.get("input_size", {}).get("value")
+    crop = read_attrs(dataset_store).get("preprocessing", {}).get("center_crop")
+    if size and crop and int(size) != int(crop):
+        print(
+            f"model {name}: expects {size}×{size} inputs ({preprocessing['input_size']['from']}) but the dataset's "
+            f"crop is {crop}; set crop: {size} on the dataset entry for the model's own resolution",
+            file=log, flush=True,
+        )
 
 
 def _prepare_trained(
@@ -486,15 +503,38 @@ def _timm_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[s
     else:
         net = _maybe_x_dnn(timm.create_model(arch_name, pretrained=False, **kwargs), spec)
         source = "random initialisation"
-    cfg = getattr(net, "pretrained_cfg", None) or {}
     kwargs["num_classes"] = int(net.num_classes) if hasattr(net, "num_classes") else kwargs.get("num_classes")
+    preprocessing = _timm_preprocessing(net, spec)
     return net, {
         "num_classes": kwargs["num_classes"],
-        "mean": list(cfg.get("mean", IMAGENET_MEAN)),
-        "std": list(cfg.get("std", IMAGENET_STD)),
+        "mean": preprocessing["mean"]["value"],
+        "std": preprocessing["std"]["value"],
         "architecture": {"library": "timm", "name": arch_name, "kwargs": kwargs},
         "weights_source": source,
+        "preprocessing": preprocessing,
     }
+
+
+def _timm_preprocessing(net: nn.Module, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mean, std, input size and interpolation of a timm model, each with where it came from:
+    the entry when it sets the key, else the model's pretrained config as timm resolves it
+    (`timm.data.resolve_data_config`), else ImageNet's statistics for a model without one."""
+    from timm.data import resolve_data_config
+
+    resolved = resolve_data_config({}, model=net, verbose=False) if getattr(net, "pretrained_cfg", None) else {}
+    defaults = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input_size": None, "interpolation": None}
+    out: dict[str, dict[str, Any]] = {}
+    for key in ("mean", "std", "input_size", "interpolation"):
+        if spec.get(key) is not None:
+            value, origin = spec[key], "entry"
+        elif key in resolved:
+            value, origin = resolved[key], "pretrained config"
+        else:
+            value, origin = defaults[key], "default (ImageNet statistics)" if key in ("mean", "std") else "unknown"
+        if key == "input_size" and isinstance(value, (tuple, list)):
+            value = int(value[-1])  # timm's (C, H, W); attrflow's inputs are square crops
+        out[key] = {"value": list(value) if isinstance(value, (tuple, list)) else value, "from": origin}
+    return out
 
 
 def _cached_timm_weights(name: str, arch_name: str) -> Path:
