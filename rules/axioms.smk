@@ -63,6 +63,8 @@ rule score_axioms:
     conda:
         "../envs/attrflow.yaml"
     threads: 1
+    # Seconds of reading stores and comparing maps: run on the submitting node, not as a job.
+    localrule: True
     params:
         setting=score_axioms_params,
     script:

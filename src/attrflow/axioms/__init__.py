@@ -8,7 +8,7 @@ saturation); attribution maps are then scored against that known behaviour.
 * `prior`      — the deep-image-prior patch decoders;
 * `placement`  — random non-overlapping patch boxes, pasting and coalition images;
 * `synthesis`  — warm-up, focal-weighted losses (Eq. 1–7), acceptance and residuals;
-* `metrics`    — the four scores (Eq. 8–11), with the seed's errata resolved.
+* `metrics`    — the four scores (Eq. 8–11), with the paper's errata resolved.
 
 This package's ``__init__`` imports nothing, so `attrflow.plan` can read `settings` without torch.
 """

@@ -1,11 +1,11 @@
-"""The four axiom scores (S4-DoEE §3.4, Eq. 8–11), as intended where the print or the code errs.
+"""The four axiom scores (Khakzar et al., 2022 Sec. 3.4, Eq. 8–11), as intended where the print or the code errs.
 
 ``maps_a`` / ``maps_b`` are (n, H, W) maps explaining class a / class b of each accepted sample
 (the stored maps: signed, channels reduced as the method's store says); ``masks`` is
 (n, patches, H, W), in the scenario's patch order (see `attrflow.axioms.settings`).
 
 Choices, each following the paper's text over its typesetting and the authors' code over
-nothing (seed digest §C.5, reference-implementations §1.5):
+nothing:
 
 * ``null_feature`` (↓, per sample) = Σ_{f_null} S_a / Σ_all S_a — "contributions assigned to the
   null feature relative to total assigned contributions". Eq. 8 as printed sums over f_a (the

@@ -1,6 +1,6 @@
 """The sample store (`samples.zarr`): the images a run explains, plus an optional train split.
 
-Root arrays are the evaluation split, as DESIGN.md fixes them: ``images`` (N, C, H, W) float32
+Root arrays are the evaluation split: ``images`` (N, C, H, W) float32
 in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W) bool, and, where the masks
 were made from bounding boxes, ``boxes`` (M, 5) float64: rows ``[sample, x0, y0, x1, y1]``, the
 sample's row in this store and the box in input pixel coordinates. A

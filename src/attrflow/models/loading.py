@@ -369,7 +369,7 @@ def _normalisation_for_training(train: SampleSet, x_dnn: bool) -> tuple[list[flo
     """Per-channel mean/std of the training images; 0/1 for X-DNNs.
 
     An X-DNN takes raw pixels so that its homogeneity origin is the black image, which is where
-    X-Gradient's implicit zero baseline lies (S3 §3). The regular network is standardised with
+    X-Gradient's implicit zero baseline lies (Hesse et al., 2021 Sec. 3). The regular network is standardised with
     its training set's statistics, as any practitioner would.
     """
     channels = train.images.shape[1]
@@ -584,7 +584,7 @@ def _torchvision_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module,
     if spec.get("num_classes") is not None:
         kwargs["num_classes"] = int(spec["num_classes"])
     if weights_name:
-        # Published weights carry biases: an X-variant drops them after loading (as S3's
+        # Published weights carry biases: an X-variant drops them after loading (as Hesse et al., 2021,
         # xvgg16(pretrained=True) does), whereas a user checkpoint was trained bias-free.
         net = _maybe_x_dnn(_torchvision_pretrained(name, arch_name, weights_name, kwargs), spec)
         source = f"torchvision weights {arch_name}.{weights_name}"
