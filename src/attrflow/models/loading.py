@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from importlib import metadata
@@ -105,11 +106,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ModelLoadError(
                 f"refusing checkpoint {path}: it holds pickled objects beyond plain tensors, which "
                 f"could run code when loaded (torch.load(weights_only=True) rejected it: "
-                f"{str(err).splitlines()[0]}). Convert it to .safetensors in a trusted environment."
+                f"{_unpickling_culprit(err)}). Convert it to .safetensors in a trusted environment."
             ) from err
         except Exception as err:
             raise ModelLoadError(f"checkpoint {path} is unreadable: {err}") from err
     return _unwrap_state_dict(loaded, path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _unpickling_culprit(err: Exception) -> str:
+    """What torch's weights-only unpickler refused, from its message: the sentence naming the
+    object (``Unsupported global: GLOBAL module.Class ...`` or ``... GLOBAL posix.system whose
+    module posix is blocked``), without the terminal colour codes torch puts into the text and
+    without its advice to load the file unsafely."""
+    text = " ".join(_ANSI.sub("", str(err)).split())
+    for sentence in re.split(r"(?<=\.) ", text):
+        if "GLOBAL" in sentence:
+            return sentence.removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+    return text
 
 
 def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
