@@ -198,6 +198,24 @@ class CocoBoxes:
         return self._sizes[image_id], self._boxes[image_id]
 
 
+_COCO_CACHE: dict[tuple[str, int, int], CocoBoxes] = {}
+
+
+def _coco_boxes(path: str | os.PathLike) -> CocoBoxes:
+    """A parsed COCO file, parsed once per content version (path, size, mtime): planning asks for
+    it once per shard, and a full COCO annotation file takes a second to parse."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        raise AnnotationError(f"COCO box file {path} does not exist") from None
+    key = (os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _COCO_CACHE:
+        if len(_COCO_CACHE) >= 4:  # a run reads one or two such files: drop stale versions
+            _COCO_CACHE.clear()
+        _COCO_CACHE[key] = CocoBoxes(path)
+    return _COCO_CACHE[key]
+
+
 class Annotations:
     """The mask source of an image-folder entry: a mask folder, boxes, or none."""
 
@@ -210,7 +228,7 @@ class Annotations:
         if boxes is not None:
             check_boxes_spec(boxes)
             if boxes["format"] == "coco":
-                self._coco = CocoBoxes(boxes["file"])
+                self._coco = _coco_boxes(boxes["file"])
 
     @property
     def provides_masks(self) -> bool:
