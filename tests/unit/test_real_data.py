@@ -272,3 +272,30 @@ def test_the_whole_dataset_store_records_the_label_order(wnid_folder, tmp_path):
     attrs = read_attrs(out)
     assert attrs["class_names"][281] == "n02123045" and attrs["preprocessing"]["label_order"] == "ImageNet-1k class index"
     assert copy.deepcopy(attrs["num_classes"]) == 1000
+
+
+@pytest.mark.parametrize(
+    ("name", "meant_as_image"),
+    [
+        ("a.jgp", True), ("a.pgn", True), ("a.jpeg2", True), ("a.pnng", True), ("a.webp", True),
+        ("a.TIF", True), ("a.jpg ", True), ("a.png~", True),
+        ("a.txt", False), ("a.xml", False), ("a.json", False), ("README", False), ("a.npy", False),
+        ("a.log", False), ("a.svg", False), ("a.JPEG", False),  # the last one is an image
+    ],
+)
+def test_which_stray_files_look_like_images(name, meant_as_image):
+    from attrflow.data.image_folder import looks_like_image
+
+    assert looks_like_image(name) is meant_as_image
+
+
+def test_coco_boxes_name_the_image_without_an_entry(wnid_folder, tmp_path):
+    _, _, coco = _annotate(wnid_folder, tmp_path)
+    data = json.loads(coco.read_text())
+    data["images"] = data["images"][1:]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 0]
+    coco.write_text(json.dumps(data))
+    config = _config(wnid_folder, classes="imagenet", boxes={"format": "coco", "file": str(coco)})
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, workdir=tmp_path)
+    assert err.value.key_path == "datasets.val.boxes" and "ILSVRC2012_val_00000001" in str(err.value)
