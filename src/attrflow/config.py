@@ -458,7 +458,8 @@ def _check_label_spaces(config: dict, workdir: Path) -> None:
                 count == IMAGENET_CLASSES and base["kind"] == "image_folder" and base.get("classes") is None
                 and not base.get("labels_file") and all(WNID.match(c) for c in class_folders(base["root"]))
             ):
-                key = f"datasets.{dataset if datasets[dataset]['kind'] != 'corrupted' else datasets[dataset]['of']}.classes"
+                folder = dataset if datasets[dataset]["kind"] != "corrupted" else datasets[dataset]["of"]
+                key = f"datasets.{folder}.classes"
                 message += "; its sub-folders are WordNet ids: set classes: imagenet to use ImageNet's class index"
             raise ConfigError(key, message)
 

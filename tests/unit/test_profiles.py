@@ -34,4 +34,7 @@ def test_the_documented_commands_use_the_profiles():
     assert "--profile profiles/workstation" in (root / "Makefile").read_text()
     ci = (root / ".ci" / "run").read_text()
     assert "--profile profiles/slurm-ci" in ci and "--workflow-profile none" not in ci
-    assert "--profile profiles/slurm`" in (root / "README.md").read_text() or "--profile profiles/slurm " in (root / "README.md").read_text()
+    assert (
+        "--profile profiles/slurm`" in (root / "README.md").read_text()
+        or "--profile profiles/slurm " in (root / "README.md").read_text()
+    )

@@ -203,8 +203,12 @@ def test_masks_and_boxes_follow_the_image_geometry_and_feed_the_pointing_game(wn
     maps[:3, 9, 3] = 1.0  # column 3: inside the left half
     maps[3:, 9, 12] = 1.0  # column 12: outside
     inputs = MetricInputs(
-        model=torch.nn.Identity(), images=torch.from_numpy(samples.images), maps=maps,
-        targets=torch.from_numpy(samples.labels), labels=torch.from_numpy(samples.labels), ids=samples.ids,
+        model=torch.nn.Identity(),
+        images=torch.from_numpy(samples.images),
+        maps=maps,
+        targets=torch.from_numpy(samples.labels),
+        labels=torch.from_numpy(samples.labels),
+        ids=samples.ids,
         masks=torch.from_numpy(samples.masks),
     )
     values = call_metric(get_metric("pointing_game"), inputs, {}).values
@@ -227,8 +231,12 @@ def test_mask_and_box_files_are_part_of_the_content_fingerprint(wnid_folder, tmp
     from attrflow.data.sources import source_fingerprint
 
     _, xml, _ = _annotate(wnid_folder, tmp_path)
-    spec = {"kind": "image_folder", "root": str(wnid_folder), "classes": "imagenet",
-            "boxes": {"format": "imagenet_xml", "root": str(xml)}}
+    spec = {
+        "kind": "image_folder",
+        "root": str(wnid_folder),
+        "classes": "imagenet",
+        "boxes": {"format": "imagenet_xml", "root": str(xml)},
+    }
     index = FileIndex(tmp_path / "content.sqlite")
     first, second = source_fingerprint(spec, 0, 3, index), source_fingerprint(spec, 3, 6, index)
     last = sorted(xml.glob("*.xml"))[-1]
@@ -270,17 +278,31 @@ def test_the_whole_dataset_store_records_the_label_order(wnid_folder, tmp_path):
     spec = {"kind": "image_folder", "root": str(wnid_folder), "resize": 20, "crop": 16, "classes": "imagenet"}
     out = prepare_dataset_store(name="val", spec=spec, out_path=tmp_path / "samples.zarr")
     attrs = read_attrs(out)
-    assert attrs["class_names"][281] == "n02123045" and attrs["preprocessing"]["label_order"] == "ImageNet-1k class index"
+    assert (
+        attrs["class_names"][281] == "n02123045" and attrs["preprocessing"]["label_order"] == "ImageNet-1k class index"
+    )
     assert copy.deepcopy(attrs["num_classes"]) == 1000
 
 
 @pytest.mark.parametrize(
     ("name", "meant_as_image"),
     [
-        ("a.jgp", True), ("a.pgn", True), ("a.jpeg2", True), ("a.pnng", True), ("a.webp", True),
-        ("a.TIF", True), ("a.jpg ", True), ("a.png~", True),
-        ("a.txt", False), ("a.xml", False), ("a.json", False), ("README", False), ("a.npy", False),
-        ("a.log", False), ("a.svg", False), ("a.JPEG", False),  # the last one is an image
+        ("a.jgp", True),
+        ("a.pgn", True),
+        ("a.jpeg2", True),
+        ("a.pnng", True),
+        ("a.webp", True),
+        ("a.TIF", True),
+        ("a.jpg ", True),
+        ("a.png~", True),
+        ("a.txt", False),
+        ("a.xml", False),
+        ("a.json", False),
+        ("README", False),
+        ("a.npy", False),
+        ("a.log", False),
+        ("a.svg", False),
+        ("a.JPEG", False),  # the last one is an image
     ],
 )
 def test_which_stray_files_look_like_images(name, meant_as_image):

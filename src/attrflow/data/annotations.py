@@ -73,7 +73,12 @@ class Geometry:
         sx, sy = self.new_width / self.width, self.new_height / self.height
         x0, y0, x1, y1 = box
         clip = lambda v: min(max(v, 0.0), float(self.crop))  # noqa: E731
-        return (clip(x0 * sx - self.left), clip(y0 * sy - self.top), clip(x1 * sx - self.left), clip(y1 * sy - self.top))
+        return (
+            clip(x0 * sx - self.left),
+            clip(y0 * sy - self.top),
+            clip(x1 * sx - self.left),
+            clip(y1 * sy - self.top),
+        )
 
     def boxes_mask(self, boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
         """(crop, crop) bool: the pixels whose centre lies inside any of the input-space boxes."""
@@ -116,15 +121,15 @@ def load_mask(path: Path, geometry: Geometry) -> np.ndarray:
     except OSError as err:
         raise AnnotationError(f"cannot read mask {path}: {err}") from err
     if size != (geometry.width, geometry.height):
-        raise AnnotationError(
-            f"mask {path} is {size[0]}×{size[1]} but its image is {geometry.width}×{geometry.height}"
-        )
+        raise AnnotationError(f"mask {path} is {size[0]}×{size[1]} but its image is {geometry.width}×{geometry.height}")
     if values.ndim == 3:
         colour = values[..., :-1] if mode in ("RGBA", "LA", "PA", "RGBa", "La") else values
         values = colour.any(axis=-1)
     binary = Image.fromarray((values != 0).astype(np.uint8) * 255)
     resized = binary.resize((geometry.new_width, geometry.new_height), Image.Resampling.NEAREST)
-    pixels = np.asarray(resized)[geometry.top : geometry.top + geometry.crop, geometry.left : geometry.left + geometry.crop]
+    pixels = np.asarray(resized)[
+        geometry.top : geometry.top + geometry.crop, geometry.left : geometry.left + geometry.crop
+    ]
     return pixels > 0
 
 
@@ -135,8 +140,10 @@ def xml_path(xml_root: str | os.PathLike, relative: str) -> Path:
     for candidate in (root / f"{stem}.xml", root / f"{os.path.basename(stem)}.xml"):
         if candidate.is_file():
             return candidate
-    raise AnnotationError(f"no box annotation for image {relative!r}: looked for {root / (stem + '.xml')} and "
-                          f"{root / (os.path.basename(stem) + '.xml')}")
+    raise AnnotationError(
+        f"no box annotation for image {relative!r}: looked for {root / (stem + '.xml')} and "
+        f"{root / (os.path.basename(stem) + '.xml')}"
+    )
 
 
 def read_imagenet_xml(path: Path) -> tuple[tuple[int, int], list[tuple[float, float, float, float]]]:
@@ -176,7 +183,9 @@ class CocoBoxes:
             for ann in data.get("annotations", []):
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 if int(ann["image_id"]) not in boxes:
-                    raise AnnotationError(f"{self.path}: annotation {ann.get('id')} names unknown image_id {ann['image_id']}")
+                    raise AnnotationError(
+                        f"{self.path}: annotation {ann.get('id')} names unknown image_id {ann['image_id']}"
+                    )
                 boxes[int(ann["image_id"])].append((x, y, x + w, y + h))
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             if isinstance(err, AnnotationError):
@@ -269,21 +278,36 @@ class Annotations:
 
     def describe(self) -> dict[str, Any] | None:
         if self.masks_root is not None:
-            return {"source": "mask folder", "root": str(self.masks_root), "object": "nonzero pixels",
-                    "resampling": "nearest"}
+            return {
+                "source": "mask folder",
+                "root": str(self.masks_root),
+                "object": "nonzero pixels",
+                "resampling": "nearest",
+            }
         if self.boxes is not None:
-            convention = ("PASCAL VOC 1-based inclusive pixel indices" if self.boxes["format"] == "imagenet_xml"
-                          else "COCO [x, y, width, height], continuous pixels")
-            return {"source": "bounding boxes", **self.boxes, "convention": convention,
-                    "object": "pixel centres inside any box", "boxes_array": "[sample, x0, y0, x1, y1] in input pixels"}
+            convention = (
+                "PASCAL VOC 1-based inclusive pixel indices"
+                if self.boxes["format"] == "imagenet_xml"
+                else "COCO [x, y, width, height], continuous pixels"
+            )
+            return {
+                "source": "bounding boxes",
+                **self.boxes,
+                "convention": convention,
+                "object": "pixel centres inside any box",
+                "boxes_array": "[sample, x0, y0, x1, y1] in input pixels",
+            }
         return None
 
 
 def check_boxes_spec(boxes: Any) -> None:
     if not isinstance(boxes, dict) or boxes.get("format") not in BOX_FORMATS:
-        raise AnnotationError(f"boxes must be {{format: imagenet_xml, root: DIR}} or {{format: coco, file: FILE}}, got {boxes!r}")
+        raise AnnotationError(
+            f"boxes must be {{format: imagenet_xml, root: DIR}} or {{format: coco, file: FILE}}, got {boxes!r}"
+        )
     needed = "root" if boxes["format"] == "imagenet_xml" else "file"
     extra = sorted(set(boxes) - {"format", needed})
     if not isinstance(boxes.get(needed), str) or extra:
-        raise AnnotationError(f"boxes of format {boxes['format']} take exactly the key {needed!r} (a path), got {boxes!r}")
-
+        raise AnnotationError(
+            f"boxes of format {boxes['format']} take exactly the key {needed!r} (a path), got {boxes!r}"
+        )

@@ -206,7 +206,9 @@ def imagenet_synsets() -> list[str]:
         raise ImageFolderError("classes: imagenet needs the timm package (it ships the ImageNet class list)")
     path = Path(spec.origin).parent / "data" / "_info" / "imagenet_synsets.txt"
     if not path.is_file():
-        raise ImageFolderError(f"classes: imagenet: timm's ImageNet class list {path} is missing (timm >= 0.9 ships it)")
+        raise ImageFolderError(
+            f"classes: imagenet: timm's ImageNet class list {path} is missing (timm >= 0.9 ships it)"
+        )
     synsets = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if len(synsets) != IMAGENET_CLASS_COUNT or len(set(synsets)) != IMAGENET_CLASS_COUNT:
         raise ImageFolderError(f"{path} lists {len(synsets)} classes, expected {IMAGENET_CLASS_COUNT} distinct ones")

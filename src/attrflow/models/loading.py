@@ -314,7 +314,9 @@ def _prepare_library_model(
     return model, card
 
 
-def _note_crop_mismatch(name: str, preprocessing: Mapping[str, Any] | None, dataset_store: Path | None, log: TextIO) -> None:
+def _note_crop_mismatch(
+    name: str, preprocessing: Mapping[str, Any] | None, dataset_store: Path | None, log: TextIO
+) -> None:
     """Say so in the job log when a timm model expects another input size than the dataset's crop."""
     if not preprocessing or dataset_store is None:
         return
