@@ -536,10 +536,12 @@ def _timm_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[s
 def _timm_preprocessing(net: nn.Module, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Mean, std, input size and interpolation of a timm model, each with where it came from:
     the entry when it sets the key, else the model's pretrained config as timm resolves it
-    (`timm.data.resolve_data_config`), else ImageNet's statistics for a model without one."""
+    (`timm.data.resolve_data_config` at the test-time size), else ImageNet's statistics for a model without one."""
     from timm.data import resolve_data_config
 
-    resolved = resolve_data_config({}, model=net, verbose=False) if getattr(net, "pretrained_cfg", None) else {}
+    # The test-time size: maps explain inference, and timm's train size is often smaller.
+    pretrained_cfg = getattr(net, "pretrained_cfg", None)
+    resolved = resolve_data_config({}, model=net, use_test_size=True, verbose=False) if pretrained_cfg else {}
     defaults = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input_size": None, "interpolation": None}
     out: dict[str, dict[str, Any]] = {}
     for key in ("mean", "std", "input_size", "interpolation"):
@@ -552,6 +554,8 @@ def _timm_preprocessing(net: nn.Module, spec: Mapping[str, Any]) -> dict[str, di
         if key == "input_size" and isinstance(value, (tuple, list)):
             value = int(value[-1])  # timm's (C, H, W); attrflow's inputs are square crops
         out[key] = {"value": list(value) if isinstance(value, (tuple, list)) else value, "from": origin}
+    if "crop_pct" in resolved:  # the centre-crop fraction the model was evaluated with (resize = size / crop_pct)
+        out["crop_pct"] = {"value": resolved["crop_pct"], "from": "pretrained config"}
     return out
 
 
