@@ -20,10 +20,10 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(SNAKEMAKE) --configfile config.yaml --profile profiles/default --cores $(CORES)
+	$(SNAKEMAKE) --configfile config.yaml --profile profiles/workstation --cores $(CORES)
 
 dry-run: $(STAMP)
-	$(SNAKEMAKE) --configfile config.yaml --profile profiles/default -n
+	$(SNAKEMAKE) --configfile config.yaml --profile profiles/workstation -n
 
 test: $(STAMP) lint
 	$(PY) -m pytest

@@ -60,6 +60,8 @@ rule score_axioms:
         "logs/score_axioms/{model}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_axioms/{{model}}.tsv"
+    # Seconds of reading stores and comparing maps: run on the submitting node, not as a job.
+    localrule: True
     conda:
         "../envs/attrflow.yaml"
     threads: 1

@@ -1,4 +1,4 @@
-# Baseline-bias probes (UNI §3.2): clean against corrupted scores. Requested by `all` only when a
+# Baseline-bias probes (UNI (Choi et al., 2024) Sec. 3.2): clean against corrupted scores. Requested by `all` only when a
 # selected `corrupted` dataset has its clean base selected too (PLAN.corrupted_datasets()).
 
 

@@ -6,7 +6,12 @@ Checks, in order, each failing with a `ConfigError` that names the key path:
 2. the selection (`run:`) names entries that exist, and models name datasets that exist;
 3. each method/metric entry's `fn` is registered, and its other keys are that function's
    parameters with valid values (the schema each function registers, read by `attrflow.catalog`);
-4. files the selected entries point to exist.
+4. files the selected entries point to exist;
+5. image folders: their classes resolve (``classes: imagenet`` needs WordNet-id names), ``n``
+   does not exceed the images there, no file looks like a mistyped image (other files are
+   listed in a warning), every evaluated image has its mask or box annotation;
+6. every selected model's class count fits the label space of every dataset it runs on
+   (`model_class_count` says where a model's count comes from).
 
 Defaults are filled in, so what reaches a job (and its provenance) is the complete setting.
 Only stdlib, yaml and jsonschema are imported: the Snakefile calls this on every invocation.
@@ -45,7 +50,10 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         return {"masks", "train_split"}
     if kind == "cifar":
         return {"train_split"}
-    return {"train_split"} if spec.get("train_root") else set()
+    provided = {"train_split"} if spec.get("train_root") else set()
+    if spec.get("masks_root") is not None or spec.get("boxes") is not None:
+        provided.add("masks")
+    return provided
 
 
 class ConfigError(ValueError):
@@ -254,6 +262,211 @@ def _check_paths(config: dict, workdir: Path) -> None:
                 _must_exist(workdir, spec[key], f"datasets.{name}.{key}", file=False)
         if "labels_file" in spec:
             _must_exist(workdir, spec["labels_file"], f"datasets.{name}.labels_file", file=True)
+        if "masks_root" in spec:
+            _must_exist(workdir, spec["masks_root"], f"datasets.{name}.masks_root", file=False)
+        boxes = spec.get("boxes") or {}
+        if "root" in boxes:
+            _must_exist(workdir, boxes["root"], f"datasets.{name}.boxes.root", file=False)
+        if "file" in boxes:
+            _must_exist(workdir, boxes["file"], f"datasets.{name}.boxes.file", file=True)
+
+
+def _used_datasets(config: dict) -> list[str]:
+    """Selected datasets, the datasets of selected models, and the bases of corrupted ones."""
+    used = set(config["run"]["datasets"])
+    used.update(config["models"][m]["dataset"] for m in config["run"]["models"] if config["models"][m].get("dataset"))
+    used.update(config["datasets"][d]["of"] for d in list(used) if config["datasets"][d]["kind"] == "corrupted")
+    return sorted(used)
+
+
+def _resolved(workdir: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else workdir / path
+
+
+def _check_image_folders(config: dict, workdir: Path) -> None:
+    """Classes, sample count, stray files and annotations of every image folder a run reads."""
+    import sys
+
+    from attrflow.data.annotations import AnnotationError, Annotations
+    from attrflow.data.image_folder import (
+        ImageFolderError,
+        list_images,
+        looks_like_image,
+        non_image_files,
+        resolve_classes,
+    )
+
+    for name in _used_datasets(config):
+        spec = config["datasets"][name]
+        if spec["kind"] != "image_folder":
+            continue
+        key = f"datasets.{name}"
+        flat = spec.get("labels_file") is not None
+        root = _resolved(workdir, spec["root"])
+        try:
+            resolve_classes(root, _resolved(workdir, spec.get("labels_file")), spec.get("classes"))
+        except ImageFolderError as err:
+            where = "classes" if spec.get("classes") is not None else ("labels_file" if flat else "root")
+            raise ConfigError(f"{key}.{where}", str(err)) from None
+        for folder_key in ("root", "train_root"):
+            folder = _resolved(workdir, spec.get(folder_key))
+            if folder is None:
+                continue
+            others = non_image_files(folder, flat)
+            suspicious = [f for f in others if looks_like_image(f.rsplit("/", 1)[-1])]
+            if suspicious:
+                raise ConfigError(
+                    f"{key}.{folder_key}",
+                    f"{len(suspicious)} file(s) in {folder} look like images but do not end in .jpg, .jpeg "
+                    f"or .png, so they would be left out: {_first(suspicious)}; rename or convert them, or "
+                    "move them out of the folder",
+                )
+            if others:
+                print(
+                    f"attrflow: warning: {key}.{folder_key}: {len(others)} file(s) in {folder} are not images "
+                    f"and are not samples: {_first(others)}",
+                    file=sys.stderr,
+                )
+        try:
+            files = list_images(root, flat)
+        except ImageFolderError as err:
+            raise ConfigError(f"{key}.root", str(err)) from None
+        if spec.get("n") is not None and spec["n"] > len(files):
+            raise ConfigError(
+                f"{key}.n",
+                f"n is {spec['n']} but {root} holds {len(files)} images; lower n or leave it out (all images)",
+            )
+        evaluated = files[: spec.get("n")]
+        boxes = spec.get("boxes")
+        if boxes is not None:
+            boxes = {k: (str(_resolved(workdir, v)) if k in ("root", "file") else v) for k, v in boxes.items()}
+        masks_root = _resolved(workdir, spec.get("masks_root"))
+        where = f"{key}.masks_root" if masks_root is not None else f"{key}.boxes"
+        try:
+            annotations = Annotations(None if masks_root is None else str(masks_root), boxes)
+        except AnnotationError as err:
+            raise ConfigError(where, str(err)) from None
+        if not annotations.provides_masks:
+            continue
+        missing = []
+        for f in evaluated:
+            try:
+                annotations.files_for(f)
+                if annotations.boxes is not None and annotations.boxes["format"] == "coco":
+                    annotations._coco.boxes_of(f)
+            except AnnotationError:
+                missing.append(f)
+        if missing:
+            raise ConfigError(
+                where,
+                f"{len(missing)} of the {len(evaluated)} evaluated images have no annotation there: {_first(missing)}",
+            )
+
+
+def _first(items: list[str], limit: int = 5) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" … and {len(items) - limit} more" if len(items) > limit else "")
+
+
+# timm tags whose classifier is an ImageNet-1k head end in "in1k" (resnet50.a1_in1k,
+# vit_base_patch16_224.augreg2_in21k_ft_in1k); an untagged name loads timm's default tag, which
+# for an ImageNet classifier is an in1k one.
+IMAGENET_CLASSES = 1000
+
+
+def model_class_count(spec: dict, config: dict) -> tuple[int | None, str]:
+    """How many classes a model entry outputs, as far as the config tells, and why.
+
+    The rule: the entry's ``num_classes`` when given; a ``trained`` model has its dataset's
+    classes; a timm model loading pretrained weights (no checkpoint) whose name has no tag or a
+    tag ending in ``in1k``, and a torchvision model with ``IMAGENET1K_*`` or ``DEFAULT`` weights,
+    have ImageNet's 1000. Otherwise (a checkpoint, another pretraining set, random
+    initialisation) the count is unknown here and checked when the model is loaded.
+    """
+    if spec.get("num_classes") is not None:
+        return int(spec["num_classes"]), "its num_classes"
+    kind = spec["kind"]
+    if kind == "trained":
+        count, _, rule = dataset_label_space(config["datasets"][spec["dataset"]], config["datasets"])
+        return count, f"trained on dataset {spec['dataset']!r} ({rule})"
+    if kind == "timm" and not spec.get("checkpoint") and spec.get("pretrained", True):
+        tag = spec["name"].split(".", 1)[1] if "." in spec["name"] else ""
+        if not tag or tag.endswith("in1k"):
+            return IMAGENET_CLASSES, f"timm {spec['name']!r} pretrained on ImageNet-1k"
+    if kind == "torchvision" and not spec.get("checkpoint"):
+        weights = str(spec.get("weights") or "")
+        if weights == "DEFAULT" or weights.upper().startswith("IMAGENET1K"):
+            return IMAGENET_CLASSES, f"torchvision weights {weights} (ImageNet-1k)"
+    return None, "unknown before loading"
+
+
+def dataset_label_space(spec: dict, datasets: dict) -> tuple[int | None, bool, str]:
+    """(class count, exact, rule) of a dataset entry: `exact` means a model must have exactly
+    that many classes; otherwise the labels are indices and a model needs more than the largest."""
+    kind = spec["kind"]
+    if kind == "corrupted":
+        base = spec["of"] if isinstance(spec["of"], dict) else datasets[spec["of"]]
+        return dataset_label_space(base, datasets)
+    if kind == "synthetic_shapes":
+        return int(spec.get("classes", 8)), True, "synthetic shape classes"
+    if kind == "cifar":
+        return (100 if spec.get("variant") == "cifar100" else 10), True, f"{spec.get('variant', 'cifar10')} classes"
+    from attrflow.data.image_folder import ImageFolderError, resolve_classes
+
+    try:
+        index = resolve_classes(spec["root"], spec.get("labels_file"), spec.get("classes"))
+    except ImageFolderError:
+        return None, True, "unresolved"
+    return len(index.names), index.exact, index.rule
+
+
+def _check_label_spaces(config: dict, workdir: Path) -> None:
+    """Every selected model must be able to output every label of every dataset it runs on."""
+    from attrflow.data.image_folder import WNID, class_folders
+
+    run = config["run"]
+    datasets = {
+        name: {**spec, **{k: str(_resolved(workdir, spec[k])) for k in ("root", "labels_file") if spec.get(k)}}
+        for name, spec in config["datasets"].items()
+    }
+    resolved = {**config, "datasets": datasets}
+    for model in run["models"]:
+        spec = config["models"][model]
+        count, why = model_class_count(spec, resolved)
+        if count is None:
+            continue
+        on = [
+            d for d in run["datasets"]
+            if any(
+                model in config["methods"][m].get("models", [model]) and d in config["methods"][m].get("datasets", [d])
+                for m in run["methods"]
+            )
+        ]
+        if spec.get("dataset") and spec["kind"] != "trained":
+            on.append(spec["dataset"])
+        for dataset in dict.fromkeys(on):
+            labels, exact, rule = dataset_label_space(datasets[dataset], datasets)
+            if labels is None or (labels == count if exact else labels <= count):
+                continue
+            need = f"exactly {labels}" if exact else f"more than {labels - 1}"
+            message = (
+                f"model {model!r} has {count} classes ({why}) but dataset {dataset!r} needs {need} "
+                f"({labels} classes: {rule})"
+            )
+            base = datasets[dataset]
+            base = base if base["kind"] != "corrupted" else datasets[base["of"]]
+            key = f"models.{model}.num_classes" if spec.get("num_classes") is not None else f"models.{model}"
+            if (
+                count == IMAGENET_CLASSES and base["kind"] == "image_folder" and base.get("classes") is None
+                and not base.get("labels_file") and all(WNID.match(c) for c in class_folders(base["root"]))
+            ):
+                folder = dataset if datasets[dataset]["kind"] != "corrupted" else datasets[dataset]["of"]
+                key = f"datasets.{folder}.classes"
+                message += "; its sub-folders are WordNet ids: set classes: imagenet to use ImageNet's class index"
+            raise ConfigError(key, message)
 
 
 def _must_exist(workdir: Path, value: str, key: str, file: bool) -> None:
@@ -280,6 +493,8 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check_axioms(checked)
     _check_roar(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
+    _check_image_folders(checked, Path(workdir) if workdir else Path.cwd())
+    _check_label_spaces(checked, Path(workdir) if workdir else Path.cwd())
     return checked
 
 

@@ -103,8 +103,12 @@ def test_metric_needing_masks_is_refused_on_a_dataset_without_them(config, tmp_p
 
 def test_imagenet_config_is_valid_once_its_folders_exist(tmp_path):
     config = yaml.safe_load((REPO / "config" / "imagenet.yaml").read_text())
+    from PIL import Image
+
     for key in ("root", "train_root"):
-        (tmp_path / key).mkdir()
+        (tmp_path / key / "n01440764").mkdir(parents=True)  # ImageNet's class 0, a WordNet-id folder
+        Image.new("RGB", (8, 8)).save(tmp_path / key / "n01440764" / "a.JPEG")
         config["datasets"]["imagenet_val"][key] = str(tmp_path / key)
+    config["datasets"]["imagenet_val"]["n"] = 1  # n may not exceed the folder's images
     checked = validate_config(config, workdir=tmp_path)
     assert checked["methods"]["ig_black"]["steps"] == 128

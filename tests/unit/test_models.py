@@ -455,8 +455,12 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_executed(tmp_path):
     sentinel = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     torch.save({"fc.weight": torch.zeros(2, 2), "trap": _Payload(sentinel)}, path)
-    with pytest.raises(ModelLoadError, match=r"refusing checkpoint .*evil\.pt"):
+    with pytest.raises(ModelLoadError, match=r"refusing checkpoint .*evil\.pt") as refused:
         read_state_dict(path)
+    # the culprit is named in plain text: no terminal colour codes, no cut-off library sentence
+    message = str(refused.value)
+    assert "\x1b" not in message and "GLOBAL posix.system" in message.replace("GLOBAL nt.", "GLOBAL posix.")
+    assert "weights_only` set to `False`" not in message
     spec = {"kind": "timm", "name": "resnet10t", "checkpoint": str(path)}
     with pytest.raises(ModelLoadError, match="refusing checkpoint"):
         prepare_model("evil", spec, dataset_store=None, seed=0, threads=1, log=io.StringIO())

@@ -40,6 +40,7 @@ class Workflow:
             "-s", str(self.root / "Snakefile"),
             "-d", str(self.workdir),
             "--configfile", str(config or self.workdir / "config.yaml"),
+            "--profile", str(self.root / "profiles" / "workstation"),  # as `make run`
             "--cores", "2",
             "--rerun-incomplete",
             *args,

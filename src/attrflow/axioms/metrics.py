@@ -1,4 +1,4 @@
-"""The four axiom scores (Khakzar et al., CVPR 2022, §3.4, Eq. 8–11), as intended where the print
+"""The four axiom scores (Khakzar et al., CVPR 2022, Sec. 3.4, Eq. 8–11), as intended where the print
 or the code errs.
 
 ``maps_a`` / ``maps_b`` are (n, H, W) maps explaining class a / class b of each accepted sample

@@ -1,9 +1,9 @@
 """Where patches go, and the images of every coalition of patches.
 
 "Adding" a feature overwrites its box on the reference background; "removing" it restores the
-background there (seed digest §C.2). Placements are random and redrawn every iteration so that
-the features do not depend on where they are (S4-DoEE §3.5). Two patches never overlap: as in
-the authors' code (reference-implementations §1.1), a separation line ``sep`` is drawn along one
+background there. Placements are random and redrawn every iteration so that
+the features do not depend on where they are (Khakzar et al., 2022 Sec. 3.5). Two patches never overlap: as in
+the authors' code, a separation line ``sep`` is drawn along one
 axis, the first patch lies before it and the second after it, the other coordinate is free, and
 the axis and the order are swapped with probability ½ each.
 
@@ -50,7 +50,7 @@ def random_boxes(n: int, patches: int, size: int, patch: int, generator: torch.G
 
 
 def random_background(n: int, channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """The reference: clamp(N(0.5, 0.1²), 0, 1) per pixel (reference-implementations §1.1)."""
+    """The reference: clamp(N(0.5, 0.1²), 0, 1) per pixel."""
     noise = torch.randn((n, channels, size, size), generator=generator, device=generator.device)
     return (BACKGROUND_MEAN + BACKGROUND_STD * noise).clamp(0.0, 1.0)
 

@@ -1,7 +1,7 @@
 """Deep-image-prior patch decoders: one small random decoder per patch, all run as one network.
 
 The seed parameterises every patch by its own decoder with random weights and a fixed random
-code, and optimises the decoder's weights rather than the pixels (S4-DoEE §3.5): unregularised
+code, and optimises the decoder's weights rather than the pixels (Khakzar et al., 2022 Sec. 3.5): unregularised
 pixel optimisation gets stuck in adversarial local solutions. The authors' decoder is the
 6-scale DIP encoder–decoder producing 86×86 patches for 224×224 inputs. Here it is a smaller
 convolutional decoder (three 3×3 convolutions with two bilinear ×2 upsamplings, LeakyReLU, a
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CODE_CHANNELS = 16
-CODE_SCALE = 0.1  # the seed's code: U[0, 1) noise × 0.1, drawn once, never redrawn
+CODE_SCALE = 0.1  # the paper's code: U[0, 1) noise × 0.1, drawn once, never redrawn
 UPSAMPLINGS = 2
 
 

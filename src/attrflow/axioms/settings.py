@@ -7,8 +7,8 @@ definition. Patch ``i`` is generated for class ``targets[patch_class[i]]`` (0 = 
 b). Each *independence* constraint ``(cls, with, without)`` says that removing the patches in
 ``with − without`` must leave the logit of ``targets[cls]`` unchanged; exactly one patch is in
 ``with − without``, and it is that patch's loss which carries the constraint (Eq. 2–7, where
-each minimisation runs over one patch only). These are every coalition the seed's definitions
-quantify over (S4-DoEE §3.1–3.3, seed digest §C.3):
+each minimisation runs over one patch only). These are every coalition the paper's definitions
+quantify over (Khakzar et al., 2022 Sec. 3.1–3.3):
 
 * ``null_feature`` (Eq. 1–2): f_a drives a; f_null drives b and is null for a, for both
   coalitions {f_a} and {} of the other feature;
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-# The authors' patch is 86 px on a 224 px input (reference-implementations §1.1); the patch is
+# The authors' patch is 86 px on a 224 px input; the patch is
 # scaled with the input so a 64 px input gets a 25 px patch.
 SEED_PATCH_FRACTION = 86 / 224
 DEFAULTS = {

@@ -4,7 +4,7 @@ One *candidate* is one attempt at a sample: its own decoders (one per patch), it
 b. Candidates are optimised in batches (grouped decoders, one model call per iteration for all
 of them); each iteration draws a fresh background and fresh placements for every candidate.
 
-Losses (S4-DoEE Eq. 1–7 with the authors' weighting, reference-implementations §1.2):
+Losses (Khakzar et al., 2022 Eq. 1–7 with the authors' weighting):
 
 * warm-up (``warmup`` iterations): each patch maximises its class's logit on the background
   with only that patch, ``−5·Φ_t(X_{f})``;
@@ -15,7 +15,7 @@ Losses (S4-DoEE Eq. 1–7 with the authors' weighting, reference-implementations
 * the weights are focal terms (Guo et al., DTP) of running averages ("keys") of progress:
   ``w_gen = −(1−k)^γ log k`` with k the EMA of the patch's own-class softmax probability, and
   ``w_ind = −k^γ log(1−k)`` with k the EMA of the constraint's relative logit change; EMA
-  factor α = 0.1 from 0.5 (Eq. 13, App. §6.3), γ = 0.8, updated after the warm-up.
+  factor α = 0.1 from 0.5 (Eq. 13, App. Sec. 6.3), γ = 0.8, updated after the warm-up.
 
 Acceptance, checked every iteration after ``check_after`` on the values that iteration computed:
 every patch's own-class probability on its single-patch image exceeds ``accuracy_threshold``
@@ -430,7 +430,7 @@ def _result(scenario: Scenario, rows: list[dict], setting: dict, stats: dict) ->
         "iterations_per_accepted": stats["candidate_iterations"] / counts["accepted"] if counts["accepted"] else float("nan"),
         "seconds_per_accepted": seconds / counts["accepted"] if counts["accepted"] else float("nan"),
         # The authors' "feasibility ratio": output change / output over the accepted samples
-        # (Khakzar et al. §4.4 report 0.0712 and 0.0649), averaged over each sample's constraints.
+        # (Khakzar et al., 2022, Sec. 4.4, report 0.0712 and 0.0649), averaged over each sample's constraints.
         "feasibility_ratio": float(change[accepted].mean()) if accepted.any() and change.shape[1] else float("nan"),
         "effect_ratio": float(effect[accepted].mean()) if accepted.any() and effect.shape[1] else float("nan"),
         "robust_pass_fraction": float(np.mean([r["robust_pass_fraction"] for r in rows if r["outcome"] == "accepted"]))

@@ -6,8 +6,10 @@ A config entry names its `kind` and that kind's options:
   (default 4000; 0 for no train split), ``n_test`` (default 256), ``size`` (default 64),
   ``classes`` (default 8, at most 10), ``seed`` (overrides the run's seed).
 * ``image_folder`` — images on disk (`attrflow.data.image_folder`): ``root`` (required),
-  ``labels_file``, ``resize`` (256), ``crop`` (224), ``n`` (first n images; all by default),
-  ``train_root`` (same layout; no train split without it), ``n_train``.
+  ``labels_file``, ``classes`` (``imagenet`` or a mapping name → index; sorted names by default),
+  ``resize`` (256), ``crop`` (224), ``n`` (first n images; all by default), ``train_root`` (same
+  layout; no train split without it), ``n_train``, and object masks for the evaluation split
+  from ``masks_root`` or ``boxes`` (`attrflow.data.annotations`).
 * ``cifar`` — local CIFAR python batches (`attrflow.data.cifar`): ``root`` (required),
   ``variant`` (cifar10 | cifar100), ``n`` (first n test images; all 10 000 by default),
   ``n_train`` (first n train images; all by default; 0 for no train split).
@@ -45,6 +47,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "image_folder": {
         "root": REQUIRED,
         "labels_file": None,
+        "classes": None,
+        "masks_root": None,
+        "boxes": None,
         "resize": 256,
         "crop": 224,
         "n": None,
@@ -66,7 +71,7 @@ INTEGER_OPTIONS = {
     "n": 1,
     "severity": 1,
 }
-PATH_OPTIONS = {"root", "labels_file", "train_root"}
+PATH_OPTIONS = {"root", "labels_file", "train_root", "masks_root"}
 CHOICES = {"variant": ("cifar10", "cifar100"), "train": ("clean", "corrupted", "none")}
 
 
@@ -92,7 +97,7 @@ def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         value = spec.get(key, default)
         if value is REQUIRED:
             raise DatasetSpecError(f"dataset kind {kind!r} needs the option {key!r}")
-        if value is not None and key in INTEGER_OPTIONS:
+        if value is not None and key in INTEGER_OPTIONS and not (kind == "image_folder" and key == "classes"):
             if not isinstance(value, int) or isinstance(value, bool) or value < INTEGER_OPTIONS[key]:
                 raise DatasetSpecError(
                     f"option {key!r} must be an integer >= {INTEGER_OPTIONS[key]}, got {value!r}"
@@ -104,7 +109,24 @@ def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         options[key] = value
     if kind == "corrupted":
         _check_corruption(options)
+    if kind == "image_folder":
+        _check_image_folder(options)
     return kind, options
+
+
+def _check_image_folder(options: dict[str, Any]) -> None:
+    from attrflow.data.annotations import AnnotationError, check_boxes_spec
+
+    classes = options["classes"]
+    if classes is not None and classes != "imagenet" and not isinstance(classes, dict):
+        raise DatasetSpecError(f"option 'classes' must be 'imagenet' or a mapping name -> index, got {classes!r}")
+    if options["boxes"] is not None:
+        if options["masks_root"] is not None:
+            raise DatasetSpecError("give either masks_root or boxes, not both")
+        try:
+            check_boxes_spec(options["boxes"])
+        except AnnotationError as err:
+            raise DatasetSpecError(f"option {err}") from None
 
 
 def _check_corruption(options: dict[str, Any]) -> None:
@@ -190,7 +212,7 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         corrupt_seed = opt["seed"] if opt["seed"] is not None else seed
         corruption = canonical_corruption(opt["corruption"])
         images = corrupt(base.images, corruption, opt["severity"], ids=base.ids, seed=corrupt_seed, stream="eval")
-        return SampleSet(images, base.labels, base.ids, base.masks)
+        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes)
     if kind == "synthetic_shapes":
         from attrflow.data.synthetic_shapes import generate_shapes
 
@@ -199,9 +221,7 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
     if kind == "image_folder":
         from attrflow.data.image_folder import load_image_folder
 
-        samples, _ = load_image_folder(
-            opt["root"], labels_file=opt["labels_file"], resize=opt["resize"], crop=opt["crop"], n=stop, start=start
-        )
+        samples, _ = load_image_folder(opt["root"], n=stop, start=start, **_image_folder_options(opt))
         return samples
     from attrflow.data.cifar import load_cifar
     from attrflow.data.sample_store import SampleSet
@@ -229,7 +249,7 @@ def _corrupted(
 
     def corrupted(samples: SampleSet, stream: str) -> SampleSet:
         images = corrupt(samples.images, corruption, opt["severity"], ids=samples.ids, seed=seed, stream=stream)
-        return SampleSet(images, samples.labels, samples.ids, samples.masks)
+        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes)
 
     height, width = evaluation.images.shape[2:]
     preprocessing = {
@@ -266,21 +286,62 @@ def _synthetic(opt: dict[str, Any], seed: int) -> tuple:
     return evaluation, train, "embedded", preprocessing, class_names(opt["classes"])
 
 
-def _image_folder(opt: dict[str, Any]) -> tuple:
-    from attrflow.data.image_folder import load_image_folder
+def _image_folder_options(opt: dict[str, Any]) -> dict[str, Any]:
+    keys = ("labels_file", "resize", "crop", "classes", "masks_root", "boxes")
+    return {key: opt[key] for key in keys}
 
-    common = {"labels_file": opt["labels_file"], "resize": opt["resize"], "crop": opt["crop"]}
-    evaluation, class_names = load_image_folder(opt["root"], n=opt["n"], **common)
+
+def _image_folder(opt: dict[str, Any]) -> tuple:
+    import logging
+
+    from attrflow.data.image_folder import load_image_folder, non_image_files, resolve_classes
+
+    log = logging.getLogger("attrflow")
+    for key in ("root", "train_root"):
+        if opt[key] is None:
+            continue
+        others = non_image_files(opt[key], flat=opt["labels_file"] is not None)
+        if others:
+            log.warning("%s: %d file(s) that are not images (.jpg, .jpeg, .png) are not samples: %s",
+                        opt[key], len(others), ", ".join(others))
+    evaluation, class_names = load_image_folder(opt["root"], n=opt["n"], **_image_folder_options(opt))
     train = None
     if opt["train_root"] is not None and opt["n_train"] != 0:
-        train, _ = load_image_folder(opt["train_root"], n=opt["n_train"], class_names=class_names, **common)
+        train_options = {**_image_folder_options(opt), "masks_root": None, "boxes": None}
+        train, _ = load_image_folder(opt["train_root"], n=opt["n_train"], class_names=class_names, **train_options)
     preprocessing = {
         "resize_shorter_side": opt["resize"],
         "center_crop": opt["crop"],
         "interpolation": "bilinear (PIL, antialiased)",
         "pixel_range": [0.0, 1.0],
+        "label_order": resolve_classes(opt["root"], opt["labels_file"], opt["classes"]).rule,
+        "masks": _annotations(opt).describe(),
     }
     return evaluation, train, str(Path(opt["root"])), preprocessing, class_names
+
+
+def _annotations(opt: dict[str, Any]):
+    from attrflow.data.annotations import Annotations
+
+    return Annotations(opt["masks_root"], opt["boxes"])
+
+
+def class_names_of(spec: dict[str, Any]) -> list[str]:
+    """The name of every label index of a dataset entry (its label order), without its pixels."""
+    kind, opt = _options(spec)
+    if kind == "corrupted":
+        return class_names_of(opt["of"])
+    if kind == "synthetic_shapes":
+        from attrflow.data.synthetic_shapes import class_names
+
+        return class_names(opt["classes"])
+    if kind == "image_folder":
+        from attrflow.data.image_folder import resolve_classes
+
+        return resolve_classes(opt["root"], opt["labels_file"], opt["classes"]).names
+    from attrflow.data.cifar import cifar_class_names
+
+    return cifar_class_names(opt["root"], opt["variant"])
 
 
 def _cifar(opt: dict[str, Any]) -> tuple:

@@ -180,6 +180,13 @@ def _sample_set(
     return SampleSet(images.astype(np.float32) / 255.0, labels, ids)
 
 
+def cifar_class_names(root: str | os.PathLike, variant: str = "cifar10") -> list[str]:
+    """The class names in label order, from the batches' meta file."""
+    layout = _layout(variant)
+    meta_path = batches_folder(root, variant) / layout.meta_file
+    return [_text(c) for c in _field(safe_unpickle(meta_path), layout.names_key, meta_path)]
+
+
 def load_cifar(
     root: str | os.PathLike, *, variant: str = "cifar10", n_test: int, n_train: int | None = None
 ) -> tuple[SampleSet, SampleSet | None, list[str], Path]:

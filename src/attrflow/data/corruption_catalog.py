@@ -17,9 +17,9 @@ SEVERITY_TABLES: dict[str, tuple] = {
     "shot_noise": (60.0, 25.0, 12.0, 5.0, 3.0),  # Poisson rate λ
 }
 CORRUPTIONS = tuple(SEVERITY_TABLES)
-ALIASES = {"saturation": "saturate"}  # UNI §3.2 says "saturation"
+ALIASES = {"saturation": "saturate"}  # UNI (Choi et al., 2024) Sec. 3.2 says "saturation"
 SEVERITIES = (1, 2, 3, 4, 5)
-# The UNI §3.2 corruption families; each is what one static IG baseline is biased towards.
+# The UNI (Choi et al., 2024) Sec. 3.2 corruption families; each is what one static IG baseline is biased towards.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "digital": ("brightness", "saturate"),
     "blur": ("gaussian_blur", "defocus_blur"),

@@ -1,6 +1,6 @@
-"""ImageNet-C corruptions for the baseline-bias probes (UNI §3.2): digital, blur and noise families.
+"""ImageNet-C corruptions for the baseline-bias probes (UNI (Choi et al., 2024) Sec. 3.2): digital, blur and noise families.
 
-Each static IG baseline carries a bias (UNI §3.2): a black baseline calls dark pixels unimportant
+Each static IG baseline carries a bias (UNI (Choi et al., 2024) Sec. 3.2): a black baseline calls dark pixels unimportant
 (colour bias), a blurred one ignores what blur removes (texture), a noised one what noise hides
 (frequency). UNI probes these with ImageNet-C's "digital" (brightness, saturate), "blur" (Gaussian,
 defocus) and "noise" (Gaussian, shot) corruptions. They are written here from the definitions of

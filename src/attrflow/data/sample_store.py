@@ -1,7 +1,9 @@
 """The sample store (`samples.zarr`): the images a run explains, plus an optional train split.
 
-Root arrays are the evaluation split, as DESIGN.md fixes them: ``images`` (N, C, H, W) float32
-in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W) bool. A
+Root arrays are the evaluation split: ``images`` (N, C, H, W) float32
+in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W) bool, and, where the masks
+were made from bounding boxes, ``boxes`` (M, 5) float64: rows ``[sample, x0, y0, x1, y1]``, the
+sample's row in this store and the box in input pixel coordinates. A
 ``train`` sub-group holds the same arrays for the split that trained models learn from.
 """
 
@@ -23,6 +25,7 @@ class SampleSet:
     labels: np.ndarray  # (N,) int64
     ids: list[str]
     masks: np.ndarray | None = None  # (N, H, W) bool
+    boxes: np.ndarray | None = None  # (M, 5) float64: [row, x0, y0, x1, y1] in input pixels
 
     def __post_init__(self) -> None:
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)
@@ -42,6 +45,11 @@ class SampleSet:
             self.masks = np.asarray(self.masks, dtype=bool)
             if self.masks.shape != (n, *self.images.shape[2:]):
                 raise ValueError(f"masks must be (N, H, W), got {self.masks.shape}")
+        if self.boxes is not None:
+            self.boxes = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 5)
+            rows = self.boxes[:, 0]
+            if len(rows) and (rows.min() < 0 or rows.max() >= n or not np.array_equal(rows, np.round(rows))):
+                raise ValueError(f"box rows must name samples 0..{n - 1}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -54,6 +62,8 @@ class SampleSet:
         }
         if self.masks is not None:
             out["masks"] = self.masks
+        if self.boxes is not None:
+            out["boxes"] = self.boxes
         return out
 
 
@@ -102,4 +112,10 @@ def read_samples(
         raise ValueError(f"unknown split {split!r}; use eval or train")
     sl = slice(start, stop)
     masks = group["masks"][sl] if "masks" in group else None
-    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks)
+    boxes = None
+    if "boxes" in group:
+        boxes = group["boxes"][:]
+        first_row, last_row = sl.indices(int(group["labels"].shape[0]))[:2]
+        boxes = boxes[(boxes[:, 0] >= first_row) & (boxes[:, 0] < last_row)]
+        boxes[:, 0] -= first_row
+    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes)

@@ -20,6 +20,7 @@ GENERATED = "generated"  # a dataset computed from its spec alone (the spec is i
 
 
 def _image_folder_parts(spec: dict[str, Any], start: int | None, stop: int | None) -> tuple[list, list[Path]]:
+    from attrflow.data.annotations import Annotations
     from attrflow.data.image_folder import class_folders, list_images
 
     flat = spec.get("labels_file") is not None
@@ -28,8 +29,11 @@ def _image_folder_parts(spec: dict[str, Any], start: int | None, stop: int | Non
     n = spec.get("n")
     evaluation = files[:n] if n is not None else files
     meta: list = []
-    # Labels depend on the class list (sorted sub-folders) or on the labels file.
+    # Labels depend on the class list (sorted sub-folders) or on the labels file, and on the
+    # `classes` setting (ImageNet's index: the list timm ships is part of the code's libraries).
     meta.append(["classes", class_folders(root) if not flat else []])
+    if spec.get("classes") is not None:
+        meta.append(["class_index", spec["classes"]])
     paths: list[Path] = []
     if spec.get("labels_file") is not None:
         paths.append(Path(spec["labels_file"]))
@@ -37,6 +41,15 @@ def _image_folder_parts(spec: dict[str, Any], start: int | None, stop: int | Non
     chosen = evaluation[start:stop] if start is not None else evaluation
     meta.append(["eval", chosen])
     paths.extend(root / f for f in chosen)
+    # Object masks: the mask file or box annotation of every chosen image (a COCO file is shared).
+    annotations = Annotations(spec.get("masks_root"), spec.get("boxes"))
+    if annotations.provides_masks:
+        meta.append(["masks", spec.get("masks_root"), spec.get("boxes")])
+        shared = annotations.shared_files()
+        per_image = [p for f in chosen for p in annotations.files_for(f)]
+        meta.append(["mask_files", [os.fspath(p) for p in per_image]])
+        paths.extend(shared)
+        paths.extend(per_image)
     train_root = spec.get("train_root")
     if start is None and train_root is not None and spec.get("n_train") != 0:
         train = list_images(Path(train_root), flat=flat)

@@ -1,7 +1,7 @@
 """The axiom jobs: `synthesize_axioms` per (model, entry), `attribute_axioms` per (model, method),
 `score_axioms` per model.
 
-Stores (DESIGN.md → The DAG):
+Stores:
 
 * ``axioms/{model}/{entry}/inputs.zarr`` — every started candidate: ``inputs`` (the images to
   explain, all patches pasted), ``backgrounds``, ``patches``, ``boxes`` ((top, left) per patch),

@@ -21,6 +21,9 @@ def prepare_dataset_store(*, name: str, spec: dict[str, Any], out_path: str | Pa
         if part is not None:
             h.update(part.images.tobytes())
             h.update(part.labels.tobytes())
+            for extra in (part.masks, part.boxes):
+                if extra is not None:
+                    h.update(extra.tobytes())
     attrs = {**attrs, "fingerprint": h.hexdigest()[:16]}
     LOG.info(
         "%s: %d evaluation and %d training samples, fingerprint %s",
@@ -34,7 +37,7 @@ def prepare_eval_shard(
 ) -> Path:
     """Evaluation samples [start, stop) of a dataset, for the attribution and score jobs of
     shard ``shard``; the fingerprint is that of the pixels, labels and ids stored."""
-    from attrflow.data.adapters import prepare_eval_range
+    from attrflow.data.adapters import class_names_of, prepare_eval_range
     from attrflow.data.sample_store import write_eval_shard
 
     start, stop = (int(v) for v in sample_range)
@@ -48,7 +51,19 @@ def prepare_eval_shard(
     h.update(samples.images.tobytes())
     h.update(samples.labels.tobytes())
     h.update("\0".join(samples.ids).encode())
-    attrs = {"dataset": name, "shard": int(shard), "spec": dict(spec), "fingerprint": h.hexdigest()[:16]}
+    if samples.boxes is not None:
+        h.update(samples.boxes.tobytes())
+    if samples.masks is not None:
+        h.update(samples.masks.tobytes())
+    class_names = class_names_of(spec)  # the label order: which class each label index means
+    attrs = {
+        "dataset": name,
+        "shard": int(shard),
+        "spec": dict(spec),
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "fingerprint": h.hexdigest()[:16],
+    }
     LOG.info("%s shard %d: samples [%d, %d), fingerprint %s", name, shard, start, stop, attrs["fingerprint"])
     return write_eval_shard(out_path, samples, [start, stop], attrs)
 

@@ -4,9 +4,9 @@ Baselines (n, C, H, W) in pixel space [0, 1], one per sample:
 
 * ``black`` 0 and ``white`` 1;
 * ``uniform``: i.i.d. U[0, 1) per element, independent of x — Sturmfels et al. (Distill 2020),
-  cited by S0 for its "uniformly noised" baseline, draw uniformly over the valid pixel range;
+  cited by UNI (Choi et al., 2024) for its "uniformly noised" baseline, draw uniformly over the valid pixel range;
 * ``gaussian``: clip(x + N(0, noise_sigma²), 0, 1) per element — the "gaussian noised image" of
-  S0 §3.1 (after Sturmfels et al.: noise centred on the input, clipped to the valid range).
+  UNI (Choi et al., 2024) Sec. 3.1 (after Sturmfels et al.: noise centred on the input, clipped to the valid range).
   Clipping keeps the baseline an image the model was built for; it makes the noise slightly
   non-Gaussian near 0 and 1, which is why ``noise_sigma`` is best kept well below 0.5;
 * ``blur``: x blurred by a Gaussian of ``blur_sigma`` pixels (``reflect`` padding, so a blurred

@@ -1,4 +1,4 @@
-"""The per-sample information bottleneck shared by IBA and InputIBA (seed digest §A.22–A.23).
+"""The per-sample information bottleneck shared by IBA and InputIBA (Zhang et al., 2021).
 
 A bottleneck replaces a tensor R (a layer's feature map, or the input) by
 
@@ -6,7 +6,7 @@ A bottleneck replaces a tensor R (a layer's feature map, or the input) by
 
 and optimises α per image so that the target class survives (cross-entropy) while as little
 information as possible passes: loss = CE + β · mean_elements KL[P(Z|R) ‖ Q(Z)], Q = N(μ, σ²)
-(S4-IIBA Eq. 4 with App. A Eq. 7). `fit_bottleneck` runs that optimisation for a batch of images
+(Zhang et al., 2021 Eq. 4 with App. A Eq. 7). `fit_bottleneck` runs that optimisation for a batch of images
 at once. Adam is elementwise, so optimising every image's α jointly on the sum of their losses is
 exactly optimising each one alone; images are grouped so that a group's copies fill one pass of
 at most ``max_batch`` inputs (a single image's copies are split over several passes when they do
@@ -32,7 +32,7 @@ from torch import nn
 from attrflow.models.layers import prefix_tokens, resolve_layer, tokens_to_grid
 
 # λ is kept below 1: log(1 − λ)² diverges at λ = 1, which float32 sigmoid reaches for α ≳ 17
-# (Adam at lr 1 moves α by up to 1 per step). [INFERENCE, seed digest §A.23]
+# (Adam at lr 1 moves α by up to 1 per step). [an inference: the papers do not say]
 MAX_LAMBDA = 1.0 - 1e-6
 
 
@@ -298,7 +298,7 @@ def information_map(capacity: torch.Tensor, size: tuple[int, int]) -> torch.Tens
     """Σ_channels capacity in bits, scaled by (h·w)/(H·W) and bilinearly resized to (H, W).
 
     The scaling keeps the map in bits per input pixel, so its sum ≈ the layer's total capacity
-    (IBA's saliency map; S4-COVID: "bits/pixel, comparable across inputs").
+    (IBA's saliency map; Khakzar et al., MICCAI 2021: "bits/pixel, comparable across inputs").
     """
     bits = capacity.sum(dim=1, keepdim=True) / math.log(2)
     h, w = bits.shape[-2:]

@@ -1,5 +1,4 @@
-"""Adversarial Gradient Integration (Pan, Li, Zhu, IJCAI 2021; digest §A.6,
-reference-implementations §5).
+"""Adversarial Gradient Integration (Pan, Li, Zhu, IJCAI 2021).
 
 AGI needs no baseline: for each false class j it walks from x along the steepest ascent of f_j
 until the model predicts j (or ``steps`` run out), and integrates the explained class's gradient
@@ -19,7 +18,7 @@ re-implementation); the stored diagnostics use the same output. Pixels are clipp
 
 False classes: ``false_classes`` of them per image, drawn uniformly without replacement from the
 classes other than ``target`` with the runtime generator (the authors' quantitative scripts
-draw 1 or 5 at random; S2 compares with "one targeted adversarial class" and 20 steps, ε = 0.05
+draw 1 or 5 at random; the LPI supplement (Yang et al., 2023) compares with "one targeted adversarial class" and 20 steps, ε = 0.05
 as in the code). Maps are summed over the false classes, as in the paper and code.
 
 Batching: every (image, false class) pair is a walker; walkers are cut into chunks of at most
@@ -76,13 +75,13 @@ def draw_false_classes(
             "type": "integer",
             "minimum": 1,
             "default": 1,
-            "description": "adversarial target classes per image (S2: one); maps sum over them",
+            "description": "adversarial target classes per image (the LPI supplement (Yang et al., 2023): one); maps sum over them",
         },
         "steps": {
             "type": "integer",
             "minimum": 1,
             "default": 20,
-            "description": "maximum adversarial steps per false class (S2: 20)",
+            "description": "maximum adversarial steps per false class (the LPI supplement (Yang et al., 2023): 20)",
         },
         "epsilon": {
             "type": "number",

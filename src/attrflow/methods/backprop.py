@@ -3,8 +3,8 @@
 Every method runs on the `WrappedModel` itself. The wrapper normalises inside its forward, and
 normalisation is affine, so every map here is in PIXEL space and every reference x' is a
 pixel-space image: ``baseline: black`` is the black image, not the normalised zero (the dataset
-mean) that seed 004's notebook mixed up with pixel-space DeepLiftShap baselines
-(reference-implementations §1.4). Each explains the target LOGIT and returns signed (n, C, H, W)
+mean) that the notebook of Khakzar, 2023 mixed up with pixel-space DeepLiftShap baselines.
+Each explains the target LOGIT and returns signed (n, C, H, W)
 maps.
 
 * **Guided Backprop** (Springenberg et al. 2015; Captum's GuidedBackprop): the gradient, with
@@ -584,8 +584,8 @@ def deeplift(
             "type": "integer",
             "minimum": 1,
             "default": 10,
-            "description": "reference images per input drawn from the train pool (seed 004's "
-            "notebook used 10); the whole pool when it holds no more",
+            "description": "reference images per input drawn from the train pool (the notebook of "
+            "Khakzar, 2023 used 10); the whole pool when it holds no more",
         },
     },
 )

@@ -1,4 +1,4 @@
-"""Class activation maps at any layer: GradCAM, GradCAM++ and FullGrad (seed digest A.19–A.21).
+"""Class activation maps at any layer: GradCAM, GradCAM++ and FullGrad.
 
 All three explain the target LOGIT and return channel-free (n, H, W) maps on the model's device,
 upsampled bilinearly (``align_corners=False``, the half-pixel convention of OpenCV's resize that
@@ -7,7 +7,7 @@ backward pass per sample, run in chunks of ``max_batch`` samples.
 
 GradCAM and GradCAM++ read one layer, named by ``layer`` and resolved with
 `attrflow.models.layers.resolve_layer` ("default" = the model's CAM layer, "stage1".."stage4" for
-seed 004's layer study, or a module path). A CNN layer gives (n, K, h, w) activations; a ViT block
+the layer study of Khakzar, 2023, or a module path). A CNN layer gives (n, K, h, w) activations; a ViT block
 gives tokens (n, prefix + h·w, d), whose patch tokens are laid on their grid (class/register
 tokens dropped), so d plays the role of K. The layer's output is detached from the graph below
 it, so the backward pass stops at the layer instead of running down to the pixels — except
@@ -122,7 +122,7 @@ def fullgrad(
     max/avg pooling, eval-mode BatchNorm). Its terms:
 
     * input: z ⊙ ∇_z F on the network's own input z = (x − mean) / std, i.e. (x − mean) ⊙ ∇_x F
-      in pixel units, as the authors (and the seeds, on normalised inputs) compute it;
+      in pixel units, as the authors (and the papers, on normalised inputs) compute it;
     * bias: b ⊙ ∂F/∂(layer output) for every Conv2d and Linear with a bias and every BatchNorm,
       whose effective bias in eval mode is β − μ_running · γ / √(σ²_running + ε). For timm's
       BatchNorm+activation modules the gradient is taken before the activation.

@@ -1,4 +1,4 @@
-"""Expected Gradients (Erion et al. 2021; seed digest §A.7, reference-implementations §9).
+"""Expected Gradients (Erion et al. 2021).
 
 EG(x) = E_{x'~D, α~U(0,1)} [(x − x') ⊙ ∇F(x' + α(x − x'))], F the target LOGIT, estimated with
 ``k`` Monte-Carlo draws per image: each draw picks one reference from the train pool (by its
@@ -11,7 +11,7 @@ replacement (attributionpriors draws a fresh permutation per batch, i.e. without
 within a batch; for k ≪ pool size the two coincide in distribution up to repeats).
 
 Completeness holds only in expectation and against E[F(x')], not F(E[x']): EG registers no
-completeness claim (S3 App. A: EG(1) is not complete). Its diagnostics still show how far the
+completeness claim (Hesse et al., 2021 App. A: EG(1) is not complete). Its diagnostics still show how far the
 estimate is from it: ``output_delta`` = F(x) − mean over draws of F(x'), and
 ``completeness_residual`` = |Σ maps − output_delta|, which shrinks as k grows.
 
@@ -199,7 +199,7 @@ def draw_references(
             "minimum": 1,
             "default": 32,
             "description": "Monte-Carlo draws (reference, α) per image = gradient evaluations; "
-            "S3 uses 1 and 32, S2 20",
+            "Hesse et al., 2021 uses 1 and 32, the LPI supplement (Yang et al., 2023) 20",
         },
         "endpoint_outputs": {
             "type": "boolean",

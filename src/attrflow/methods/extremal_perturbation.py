@@ -59,7 +59,7 @@ DAMPENING = 0.9
             "exclusiveMinimum": 0,
             "exclusiveMaximum": 1,
             "default": 0.1,
-            "description": "target mask area a as a fraction of the image (S4-IIBA: 0.1)",
+            "description": "target mask area a as a fraction of the image (Zhang et al., 2021: 0.1)",
         },
         "iterations": {
             "type": "integer",

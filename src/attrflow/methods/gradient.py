@@ -1,10 +1,10 @@
 """Single-gradient methods: gradient (saliency), Input×Gradient and X-Gradient.
 
-All three explain the target LOGIT (S3), cost one forward and one backward pass per sample, and
+All three explain the target LOGIT (Hesse et al., 2021), cost one forward and one backward pass per sample, and
 return signed (n, C, H, W) maps (the runner reduces channels).
 
 X-Gradient is Input×Gradient taken about the model's homogeneity origin; it equals Integrated
-Gradients from that origin only on an X-DNN (bias-free, nonnegatively homogeneous network, S3
+Gradients from that origin only on an X-DNN (bias-free, nonnegatively homogeneous network, Hesse et al., 2021
 Def. 3.5). On any other network it is refused rather than silently reported: the same numbers
 there are I×G, which carries none of IG's axioms.
 """
@@ -29,7 +29,7 @@ from attrflow.methods.base import (
         "absolute": {
             "type": "boolean",
             "default": False,
-            "description": "return |∇x logit|; S3's 'saliency' is the absolute gradient",
+            "description": "return |∇x logit|; Hesse et al., 2021, 'saliency' is the absolute gradient",
         }
     },
 )
@@ -55,7 +55,7 @@ def input_x_gradient(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
-    """x ⊙ ∇_x logit_target(x) (Shrikumar et al.; S3 §2)."""
+    """x ⊙ ∇_x logit_target(x) (Shrikumar et al.; Hesse et al., 2021 Sec. 2)."""
     x, target = validate_batch(model, x, target)
     grads = input_gradients(model, x, target, max_batch=max_batch).gradient_sums
     return Attribution(maps=x * grads)
@@ -69,7 +69,7 @@ def x_gradient(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
-    """(x − origin) ⊙ ∇F(x) on an X-DNN; equals IG from the origin in one pass (S3 Eq. 4).
+    """(x − origin) ⊙ ∇F(x) on an X-DNN; equals IG from the origin in one pass (Hesse et al., 2021 Eq. 4).
 
     The origin is the pixel-space point where the normalised input is zero (the normalisation
     mean), so F(origin) = 0 and the maps sum to F(x). Diagnostics: ``baselines`` (the origin per

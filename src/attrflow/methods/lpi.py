@@ -1,5 +1,5 @@
-"""Local Path Integration (Yang, Akhtar, Wen, Mian, AAAI 2023; seed S2, digest §A.8,
-reference-implementations §4).
+"""Local Path Integration (Yang, Akhtar, Wen, Mian, AAAI 2023, and the
+supplement's experiments).
 
 LPI integrates gradients along straight paths from references drawn from the input's *local*
 distribution: the train split is clustered in logit space (`attrflow.methods.references`, kind
@@ -9,7 +9,7 @@ representatives are weighted by their density p_r (sub-cluster size over cluster
     LPI(x) = Σ_r p_r (x − x'_r) ⊙ E_{α~U(0,1)} ∇F(x'_r + α(x − x'_r)),
 
 estimated with ``samples_per_reference`` α draws per reference (the authors' k; their
-quantitative runs use k = 1 with R = 20: 20 backward passes per image, S2's budget). F is the
+quantitative runs use k = 1 with R = 20: 20 backward passes per image, the LPI supplement's (Yang et al., 2023) budget). F is the
 target LOGIT (the authors differentiate −NLL of raw outputs).
 
 Where this differs from the authors' code (``saliency_methods/LPI.py``), on purpose:

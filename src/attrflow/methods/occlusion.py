@@ -1,4 +1,4 @@
-"""Occlusion (Zeiler & Fergus 2014; seed digest §A.29), batched over patch positions.
+"""Occlusion (Zeiler & Fergus 2014), batched over patch positions.
 
 A ``patch_size`` × ``patch_size`` window slides over the image with ``stride``; each position is
 replaced by a fill canvas (all channels at once) and the drop of the target LOGIT,
@@ -13,7 +13,7 @@ would carry the same score (Captum with a (C, p, p) window gives exactly that, p
 
 Fill canvases, in pixel space: ``black`` (0), ``mean`` (each image's mean colour), ``blur`` (the
 image blurred with ``blur_sigma`` pixels, reflect padding, as BlurIG's blurred baseline) or
-``value`` (the constant ``fill_value``). The seeds give no patch size, stride or fill.
+``value`` (the constant ``fill_value``). The papers give no patch size, stride or fill.
 
 Cost per image: one forward of x plus one per window position, ⌈(H − p)/s + 1⌉ · ⌈(W − p)/s + 1⌉
 (225 for 64² with p = 8, s = 4), no backward; positions of all samples run in chunks of

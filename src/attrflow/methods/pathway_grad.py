@@ -1,5 +1,4 @@
-"""Pathway Gradient with NeuronMCT / NeuronIntGrad critical pathways (Khakzar et al., CVPR 2021;
-seed 004 ch. 5, digest §A.33).
+"""Pathway Gradient with NeuronMCT / NeuronIntGrad critical pathways (Khakzar et al., CVPR 2021).
 
 1. **Neuron contributions** to the target logit Φ, for every unit (every element, per sample) of
    the chosen layers' outputs:

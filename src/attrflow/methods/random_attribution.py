@@ -1,6 +1,6 @@
-"""Random attribution: the floor every method and metric is compared against (S2, S3 Tab. 3, S4).
+"""Random attribution: the floor every method and metric is compared against (the LPI supplement (Yang et al., 2023), Hesse et al., 2021 Tab. 3, Khakzar, 2023).
 
-The seeds never state the distribution, so it is a parameter. The maps ignore the model and the
+The papers never state the distribution, so it is a parameter. The maps ignore the model and the
 target; they depend only on the injected generator, so one seed always gives the same maps.
 """
 

@@ -24,7 +24,7 @@ Kinds:
   The images are returned cluster-major: cluster c owns rows ``c·R .. c·R + R − 1`` (R =
   ``sub_clusters``). `attrflow.methods.lpi` relies on that layout to find an input's cluster.
   Defaults are those of the authors' quantitative runs (``main.py``: 11 centres, 20 references
-  per centre, k = 1 → 20 backward passes per image, S2's "20 references"); the authors' k-means
+  per centre, k = 1 → 20 backward passes per image, the LPI supplement's (Yang et al., 2023) "20 references"); the authors' k-means
   settings are ``n_init=3, max_iter=600``. A cluster with fewer than R members gets every member
   as its own reference and its remaining rows are filled with copies of its first member at
   weight 0 (recorded in ``attrs["padded_rows"]``), so the layout stays rectangular.

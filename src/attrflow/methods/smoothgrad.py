@@ -1,6 +1,6 @@
 """SmoothGrad, its squared variant and VarGrad, as a wrapper over any registered method.
 
-SmoothGrad (Smilkov et al. 2017; seed digest §A.11) averages a method's maps over noisy copies
+SmoothGrad (Smilkov et al. 2017) averages a method's maps over noisy copies
 of the input: A(x) = 1/N Σ_j M(x + ε_j), ε_j ~ N(0, σ_abs²) per element, with
 σ_abs = ``sigma``·(max(x) − min(x)) per sample (the paper's "noise level" σ/(x_max − x_min),
 PAIR's ``stdev_spread``). ``variant`` picks what is returned over the N draws:

@@ -1,6 +1,6 @@
-"""UNI: unlearning-based baselines for path attribution (Choi et al.; seed 000, Algorithm 1).
+"""UNI: unlearning-based baselines for path attribution (Choi et al., 2024, Algorithm 1).
 
-Three stages per image x with class c (seed digest §A.9):
+Three stages per image x with class c:
 
 1. **Unlearn.** One normalised gradient-ascent step on the sample's cross-entropy in parameter
    space, θ̂ = θ + η ∇_θ L / ‖∇_θ L‖, over every parameter of the model (buffers such as BatchNorm
@@ -8,14 +8,14 @@ Three stages per image x with class c (seed digest §A.9):
 2. **Match.** T steps of ℓ2 PGD on δ, δ ← δ − μ ∇_δ C, then δ is renormalised, with
    C = D_KL(F(x; θ̂) ‖ F(x + δ; θ)) between full softmax vectors; the baseline is x' = x + δ^T.
 3. **Integrate.** A = (x − x')/B · Σ_{k=1..B} ∇_x F_c(x' + (k/B)(x − x'); θ), the right Riemann sum
-   of IG from x' with the ORIGINAL weights, where F_c is the target's softmax PROBABILITY (S0
+   of IG from x' with the ORIGINAL weights, where F_c is the target's softmax PROBABILITY (UNI (Choi et al., 2024)
    explains probabilities; ``output="logit"`` explains the logit instead). Diagnostics hold the
    explained output's completeness residual and output delta.
 
 The paper leaves several choices open; each is a parameter whose default is the reading argued in
 the digest, and the parameters are stored with the maps:
 
-* ``delta_norm``: Alg. 1 divides δ by its norm ("unit", ‖δ‖ = 1), but §4.2 says this normalisation
+* ``delta_norm``: Alg. 1 divides δ by its norm ("unit", ‖δ‖ = 1), but Sec. 4.2 says this normalisation
   "strictly enforces" the budget ε = 0.25, so the default is "sphere" (δ ← ε δ/‖δ‖, the digest's
   [INFERENCE]); "ball" projects onto ‖δ‖ ≤ ε, as textbook ℓ2 PGD does.
 * ``pgd_gradient``: Alg. 1 steps along the raw gradient ("raw", default); "normalized" takes the
@@ -96,38 +96,38 @@ RANDOM_INIT_SCALE = 1e-6
             "type": "number",
             "minimum": 0,
             "default": 1.0,
-            "description": "unlearning step size η in parameter space (S0: 1)",
+            "description": "unlearning step size η in parameter space (UNI (Choi et al., 2024): 1)",
         },
         "pgd_steps": {
             "type": "integer",
             "minimum": 1,
             "default": 10,
-            "description": "PGD steps T matching the baseline to the unlearned output (S0: 10)",
+            "description": "PGD steps T matching the baseline to the unlearned output (UNI (Choi et al., 2024): 10)",
         },
         "epsilon": {
             "type": "number",
             "exclusiveMinimum": 0,
             "default": 0.25,
-            "description": "ℓ2 budget ε of δ = x' − x in pixel space (S0: 0.25); unused by "
+            "description": "ℓ2 budget ε of δ = x' − x in pixel space (UNI (Choi et al., 2024): 0.25); unused by "
             "delta_norm 'unit'",
         },
         "pgd_step_size": {
             "type": "number",
             "exclusiveMinimum": 0,
             "default": 0.1,
-            "description": "PGD step size μ (S0: 0.1)",
+            "description": "PGD step size μ (UNI (Choi et al., 2024): 0.1)",
         },
         "steps": {
             "type": "integer",
             "minimum": 1,
             "default": 15,
-            "description": "Riemann steps B of the right sum k = 1..B (S0: 15)",
+            "description": "Riemann steps B of the right sum k = 1..B (UNI (Choi et al., 2024): 15)",
         },
         "output": {
             "type": "string",
             "enum": ["prob", "logit"],
             "default": "prob",
-            "description": "explained output F_c: softmax probability (S0) or logit",
+            "description": "explained output F_c: softmax probability (UNI (Choi et al., 2024)) or logit",
         },
         "delta_norm": {
             "type": "string",

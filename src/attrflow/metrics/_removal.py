@@ -73,8 +73,8 @@ def fill_image(
     """The canvas that removed pixels are replaced with, same shape as `images`.
 
     * ``black``: zeros (pixel space, so black whatever the model's normalisation);
-    * ``blur``: a Gaussian-blurred copy of each image (S4-IIBA insertion: 29 taps, σ = 15;
-      S3 KPM/KNM/KAM/RAM: 51 taps, σ = 41);
+    * ``blur``: a Gaussian-blurred copy of each image (Zhang et al., 2021 insertion: 29 taps, σ = 15;
+      Hesse et al., 2021 KPM/KNM/KAM/RAM: 51 taps, σ = 41);
     * ``mean``: each image's mean colour, per channel.
     """
     if fill == "black":

@@ -1,4 +1,4 @@
-"""Attribution attack (Ghorbani, Abid & Zou, AAAI 2019; UNI §5.2, Tables 3–4).
+"""Attribution attack (Ghorbani, Abid & Zou, AAAI 2019; UNI (Choi et al., 2024) Sec. 5.2, Tables 3–4).
 
 A norm-bounded perturbation that keeps the predicted label is chosen to change the map as much as
 possible; the metric is how much of the map survives. Higher is more robust.
@@ -507,7 +507,7 @@ ATTACK_PARAMS = {
         "exclusiveMinimum": 0,
         "maximum": 1,
         "default": 0.03137254901960784,
-        "description": "ℓ∞ budget in pixel space [0, 1] (S0: 8/255)",
+        "description": "ℓ∞ budget in pixel space [0, 1] (UNI (Choi et al., 2024): 8/255)",
     },
     "k": {
         "type": ["integer", "null"],

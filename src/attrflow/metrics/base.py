@@ -1,6 +1,6 @@
 """The contract every metric follows.
 
-Four kinds (DESIGN.md):
+Four kinds:
 
 * ``map``: reads stored maps and queries the model (deletion, insertion, MuFidelity, …);
 * ``explainer``: must call the method again (attack robustness, randomisation checks, …);

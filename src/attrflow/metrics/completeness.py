@@ -1,4 +1,4 @@
-"""Completeness residual (S0 §4.2, S3 axioms; seed digest B.6).
+"""Completeness residual (UNI (Choi et al., 2024) Sec. 4.2, Hesse et al., 2021 axioms).
 
 Path methods (IG and its baselines, UNI, X-Gradient on X-DNNs…) claim
 Σ_i A_i(x) = F_c(x) − F_c(x'). How far a stored map misses that identity measures the method's

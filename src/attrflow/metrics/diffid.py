@@ -1,4 +1,4 @@
-"""DiffID (Local Path Integration, S2 §1–2; seed digest B.18; reference-implementations §4.3).
+"""DiffID (Local Path Integration, the LPI supplement (Yang et al., 2023) Sec. 1–2).
 
 The seed says only that DiffID "measures the difference in accuracy" between removing the least
 and the most salient pixels without retraining, and reports "the AUC of the fractional output

@@ -1,7 +1,6 @@
-"""KPM, KNM, KAM, RAM (and RPM, RNM): keep/remove-mask curves of S3 §4.2, App. B.2 (seed digest
-B.8–B.11), after Lundberg et al. 2020, as the authors' code computes them
-(visinf/fast-axiomatic-attribution, ``imagenet/attribution_metrics.py``; see
-reference-implementations §2.4).
+"""KPM, KNM, KAM, RAM (and RPM, RNM): keep/remove-mask curves of Hesse et al., 2021 Sec. 4.2, App. B.2,
+after Lundberg et al. 2020, as the authors' code computes them
+(visinf/fast-axiomatic-attribution, ``imagenet/attribution_metrics.py``).
 
 For each fraction p of 16 geometric fractions from 0.01 to 1 (``np.geomspace(0.01, 1, 16)``), a
 subset of pixels keeps its values and **every other pixel shows a blurred copy of the image**
@@ -35,10 +34,10 @@ The paper describes KPM as masking "an increasing fraction … ordered by least 
 positive"; the code's abscissa is the fraction *kept*, which is the same curve read from the
 other end. We follow the code.
 
-**The blur's σ.** S3 states σ = 41, and that is our default (a standard Gaussian
+**The blur's σ.** Hesse et al., 2021 states σ = 41, and that is our default (a standard Gaussian
 exp(−t²/2σ²)). The authors' kernel is exp(−((t − μ)/(2σ))²), a Gaussian of effective σ·√2 ≈ 58,
 nearly a box filter on 51 taps (edge weight 0.91 of the centre). ``sigma_convention:
-authors_code`` reproduces it exactly, for comparisons with S3's Table 3.
+authors_code`` reproduces it exactly, for comparisons with Hesse et al., 2021, Table 3.
 
 Other choices, where the code leaves room:
 
@@ -220,7 +219,7 @@ def kpm(
     most positive pixels first and blurring the rest, negatives from the start (higher is better).
 
     `fractions` geometric points from `min_fraction` to 1; the blur has `blur_kernel` taps and
-    σ = `blur_sigma` under `sigma_convention` (``authors_code``: the S3 code's σ·√2).
+    σ = `blur_sigma` under `sigma_convention` (``authors_code``: the Hesse et al., 2021 code's σ·√2).
     """
     return _keep_remove(
         inputs,

@@ -1,4 +1,4 @@
-"""Localisation metrics: does a map's heat fall on the object? (seed digest B.22, B.25, B.26, E.8)
+"""Localisation metrics: does a map's heat fall on the object?
 
 All four read the stored maps and the dataset's object masks and never query the model. They
 *need masks*: on a dataset without them every sample is skipped with a reason, and the workflow
@@ -11,7 +11,7 @@ Shared conventions, and why:
   the positive part of its (channel-summed) attribution; ``absolute=True`` uses |A| instead, for
   methods whose sign carries no meaning. The pointing game ranks the signed map (or |A|).
 * *Region.* ``region="mask"`` compares with the object mask; ``"box"`` with the tightest
-  axis-aligned box around it (all of its components), as the seeds' ImageNet protocols use
+  axis-aligned box around it (all of its components), as the papers' ImageNet protocols use
   bounding boxes.
 * *Undefined cases* are NaN with a reason, never a crash: a non-finite map, a constant map (it
   points nowhere; an all-zero map is constant), an empty mask, a map without any heat.
@@ -266,8 +266,8 @@ def iou(
 ) -> MetricOutput:
     """|S ∩ R| / |S ∪ R| between the thresholded map S and the region R. Requires masks.
 
-    The seeds leave the threshold open (S4-COVID). The default, pixels with at least 20 % of the
-    maximum heat, is the threshold of CAM's localisation protocol (Zhou et al. 2016), which S4-I
+    The papers leave the threshold open (Khakzar et al., MICCAI 2021). The default, pixels with at least 20 % of the
+    maximum heat, is the threshold of CAM's localisation protocol (Zhou et al. 2016), which Khakzar, 2023
     cites for IoU. ``quantile`` and ``mask_area`` select a fixed number of the hottest pixels
     (ties in row-major order), never pixels without heat; ``mask_area`` needs no parameter and
     makes S as large as R.
@@ -410,7 +410,7 @@ def ehr_quantile_curve(heat: torch.Tensor, regions: torch.Tensor, base_threshold
             "exclusiveMinimum": 0,
             "maximum": 1,
             "default": 0.33,
-            "description": "samples whose region covers more of the image are skipped (S4-IIBA "
+            "description": "samples whose region covers more of the image are skipped (Zhang et al., 2021 "
             "keeps boxes under 33 %)",
         },
         "base_threshold": {
@@ -438,10 +438,10 @@ def ehr(
     absolute: bool = False,
     region: str = "mask",
 ) -> MetricOutput:
-    """Effective Heat Ratio (S4-IIBA §4.5, App. F): area under the in-region heat per hot pixel
+    """Effective Heat Ratio (Zhang et al., 2021 Sec. 4.5, App. F): area under the in-region heat per hot pixel
     as the heat threshold rises (higher is better). Requires masks.
 
-    The paper's wording is ambiguous (seed digest B.22). Our choices:
+    The paper's wording is ambiguous. Our choices:
 
     * ``convention="value"`` (default) is the digest's reading, the one that reproduces App. F:
       EHR(t) = Σ_{p∈R, h_p>t} h_p / |{p : h_p > t}| (0 when no pixel is hotter than t), for value
@@ -461,7 +461,7 @@ def ehr(
       reason) and reproduces App. F literally; ``"minmax"`` rescales the signed map as the
       authors' code does before saving maps with negative values.
     * Samples whose region covers more than `max_region_fraction` of the image are skipped,
-      as S4-IIBA evaluates only boxes under 33 % of the image.
+      as Zhang et al., 2021 evaluates only boxes under 33 % of the image.
     """
     prepared = _prepare(inputs, "ehr", region)
     if prepared is None:

@@ -1,4 +1,4 @@
-"""MuFidelity and Faithfulness Correlation (Bhatt et al. 2020; S0 §5.1; seed digest B.1).
+"""MuFidelity and Faithfulness Correlation (Bhatt et al. 2020; UNI (Choi et al., 2024) Sec. 5.1).
 
     μ_F = corr_S ( Σ_{i∈S} A_i ,  F_c(x) − F_c(x with S filled) )
 
@@ -7,7 +7,7 @@ the output drop when that subset is removed ("actual influence"). Two registered
 in how S is drawn and which correlation is taken, so both are offered under their own names:
 
 ``mufidelity`` — as Xplique's ``MuFidelity`` computes it (deel-ai/xplique,
-``xplique/metrics/fidelity.py``), which is where UNI's Table 2 numbers come from (S0 cites Fel et
+``xplique/metrics/fidelity.py``), which is where UNI's Table 2 numbers come from (UNI (Choi et al., 2024) cites Fel et
 al. 2022a):
 
 * the image is cut into a ``grid`` × ``grid`` lattice of cells (9 × 9), and each subset drops every
@@ -21,11 +21,11 @@ al. 2022a):
   pixel y belongs to cell floor((y + ½)·grid / H));
 * ``subsets`` = 200 subsets per image; the correlation is **Spearman's** (average ranks for ties,
   as ``scipy.stats.spearmanr``);
-* Xplique does not take the absolute value; S0 reports |corr| ("attribution methods can yield
+* Xplique does not take the absolute value; UNI (Choi et al., 2024) reports |corr| ("attribution methods can yield
   strong positive or negative correlation"), hence ``absolute=True`` by default;
 * Xplique's baseline is the constant 0.0 in whatever space its model reads; ours is the fill
   canvas in pixel space (black by default). Xplique's output is the model's raw output (its
-  ``activation=None``); S0 writes F_c as the class probability, our default ``output="prob"``;
+  ``activation=None``); UNI (Choi et al., 2024) writes F_c as the class probability, our default ``output="prob"``;
 * Xplique draws one set of masks per batch and shares it across the batch's images, and turns an
   undefined correlation (constant predictions) into 0. We draw independently per image from the
   injected generator, and report an undefined correlation as NaN with its reason, so that a
@@ -337,7 +337,7 @@ def mufidelity(
     `subset_fraction`, between the subset's summed attribution and the output drop when it is
     filled (higher is better).
 
-    `grid` must be at least 2 and at most the image side; `absolute` reports |corr| as S0 does.
+    `grid` must be at least 2 and at most the image side; `absolute` reports |corr| as UNI (Choi et al., 2024) does.
     `subset_draw` "fixed" removes exactly round(`subset_fraction` · grid²) cells per subset (Bhatt
     et al. 2020) instead of Xplique's independent drops. Subsets come from the injected
     `generator`, one independent draw per sample.

@@ -1,5 +1,5 @@
-"""Diagnostics of path methods: path monotonicity (S0 Table 1), MARD to IG-128 (S3 Eq. 14) and
-IG convergence against the step count (S3 App. B.5). Seed digest B.3, B.12, B.13, E.5.
+"""Diagnostics of path methods: path monotonicity (UNI (Choi et al., 2024) Table 1), MARD to IG-128 (Hesse et al., 2021 Eq. 14) and
+IG convergence against the step count (Hesse et al., 2021 App. B.5).
 
 `path_monotonicity` only reads what the method stored. The other two need Integrated Gradients
 computed again, so they are *explainer* metrics: `mard_ig` runs IG through the methods registry
@@ -40,7 +40,7 @@ def path_monotonicity(inputs: MetricInputs, *, output: str = "prob") -> MetricOu
     """Spearman ρ between path position and the target's output along the path (UNI Table 1).
 
     "Integrating from a featureless baseline to the sample should give a path of monotonically
-    increasing prediction confidence" (S0): ρ = 1 for a monotone path. The method must have
+    increasing prediction confidence" (UNI (Choi et al., 2024)): ρ = 1 for a monotone path. The method must have
     stored ``path_probs`` (or ``path_logits``), (n, P), in path order; the position is
     ``path_alphas`` when stored, else the storage order (Spearman only needs ranks). Ties
     share average ranks; a path whose output never changes is NaN with a reason. The curve is
@@ -107,7 +107,7 @@ def _compared_maps(
     kind="explainer",
     direction="lower",
     params={
-        "steps": {"type": "integer", "minimum": 1, "default": 128, "description": "IG steps (S3: 128)"},
+        "steps": {"type": "integer", "minimum": 1, "default": 128, "description": "IG steps (Hesse et al., 2021: 128)"},
         "rule": {
             "enum": ["left", "right", "trapezoid", "gausslegendre"],
             "default": "gausslegendre",
@@ -117,7 +117,7 @@ def _compared_maps(
             "enum": ["auto", "black", "origin"],
             "default": "auto",
             "description": "IG's reference point: auto = the homogeneity origin on an X-DNN, black "
-            "otherwise (S3's IG(F, x, 0) for X-G and I×G respectively)",
+            "otherwise (Hesse et al., 2021, IG(F, x, 0) for X-G and I×G respectively)",
         },
         "ig_floor": {
             "type": "number",
@@ -137,14 +137,14 @@ def mard_ig(
     ig_floor: float = 0.001,
     max_batch: int = 256,
 ) -> MetricOutput:
-    """Mean absolute relative difference to Integrated Gradients (S3 Eq. 14, Table 2; lower is better).
+    """Mean absolute relative difference to Integrated Gradients (Hesse et al., 2021 Eq. 14, Table 2; lower is better).
 
-    d(A, x) = mean_i |IG_i − A_i| / |IG_i|, per sample, as a fraction (S3 prints ×100 %).
+    d(A, x) = mean_i |IG_i − A_i| / |IG_i|, per sample, as a fraction (Hesse et al., 2021 prints ×100 %).
 
-    * IG is computed here by the registered ``integrated_gradients`` with `steps` (128 as in S3)
+    * IG is computed here by the registered ``integrated_gradients`` with `steps` (128 as in Hesse et al., 2021)
       and `rule`. Gauss–Legendre by default: the reference should be as exact as 128 gradient
-      evaluations allow, and Captum's IG, which S3's numbers most likely used, defaults to it.
-    * Baseline: S3 compares X-G on X-DNNs and I×G on regular DNNs with IG from the network's
+      evaluations allow, and Captum's IG, which Hesse et al., 2021, numbers most likely used, defaults to it.
+    * Baseline: Hesse et al., 2021 compares X-G on X-DNNs and I×G on regular DNNs with IG from the network's
       input zero. Here the method's zero is the homogeneity origin for X-Gradient (the
       normalisation mean) and black for attrflow's pixel-space Input×Gradient, hence ``auto``.
     * Reduction: maps stored channel-summed (the default) are compared with IG summed over
@@ -199,13 +199,13 @@ def mard_ig(
             "minItems": 1,
             "uniqueItems": True,
             "default": [1, 2, 4, 8, 16, 32, 64],
-            "description": "step counts whose error the curve reports (S3: 1…256)",
+            "description": "step counts whose error the curve reports (Hesse et al., 2021: 1…256)",
         },
         "reference_steps": {
             "type": "integer",
             "minimum": 2,
             "default": 128,
-            "description": "steps of the reference IG (S3: 300)",
+            "description": "steps of the reference IG (Hesse et al., 2021: 300)",
         },
         "relative": {
             "type": "boolean",
@@ -222,14 +222,14 @@ def ig_convergence(
     relative: bool = False,
 ) -> MetricOutput:
     """How far the evaluated IG is from converged: mean_i |IG_B,i − IG_ref,i| at the method's own
-    step count B (S3 App. B.5; lower is better). Only for ``integrated_gradients`` methods.
+    step count B (Hesse et al., 2021 App. B.5; lower is better). Only for ``integrated_gradients`` methods.
 
-    S3 plots the mean absolute difference between IG with n ∈ {1, 2, …, 256} steps and IG with
+    Hesse et al., 2021 plots the mean absolute difference between IG with n ∈ {1, 2, …, 256} steps and IG with
     300 steps. The per-sample value here is that difference at the method's configured B: the
     question this metric answers is whether *this* configuration has converged, and a continuous
     error aggregates into means and intervals where a "first n below a tolerance" would not
     (its tolerance would carry the units of each model's logits). The curve holds the errors at
-    the sorted `step_grid`. The defaults (grid up to 64, reference 128) suit a CPU; the seeds'
+    the sorted `step_grid`. The defaults (grid up to 64, reference 128) suit a CPU; the papers'
     setting is grid 1…256 against 300. All runs keep the method's baseline and rule, go through
     ``inputs.explain`` and are compared at the stored maps' reduction. ``relative`` divides by
     mean |IG_ref| so errors compare across models. A B ≥ `reference_steps` is NaN with a reason.

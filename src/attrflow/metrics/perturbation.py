@@ -1,19 +1,19 @@
-"""Deletion and insertion curves (S4-IIBA §4.4.2, App. D.3; seed digest B.20).
+"""Deletion and insertion curves (Zhang et al., 2021 Sec. 4.4.2, App. D.3).
 
 *Deletion* removes the highest-ranked pixels first, replacing them with a fill (black in
-S4-IIBA), and watches the target output fall: a faithful map makes it fall fast, so a lower area
+Zhang et al., 2021), and watches the target output fall: a faithful map makes it fall fast, so a lower area
 is better. *Insertion* starts from the fill canvas (a Gaussian-blurred copy, 29 taps, σ = 15, in
-S4-IIBA: "insert pixel on black canvas generates stronger adversarial effect") and puts the
+Zhang et al., 2021: "insert pixel on black canvas generates stronger adversarial effect") and puts the
 highest-ranked pixels back first: a faithful map makes the output rise fast, so a higher area is
 better.
 
-S4-IIBA moves 10 pixels per step. By default we move equal *fractions* of the image instead
+Zhang et al., 2021 moves 10 pixels per step. By default we move equal *fractions* of the image instead
 (`steps`, 20 by default), so that curves and areas compare across image sizes and cost the same
-on 64² and 224² inputs; `pixels_per_step` restores the seed's protocol (ceil(HW/p) + 1 points,
+on 64² and 224² inputs; `pixels_per_step` restores the paper's protocol (ceil(HW/p) + 1 points,
 5 018 forward passes per 224² image for p = 10). Either way the curve holds the output before
 the first and after the last step, and the value is its trapezoid area over the fraction of
 pixels moved, in [0, 1], so it is in the units of the output (softmax probability by default;
-the seeds do not say which output they used).
+the papers do not say which output they used).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def deletion(
     """Area under the target output as the top-ranked pixels are replaced by the fill (lower is better).
 
     `steps` equal pixel-fraction steps give a curve of steps + 1 points; `pixels_per_step`, when
-    set, overrides them (S4-IIBA: 10). `fill` is the replacement canvas (`blur_kernel` /
+    set, overrides them (Zhang et al., 2021: 10). `fill` is the replacement canvas (`blur_kernel` /
     `blur_sigma` shape the blur fill); `output` is the target's softmax probability or logit;
     `order` ranks pixels by the signed map, highest first, or by its magnitude. Ties go to the
     lower row-major pixel index.
@@ -153,7 +153,7 @@ def insertion(
     """Area under the target output as the top-ranked pixels are put back onto the canvas (higher is better).
 
     The curve starts at the fill canvas (blurred copy, 29 taps, σ = 15, by default as in
-    S4-IIBA) and ends at the image; the parameters mean what they mean for `deletion`.
+    Zhang et al., 2021) and ends at the image; the parameters mean what they mean for `deletion`.
     """
     return _curves(
         inputs,

@@ -1,4 +1,4 @@
-"""Cascading parameter-randomisation sanity check (Adebayo et al. 2018; seed digest B.24).
+"""Cascading parameter-randomisation sanity check (Adebayo et al. 2018).
 
 A map that explains the model must change when the model's parameters are destroyed. The check
 re-initialises the layers of a copy of the model one after the other, from the output layer
@@ -13,7 +13,7 @@ Choices, with their sources:
   registration order, which for common architectures (sequential stacks, torchvision ResNets)
   is the forward order. Buffers such as BatchNorm running statistics are kept.
 * **Re-initialisation** (`init`): ``normal`` draws every parameter of the layer from
-  N(0, `std`²), S4-CP's "normal distribution with mean = 0 and variance = 0.01" (std 0.1);
+  N(0, `std`²), Khakzar et al., 2021's "normal distribution with mean = 0 and variance = 0.01" (std 0.1);
   ``reset`` calls the layer's own ``reset_parameters()`` (PyTorch's default initialisation,
   which for BatchNorm also resets its running statistics), as Quantus' MPRT does. Either way the
   random numbers come from the injected generator, so one seed gives one score.
@@ -21,11 +21,11 @@ Choices, with their sources:
   Gaussian window 11 × 11, σ = 1.5, K₁ = 0.01, K₂ = 0.03, data range 1, mean over the valid
   window positions, i.e. no padding; this equals scikit-image's ``structural_similarity`` with
   ``gaussian_weights=True, use_sample_covariance=False, data_range=1``). For SSIM the maps are
-  normalised per sample to [0, 1]: signed maps as S4-CP to [−1, 1] by their largest magnitude and
+  normalised per sample to [0, 1]: signed maps as Khakzar et al., 2021 to [−1, 1] by their largest magnitude and
   then mapped by (m + 1) / 2, magnitudes (`absolute`) divided by their largest value. Maps with a
   side below 11 pixels use the largest odd window that fits (same σ). Kept channels are compared
   channel by channel and averaged.
-* **Signed or absolute** (`absolute`): S4-CP normalises signed maps to [−1, 1]; Adebayo et al.
+* **Signed or absolute** (`absolute`): Khakzar et al., 2021 normalises signed maps to [−1, 1]; Adebayo et al.
   report both, and Quantus' MPRT defaults to magnitudes.
 * The original map is recomputed through ``inputs.explain`` like the randomised ones, so a
   difference is the randomisation's and not the store's (dtype, batch size, noise draws).
@@ -147,7 +147,7 @@ def _sample_reason(finite: bool, constant: bool, last: float, similarity: str) -
         "similarity": {
             "enum": ["spearman", "ssim"],
             "default": "spearman",
-            "description": "how each randomised map is compared with the original (S4-CP: both)",
+            "description": "how each randomised map is compared with the original (Khakzar et al., 2021: both)",
         },
         "absolute": {
             "type": "boolean",
@@ -157,13 +157,13 @@ def _sample_reason(finite: bool, constant: bool, last: float, similarity: str) -
         "init": {
             "enum": ["normal", "reset"],
             "default": "normal",
-            "description": "draw from N(0, std²) (S4-CP) or call each layer's reset_parameters()",
+            "description": "draw from N(0, std²) (Khakzar et al., 2021) or call each layer's reset_parameters()",
         },
         "std": {
             "type": "number",
             "exclusiveMinimum": 0,
             "default": 0.1,
-            "description": "standard deviation of init 'normal' (S4-CP: variance 0.01)",
+            "description": "standard deviation of init 'normal' (Khakzar et al., 2021: variance 0.01)",
         },
     },
 )

@@ -1,4 +1,4 @@
-"""Sensitivity-N (Ancona et al. 2018; S4-IIBA §4.4.1, S4-COVID §3.1; seed digest B.21).
+"""Sensitivity-N (Ancona et al. 2018; Zhang et al., 2021 Sec. 4.4.1, Khakzar et al., MICCAI 2021 Sec. 3.1).
 
 "Randomly masks n pixels and observes the change in the prediction. Subsequently, it measures
 the correlation between this output change and the sum of attribution values inside the mask
@@ -7,16 +7,16 @@ n":
 
     SensN(n) = PCC_{S : |S| = n} ( Σ_{i∈S} A_i ,  Φ(x) − Φ(x with S masked) )
 
-per image, over ``subsets`` = 200 random index sets per n (the seed's count; the InputIBA code
-computes the PCC per image, as here). What the seed leaves open, and our choices:
+per image, over ``subsets`` = 200 random index sets per n (the paper's count; the InputIBA code
+computes the PCC per image, as here). What the paper leaves open, and our choices:
 
 * *n grid.* A config list of pixel (or cell) counts, by default 1, 4, 16, 64, 256: log-spaced,
-  past 10² as the seed's plot axis, and valid from 17 × 17 images on (CIFAR included). Every n
+  past 10² as the paper's plot axis, and valid from 17 × 17 images on (CIFAR included). Every n
   must be below the number of pixels (cells); a larger one is refused, naming it.
 * *Features.* Single pixels with all their channels, or the cells of a ``grid`` × ``grid``
   lattice (IBA-style tiles) when ``grid`` is set.
 * *Masking value.* The fill canvas, black by default (InputIBA multiplies the *normalised*
-  input by 0, i.e. fills with the dataset's mean colour; the seed does not say).
+  input by 0, i.e. fills with the dataset's mean colour; the paper does not say).
 * *Output.* The target logit by default (InputIBA reads the classifier's raw output).
 * *Scalar.* The curve holds SensN(n) for each n in the order given; the value is their mean,
   so that one number per sample can be ranked (Ancona et al. report the curve only). A sample

@@ -1,4 +1,4 @@
-"""Agreement between two attribution maps, and Riemann-step stability (S0 §5.3, Figs. 6–7).
+"""Agreement between two attribution maps, and Riemann-step stability (UNI (Choi et al., 2024) Sec. 5.3, Figs. 6–7).
 
 The explainer metrics compare a map with another map of the same sample: before and after an
 attack (`attack.py`), before and after randomising the model (`randomization.py`), or at two
@@ -10,7 +10,7 @@ Riemann step counts (here). The agreement measures they share live here, row-wis
 * `l1_agreement_rows`: 1 − ‖a − b‖₁ / (‖a‖₁ + ‖b‖₁), in [0, 1], 1 for equal maps and 0 for
   maps of opposite sign; unlike ρ it sees scale: a map that doubles scores below 1.
 
-``riemann_stability`` turns the seeds' visual comparison of B ∈ {1, 15, 30} into a number.
+``riemann_stability`` turns the papers' visual comparison of B ∈ {1, 15, 30} into a number.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def _declares_steps(inputs: MetricInputs) -> bool:
             "minItems": 2,
             "uniqueItems": True,
             "default": [1, 15, 30],
-            "description": "Riemann step counts B to compare (S0 §5.3: 1, 15, 30)",
+            "description": "Riemann step counts B to compare (UNI (Choi et al., 2024) Sec. 5.3: 1, 15, 30)",
         },
         "agreement": {
             "enum": ["spearman", "l1"],
@@ -104,7 +104,7 @@ def riemann_stability(
 ) -> MetricOutput:
     """How much a path method's map changes with its number of Riemann steps (higher is better).
 
-    S0 computes maps with B ∈ {1, 15, 30} steps and compares them by eye (UNI is "consistent
+    UNI (Choi et al., 2024) computes maps with B ∈ {1, 15, 30} steps and compares them by eye (UNI is "consistent
     regardless of the number of approximation steps"). Here the method is re-run through
     ``inputs.explain(x, target, steps=B)`` for every B of `steps_grid`, keeping all its other
     parameters, and each coarser map is compared with the map at the largest B, the best

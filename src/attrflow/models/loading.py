@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from importlib import metadata
@@ -63,7 +64,8 @@ HOMOGENEITY_PROBE = 16  # eval samples on which the card records the X-DNN homog
 _COMMON_KEYS = {"kind", "dataset", "cam_layer"}
 SPEC_KEYS = {
     "trained": _COMMON_KEYS | set(TRAINED_DEFAULTS),
-    "timm": _COMMON_KEYS | {"name", "checkpoint", "pretrained", "num_classes", "mean", "std", "x_dnn"},
+    "timm": _COMMON_KEYS
+    | {"name", "checkpoint", "pretrained", "num_classes", "mean", "std", "x_dnn", "input_size", "interpolation"},
     "torchvision": _COMMON_KEYS | {"name", "weights", "checkpoint", "num_classes", "mean", "std", "x_dnn"},
 }
 
@@ -104,11 +106,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ModelLoadError(
                 f"refusing checkpoint {path}: it holds pickled objects beyond plain tensors, which "
                 f"could run code when loaded (torch.load(weights_only=True) rejected it: "
-                f"{str(err).splitlines()[0]}). Convert it to .safetensors in a trusted environment."
+                f"{_unpickling_culprit(err)}). Convert it to .safetensors in a trusted environment."
             ) from err
         except Exception as err:
             raise ModelLoadError(f"checkpoint {path} is unreadable: {err}") from err
     return _unwrap_state_dict(loaded, path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _unpickling_culprit(err: Exception) -> str:
+    """What torch's weights-only unpickler refused, from its message: the sentence naming the
+    object (``Unsupported global: GLOBAL module.Class ...`` or ``... GLOBAL posix.system whose
+    module posix is blocked``), without the terminal colour codes torch puts into the text and
+    without its advice to load the file unsafely."""
+    text = " ".join(_ANSI.sub("", str(err)).split())
+    for sentence in re.split(r"(?<=\.) ", text):
+        if "GLOBAL" in sentence:
+            return sentence.removeprefix("WeightsUnpickler error:").strip().rstrip(".")
+    return text
 
 
 def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -292,7 +309,25 @@ def _prepare_library_model(
         print(f"model {name}: accuracy {accuracy:.4f} on {dataset_store} (eval split)", file=log, flush=True)
     card = _card(name, spec, model, details["architecture"], accuracy, dataset_store)
     card["weights_source"] = details["weights_source"]
+    card["preprocessing"] = details.get("preprocessing")  # timm: which mean/std/size/interpolation, from where
+    _note_crop_mismatch(name, card["preprocessing"], dataset_store, log)
     return model, card
+
+
+def _note_crop_mismatch(
+    name: str, preprocessing: Mapping[str, Any] | None, dataset_store: Path | None, log: TextIO
+) -> None:
+    """Say so in the job log when a timm model expects another input size than the dataset's crop."""
+    if not preprocessing or dataset_store is None:
+        return
+    size = preprocessing.get("input_size", {}).get("value")
+    crop = read_attrs(dataset_store).get("preprocessing", {}).get("center_crop")
+    if size and crop and int(size) != int(crop):
+        print(
+            f"model {name}: expects {size}×{size} inputs ({preprocessing['input_size']['from']}) but the dataset's "
+            f"crop is {crop}; set crop: {size} on the dataset entry for the model's own resolution",
+            file=log, flush=True,
+        )
 
 
 def _prepare_trained(
@@ -352,7 +387,7 @@ def _normalisation_for_training(train: SampleSet, x_dnn: bool) -> tuple[list[flo
     """Per-channel mean/std of the training images; 0/1 for X-DNNs.
 
     An X-DNN takes raw pixels so that its homogeneity origin is the black image, which is where
-    X-Gradient's implicit zero baseline lies (S3 §3). The regular network is standardised with
+    X-Gradient's implicit zero baseline lies (Hesse et al., 2021 Sec. 3). The regular network is standardised with
     its training set's statistics, as any practitioner would.
     """
     channels = train.images.shape[1]
@@ -486,15 +521,42 @@ def _timm_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[s
     else:
         net = _maybe_x_dnn(timm.create_model(arch_name, pretrained=False, **kwargs), spec)
         source = "random initialisation"
-    cfg = getattr(net, "pretrained_cfg", None) or {}
     kwargs["num_classes"] = int(net.num_classes) if hasattr(net, "num_classes") else kwargs.get("num_classes")
+    preprocessing = _timm_preprocessing(net, spec)
     return net, {
         "num_classes": kwargs["num_classes"],
-        "mean": list(cfg.get("mean", IMAGENET_MEAN)),
-        "std": list(cfg.get("std", IMAGENET_STD)),
+        "mean": preprocessing["mean"]["value"],
+        "std": preprocessing["std"]["value"],
         "architecture": {"library": "timm", "name": arch_name, "kwargs": kwargs},
         "weights_source": source,
+        "preprocessing": preprocessing,
     }
+
+
+def _timm_preprocessing(net: nn.Module, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Mean, std, input size and interpolation of a timm model, each with where it came from:
+    the entry when it sets the key, else the model's pretrained config as timm resolves it
+    (`timm.data.resolve_data_config` at the test-time size), else ImageNet's statistics for a model without one."""
+    from timm.data import resolve_data_config
+
+    # The test-time size: maps explain inference, and timm's train size is often smaller.
+    pretrained_cfg = getattr(net, "pretrained_cfg", None)
+    resolved = resolve_data_config({}, model=net, use_test_size=True, verbose=False) if pretrained_cfg else {}
+    defaults = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "input_size": None, "interpolation": None}
+    out: dict[str, dict[str, Any]] = {}
+    for key in ("mean", "std", "input_size", "interpolation"):
+        if spec.get(key) is not None:
+            value, origin = spec[key], "entry"
+        elif key in resolved:
+            value, origin = resolved[key], "pretrained config"
+        else:
+            value, origin = defaults[key], "default (ImageNet statistics)" if key in ("mean", "std") else "unknown"
+        if key == "input_size" and isinstance(value, (tuple, list)):
+            value = int(value[-1])  # timm's (C, H, W); attrflow's inputs are square crops
+        out[key] = {"value": list(value) if isinstance(value, (tuple, list)) else value, "from": origin}
+    if "crop_pct" in resolved:  # the centre-crop fraction the model was evaluated with (resize = size / crop_pct)
+        out["crop_pct"] = {"value": resolved["crop_pct"], "from": "pretrained config"}
+    return out
 
 
 def _cached_timm_weights(name: str, arch_name: str) -> Path:
@@ -544,7 +606,7 @@ def _torchvision_network(name: str, spec: Mapping[str, Any]) -> tuple[nn.Module,
     if spec.get("num_classes") is not None:
         kwargs["num_classes"] = int(spec["num_classes"])
     if weights_name:
-        # Published weights carry biases: an X-variant drops them after loading (as S3's
+        # Published weights carry biases: an X-variant drops them after loading (as Hesse et al., 2021,
         # xvgg16(pretrained=True) does), whereas a user checkpoint was trained bias-free.
         net = _maybe_x_dnn(_torchvision_pretrained(name, arch_name, weights_name, kwargs), spec)
         source = f"torchvision weights {arch_name}.{weights_name}"

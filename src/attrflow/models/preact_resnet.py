@@ -1,4 +1,4 @@
-"""PreActResNet-18 for 32×32 inputs: the network seed 002 (LPI supplement) retrains for ROAR.
+"""PreActResNet-18 for 32×32 inputs: the network the LPI paper's supplement (Yang et al., 2023) retrains for ROAR.
 
 He et al. 2016, "Identity Mappings in Deep Residual Networks": each residual block applies
 BatchNorm and ReLU *before* its convolutions (BN-ReLU-conv-BN-ReLU-conv), and the skip path stays

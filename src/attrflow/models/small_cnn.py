@@ -6,9 +6,9 @@ three, global average pooling and one linear layer. On 64×64 inputs the last bl
 feature maps (4×4 on 32×32), which is the resolution CAM methods upsample from.
 
 The regular variant uses conv biases and BatchNorm, as a practitioner would. The X-variant
-(`x_dnn=True`, S3 Def. 3.5) has the same topology with every bias and every BatchNorm removed,
+(`x_dnn=True`, Hesse et al., 2021 Def. 3.5) has the same topology with every bias and every BatchNorm removed,
 so that only linear maps, ReLU, max- and average-pooling remain: F(a·x) = a·F(x) for a ≥ 0 and
-F(0) = 0 (S3 Assumption 3.7, Cor. 3.10). It is meant to take raw pixels (wrapper mean 0, std 1),
+F(0) = 0 (Hesse et al., 2021 Assumption 3.7, Cor. 3.10). It is meant to take raw pixels (wrapper mean 0, std 1),
 which puts its homogeneity origin at the black image.
 
 `SmallCNNMaxPool` (arch ``small_cnn_max``) replaces the global *average* pooling by a global

@@ -29,7 +29,7 @@ from torch import nn
 from attrflow.data.sample_store import SampleSet
 
 WEIGHT_DECAY = 1e-4
-# "sgd" is the recipe CIFAR ResNets are usually trained with (seed 002 gives only "lr 0.01"):
+# "sgd" is the recipe CIFAR ResNets are usually trained with (Yang et al., 2023 give only "lr 0.01"):
 # momentum 0.9 (Nesterov) and the customary 5e-4 weight decay, under the same one-cycle schedule.
 OPTIMISERS = ("adamw", "sgd")
 SGD_MOMENTUM = 0.9

@@ -1,4 +1,4 @@
-"""X-DNN checks and conversion (S3 §3: Assumption 3.7, Corollary 3.10).
+"""X-DNN checks and conversion (Hesse et al., 2021 Sec. 3: Assumption 3.7, Corollary 3.10).
 
 A network is an X-DNN when it is nonnegatively homogeneous, F(a·x) = a·F(x) for a ≥ 0; then
 X-Gradient x ⊙ ∂F/∂x equals Integrated Gradients from the zero baseline in one backward pass.
@@ -118,7 +118,7 @@ def check_x_dnn(net: nn.Module) -> list[str]:
 
 
 def to_x_dnn(net: nn.Module) -> nn.Module:
-    """A copy of `net` with every bias removed (S3 Cor. 3.10); `net` itself is untouched.
+    """A copy of `net` with every bias removed (Hesse et al., 2021 Cor. 3.10); `net` itself is untouched.
 
     Raises ValueError naming every layer (qualified name and type) that bias removal cannot fix.
     """

@@ -3,7 +3,7 @@
 ROAR removes the k % *most* salient pixels of every image (train and test) and retrains; DiffROAR
 also retrains on images that lost the k % *least* salient pixels, and compares the two. A removed
 pixel loses all of its channels and takes the per-channel mean of the (unmasked) train split, as
-in Hooker et al. (2019); the seeds never name the replacement value.
+in Hooker et al. (2019); the papers never name the replacement value.
 
 Ranking reuses the removal metrics' stable sort: ties keep row-major pixel order, so equal scores
 remove the same pixels on every run, device and batch size. "Least salient" ranks the same

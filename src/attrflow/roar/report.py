@@ -2,8 +2,8 @@
 
 Rows (long format, like `scores.parquet`): metric ``roar`` is the test accuracy of the network
 retrained with the k % *most* salient pixels removed (lower is better); metric ``diffroar`` is
-accuracy(least removed) − accuracy(most removed) of the same repeat (higher is better, seed
-digest §B.17). The accuracy without removal is a ``roar`` row at fraction 0 under method
+accuracy(least removed) − accuracy(most removed) of the same repeat (higher is better;
+Shah et al., 2021). The accuracy without removal is a ``roar`` row at fraction 0 under method
 ``no_removal``, listed for every model so each (dataset, model) curve starts from it.
 """
 
