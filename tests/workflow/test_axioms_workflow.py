@@ -42,7 +42,7 @@ def test_axiom_rules_write_inputs_maps_scores_and_tables(tmp_path):
     # a candidate that was not accepted is a skipped row, never a value
     assert axioms.loc[axioms.status == "skipped", "value"].isna().all()
     summary = (results / "reports" / "summary.md").read_text()
-    assert "Axiom scores, generated inputs (seed 004, Table 1) — cnn" in summary
+    assert "Axiom scores, generated inputs (Khakzar et al., 2022, Table 1) — cnn" in summary
     # every started candidate's outcome is stated: accepted, failed, unfinished
     assert "## Axiom inputs synthesised — cnn" in summary and "| started | accepted | failed | unfinished |" in summary
     assert "— axioms/" not in summary  # axiom rows only in the axiom tables, not in the per-metric ones

@@ -13,7 +13,7 @@ which puts its homogeneity origin at the black image.
 
 `SmallCNNMaxPool` (arch ``small_cnn_max``) replaces the global *average* pooling by a global
 *max*: a logit then reads the strongest response of each channel anywhere in the image, not the
-sum over locations. It exists for the saturation axiom (Khakzar et al., CVPR 2022, §3.3), whose
+sum over locations. It exists for the saturation axiom (Khakzar et al., CVPR 2022, Sec. 3.3), whose
 two features must each give alone what both give together. On the average-pooled CNN the two
 patches' contributions add up (its last block sees ~38 px, two 32 px patches: a pair changes
 a patch's effect by only −5 % to −17 %, saturation needs −100 %), so saturation cannot be

@@ -1,4 +1,4 @@
-"""The axiom tables of `summary.md`, shaped like seed 004 (S4-DoEE) Tables 1 and 2.
+"""The axiom tables of `summary.md`, shaped like Tables 1 and 2 of Khakzar et al., "Do Explanations Explain? Model Knows Best" (CVPR 2022).
 
 Table 1: methods × the four scenario scores, per model. Table 2: the layer study — every method
 entry named ``<base>_layer<N>`` (e.g. ``gradcampp_layer1..4``, ``iba_layer1..4``) as rows
@@ -134,7 +134,7 @@ def axiom_sections(
                 "",
             ]
         out += [
-            f"## Axiom scores, generated inputs (seed 004, Table 1) — {model}",
+            f"## Axiom scores, generated inputs (Khakzar et al., 2022, Table 1) — {model}",
             "",
             "Per-sample scores: mean ± 95 % CI over accepted samples; the correlations "
             "(class_sensitivity_single, saturation) are one Spearman ρ over all accepted samples, "
@@ -151,5 +151,5 @@ def axiom_sections(
         ]
         layers = layers_table(part, cell)
         if layers:
-            out += [f"## Axiom scores across layers (seed 004, Table 2) — {model}", "", layers, ""]
+            out += [f"## Axiom scores across layers (Khakzar et al., 2022, Table 2) — {model}", "", layers, ""]
     return out

@@ -1,4 +1,4 @@
-"""The baseline-bias probe report (UNI §3.2): scores on clean against corrupted inputs.
+"""The baseline-bias probe report (UNI (Choi et al., 2024, Sec. 3.2)): scores on clean against corrupted inputs.
 
 UNI argues that each static IG baseline is blind to one kind of change: a black baseline to
 colour and brightness (the digital corruptions), a blurred baseline to texture (blur), a noised
@@ -31,7 +31,7 @@ import pyarrow as pa
 from attrflow.data.corruption_catalog import FAMILIES, canonical_corruption, family_of
 from attrflow.report.schema import write_table
 
-# Which corruption family a static baseline is biased towards (UNI §3.2).
+# Which corruption family a static baseline is biased towards (UNI (Choi et al., 2024, Sec. 3.2)).
 IG_BASELINE_FAMILIES = {"black": "digital", "blur": "blur", "gaussian": "noise", "uniform": "noise"}
 UNI_FN = "uni"
 
@@ -184,7 +184,7 @@ def _number(value: float) -> str:
 
 def render_probes_markdown(comparison: pd.DataFrame, bias: pd.DataFrame) -> str:
     lines = [
-        "# Baseline-bias probes (UNI §3.2)",
+        "# Baseline-bias probes (UNI (Choi et al., 2024, Sec. 3.2))",
         "",
         "Scores on clean and corrupted copies of the same samples (paired by sample id). "
         "*loss* = clean − corrupted, signed so that positive means worse on corrupted inputs.",
@@ -211,7 +211,7 @@ def render_probes_markdown(comparison: pd.DataFrame, bias: pd.DataFrame) -> str:
     family_list = "; ".join(f"{family}: {', '.join(members)}" for family, members in FAMILIES.items())
     lines += [
         "*excess loss* = loss(method) − loss(UNI): how much more the static baseline loses than UNI. "
-        "UNI §3.2 predicts a positive excess on the family the baseline is biased towards "
+        "UNI (Choi et al., 2024, Sec. 3.2) predicts a positive excess on the family the baseline is biased towards "
         f"({family_list}); the other families are the control.",
         "",
         "| method | biased towards | vs | model | metric | corruption | severity | method loss | UNI loss | excess loss |",

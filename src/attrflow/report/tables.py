@@ -1,9 +1,9 @@
 """`summary.md`: tables shaped like the seed papers' tables.
 
-First the groups of metrics the seeds report side by side (seed 003 Table 3: KPM/KNM/KAM/RAM per
+First the groups of metrics the seeds report side by side (Hesse et al., 2021, Table 3: KPM/KNM/KAM/RAM per
 model; UNI Tables 3–4: attack robustness; …) as methods × metrics per model, then one table per
 metric as methods × models (UNI Tables 1–2, the dissertation's insertion/deletion table), then what
-each method cost (gradient evaluations per image, as seed 003 prints them next to each method).
+each method cost (gradient evaluations per image, as Hesse et al., 2021 print them next to each method).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ ARROW = {"higher": "↑", "lower": "↓"}
 
 # Metrics the seeds tabulate together; a group is shown when at least two of its metrics ran.
 SEED_GROUPS = [
-    ("Lundberg et al. masking metrics (seed 003, Table 3)", ["kpm", "knm", "kam", "ram"]),
-    ("Insertion / deletion (seed 004, App. Table 3)", ["insertion", "deletion"]),
+    ("Lundberg et al. masking metrics (Hesse et al., 2021, Table 3)", ["kpm", "knm", "kam", "ram"]),
+    ("Insertion / deletion (Zhang et al., 2021, App. Table 3)", ["insertion", "deletion"]),
     ("Attribution attack, FGSM ε = 8/255 (UNI, Tables 3–4)", ["attack_spearman", "attack_topk"]),
     ("Faithfulness (UNI Table 2; Bhatt et al.)", ["mufidelity", "mufidelity_fixed", "faithfulness_correlation", "sensitivity_n", "diffid"]),
     ("Localisation against object masks", ["pointing_game", "relevance_mass", "ehr", "iou"]),
@@ -131,7 +131,7 @@ def render_markdown(
 
 
 def _generic_sections(summary: pd.DataFrame) -> list[str]:
-    """The seed groups and the per-metric tables; axiom scores have their own tables (seed 004 shape)."""
+    """The seed groups and the per-metric tables; axiom scores have their own tables (Khakzar et al., 2022)."""
     out: list[str] = []
     for title, metrics in SEED_GROUPS:
         for dataset in dict.fromkeys(summary["dataset"]):
