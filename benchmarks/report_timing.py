@@ -67,7 +67,8 @@ def build(root: Path) -> dict:
                 values = skill / METHODS + rng.normal(size=n)
                 curves = [list(rng.uniform(size=length)) for _ in range(n)] if length else [None] * n
                 cols = {"dataset": ["shapes"] * n, "model": [model] * n, "method": [method] * n, "metric": [metric] * n,
-                        "sample_id": ids[:n], "target": [0] * n, "value": values, "curve": curves, "status": ["ok"] * n,
+                        "sample_id": ids[:n], "target": [0] * n, "label": [0] * n, "correct": [True] * n,
+                        "value_retest": [None] * n, "value": values, "curve": curves, "status": ["ok"] * n,
                         "reason": [None] * n, "direction": [direction] * n, "method_fn": [fn] * n,
                         "metric_fn": ["mufidelity" if metric.startswith("mufidelity") else metric] * n,
                         "method_fingerprint": ["m"] * n, "metric_fingerprint": ["s"] * n,

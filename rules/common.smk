@@ -40,12 +40,17 @@ wildcard_constraints:
 
 def final_outputs():
     # The caches are targets too: Snakemake would otherwise accept a missing intermediate
-    # (a store deleted, or moved aside above) as long as the reports downstream exist.
+    # (a store deleted by hand or by `attrflow.clean`) as long as the reports downstream exist.
     return [
         f"{RESULTS}/reports/scores.parquet",
         f"{RESULTS}/reports/summary.parquet",
         f"{RESULTS}/reports/summary.md",
+        f"{RESULTS}/reports/report.html",
         f"{RESULTS}/reports/costs.parquet",
+        f"{RESULTS}/reports/comparisons.parquet",
+        f"{RESULTS}/reports/ranks.parquet",
+        f"{RESULTS}/reports/metric_quality.parquet",
+        f"{RESULTS}/reports/metric_agreement.parquet",
         *PLAN.sample_stores(RESULTS),
         *PLAN.eval_shard_stores(RESULTS),
         *PLAN.attribution_stores(RESULTS),

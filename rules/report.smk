@@ -6,6 +6,8 @@ rule aggregate:
         scores=f"{RESULTS}/reports/scores.parquet",
         summary=f"{RESULTS}/reports/summary.parquet",
         costs=f"{RESULTS}/reports/costs.parquet",
+    params:
+        sample_filter=config["run"]["filter"],
     log:
         "logs/aggregate.log",
     benchmark:

@@ -8,5 +8,10 @@ with job_log(snakemake.log[0]):
 
     mark_ready()
 
-    aggregate(snakemake.input.scores, snakemake.output.scores, snakemake.output.summary)
+    aggregate(
+        snakemake.input.scores,
+        snakemake.output.scores,
+        snakemake.output.summary,
+        sample_filter=snakemake.params.sample_filter,
+    )
     write_costs(snakemake.input.maps, snakemake.output.costs)

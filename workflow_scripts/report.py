@@ -10,7 +10,13 @@ with job_log(snakemake.log[0]):
 
     mark_ready()
 
-    write_markdown(snakemake.input.summary, snakemake.output.markdown, snakemake.input.costs, snakemake.input.ranks)
+    write_markdown(
+        snakemake.input.summary,
+        snakemake.output.markdown,
+        snakemake.input.costs,
+        snakemake.input.ranks,
+        scores_path=snakemake.input.scores,
+    )
     write_report(
         reports=Path(snakemake.output.html).parent,
         out_html=snakemake.output.html,

@@ -549,7 +549,7 @@ def _strings(value: Any) -> list[str]:
 
 
 # ROAR's network width when `roar.width` is not given: each architecture's usual one.
-ROAR_DEFAULT_WIDTH = {"small_cnn": 32, "preact_resnet18": 64}
+ROAR_DEFAULT_WIDTH = {"small_cnn": 32, "small_cnn_max": 32, "preact_resnet18": 64}
 
 
 def score_file(results: str, dataset: str, model: str, method: str, shard: int) -> str:

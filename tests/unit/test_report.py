@@ -27,7 +27,10 @@ def _scores(method: str, metric: str, values, direction="higher", status=None, m
             "metric": [metric] * n,
             "sample_id": [f"s{i}" for i in range(n)],
             "target": list(range(n)),
+            "label": list(range(n)),
+            "correct": [True] * n,
             "value": [float(v) for v in values],
+            "value_retest": [None] * n,
             "curve": [[0.0, float(v)] for v in values],
             "status": status,
             "reason": [None if s == "ok" else "why" for s in status],
@@ -152,3 +155,36 @@ def test_costs_come_from_store_provenance(tmp_path):
     assert row["n"] == 6 and row["backward_per_image"] == 8 and row["forward_per_image"] == 9
     assert row["wall_ms_per_image"] == pytest.approx(500.0) and row["peak_memory_mb"] == 2
     assert "| d | m | ig | 6 | 8 | 9 |" in cost_table(costs)
+
+
+def test_model_accuracy_and_the_chance_flag_by_hand():
+    from attrflow.report.model_quality import accuracy_table, model_accuracy
+
+    rows = []
+    for model, hits in (("weak", 3), ("strong", 9)):
+        for i in range(10):
+            for metric in ("deletion", "insertion"):  # several rows per sample count once
+                rows.append({"dataset": "d", "model": model, "sample_id": f"s{i}", "metric": metric,
+                             "label": 0, "correct": i < hits})
+    rows.append({"dataset": "axioms/x", "model": "weak", "sample_id": "a", "metric": "m", "label": None, "correct": None})
+    table = model_accuracy(pd.DataFrame(rows), {"weak": 4, "strong": 4}).set_index("model")
+    assert table.loc["weak", "n"] == 10 and table.loc["weak", "accuracy"] == 0.3
+    # P(X >= 3 | n = 10, p = 1/4) = 1 - P(X <= 2) = 0.474407...
+    assert table.loc["weak", "p_above_chance"] == pytest.approx(0.4744071960449219)
+    assert table.loc["weak", "at_chance"] and not table.loc["strong", "at_chance"]
+    # P(X >= 9 | n = 10, p = 1/4) = 10 · 0.75 · 0.25^9 + 0.25^10 = 2.956390380859375e-05
+    assert table.loc["strong", "p_above_chance"] == pytest.approx(2.956390380859375e-05)
+    assert "at chance level" in accuracy_table(table.reset_index())
+
+
+def test_filter_correct_marks_misclassified_rows_skipped(tmp_path):
+    from attrflow.report.aggregate import MISCLASSIFIED, only_correct
+
+    table = _scores("ig", "ins", [1.0, 2.0, 3.0, 4.0])
+    table = table.set_column(table.schema.get_field_index("correct"), "correct", pa.array([True, False, None, False]))
+    status = table.set_column(table.schema.get_field_index("status"), "status", pa.array(["ok", "ok", "ok", "nan"]))
+    out = only_correct(status).to_pandas()
+    assert out.status.tolist() == ["ok", "skipped", "ok", "nan"]  # no label: kept; already nan: kept
+    assert out.reason.tolist()[1] == MISCLASSIFIED
+    summary = summarise(out)
+    assert int(summary.n.iloc[0]) == 2 and summary["mean"].iloc[0] == pytest.approx(2.0)

@@ -57,7 +57,8 @@ def _results(root: Path) -> dict:
                 pa.table(
                     {
                         "dataset": ["shapes"] * N, "model": ["cnn"] * N, "method": [method] * N, "metric": [metric] * N,
-                        "sample_id": ids, "target": [0] * N, "value": values, "curve": curves, "status": ["ok"] * N,
+                        "sample_id": ids, "target": [0] * N, "label": [0] * N, "correct": [True] * N,
+                        "value_retest": [None] * N, "value": values, "curve": curves, "status": ["ok"] * N,
                         "reason": [None] * N, "direction": [direction] * N, "method_fn": [fn] * N, "metric_fn": [metric] * N,
                         "method_fingerprint": ["m"] * N, "metric_fingerprint": ["s"] * N, "model_fingerprint": ["c"] * N,
                         "dataset_fingerprint": ["d"] * N,

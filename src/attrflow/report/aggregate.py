@@ -81,8 +81,28 @@ def _ranks(summary: pd.DataFrame) -> pd.Series:
     return ranks
 
 
-def aggregate(score_paths: Iterable[str | Path], scores_out: str | Path, summary_out: str | Path) -> pd.DataFrame:
+MISCLASSIFIED = "misclassified: run.filter is 'correct'"
+
+
+def only_correct(table: pa.Table) -> pa.Table:
+    """Rows of misclassified samples marked skipped (with why), so every statistic downstream
+    reads correctly classified samples only; generated inputs (no label) are left as they are."""
+    import pyarrow.compute as pc
+
+    wrong = pc.fill_null(pc.invert(table["correct"]), False)
+    wrong = pc.and_(wrong, pc.equal(table["status"], "ok"))
+    status = pc.if_else(wrong, "skipped", table["status"])
+    reason = pc.if_else(wrong, MISCLASSIFIED, table["reason"])
+    table = table.set_column(table.schema.get_field_index("status"), "status", status)
+    return table.set_column(table.schema.get_field_index("reason"), "reason", reason)
+
+
+def aggregate(
+    score_paths: Iterable[str | Path], scores_out: str | Path, summary_out: str | Path, sample_filter: str = "all"
+) -> pd.DataFrame:
     table = concat_scores(score_paths)
+    if sample_filter == "correct":
+        table = only_correct(table)
     write_table(table, scores_out)
     summary = summarise(table.to_pandas())
     write_table(pa.Table.from_pandas(summary, schema=SUMMARY, preserve_index=False), summary_out)

@@ -120,9 +120,14 @@ def render_markdown(
     costs: pd.DataFrame | None = None,
     ranks: pd.DataFrame | None = None,
     synthesis: pd.DataFrame | None = None,
+    accuracy: pd.DataFrame | None = None,
 ) -> str:
     summary = with_marks(summary, ranks)
     out = ["# attrflow summary", "", *LEGEND, ""]
+    if accuracy is not None and len(accuracy):
+        from attrflow.report.model_quality import accuracy_table
+
+        out += ["## Models on the evaluated samples", "", accuracy_table(accuracy), ""]
     out += _generic_sections(summary[~summary["dataset"].str.startswith(AXIOM_PREFIX)])
     out += axiom_sections(summary, _cell, synthesis)
     if costs is not None and len(costs):
@@ -153,8 +158,11 @@ def write_markdown(
     out_path: str | Path,
     costs_path: str | Path | None = None,
     ranks_path: str | Path | None = None,
+    scores_path: str | Path | None = None,
 ) -> None:
     import os
+
+    from attrflow.report.model_quality import card_classes, model_accuracy
 
     summary = pd.read_parquet(summary_path)
     costs = pd.read_parquet(costs_path) if costs_path else None
@@ -163,5 +171,9 @@ def write_markdown(
     tmp = out_path.with_name(out_path.name + f".tmp-{os.getpid()}")
     # the axiom synthesis stores sit beside reports/: results/axioms/{model}/{entry}/inputs.zarr
     synthesis = read_synthesis(Path(summary_path).resolve().parents[1] / "axioms")
-    tmp.write_text(render_markdown(summary, costs, ranks, synthesis))
+    accuracy = None
+    if scores_path is not None:
+        scores = pd.read_parquet(scores_path, columns=["dataset", "model", "sample_id", "label", "correct"])
+        accuracy = model_accuracy(scores, card_classes(Path(summary_path).resolve().parents[1] / "models"))
+    tmp.write_text(render_markdown(summary, costs, ranks, synthesis, accuracy))
     os.replace(tmp, out_path)
