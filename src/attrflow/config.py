@@ -34,7 +34,7 @@ SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.
 # samples a costly entry is limited to (the first N, so results stay comparable across entries),
 # which of the selected models and datasets a method runs on, and which methods a metric scores.
 GENERIC_METHOD_KEYS = {"fn", "keep_channels", "samples", "models", "datasets"}
-GENERIC_METRIC_KEYS = {"fn", "samples", "methods"}
+GENERIC_METRIC_KEYS = {"fn", "samples", "methods", "retest"}
 def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
     """What a dataset entry can give to metrics (`requires=[...]`) and methods (`references=...`).
 

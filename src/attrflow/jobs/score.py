@@ -25,7 +25,7 @@ LOG = logging.getLogger("attrflow")
 # Samples per metric call: metrics batch their perturbed copies up to `max_batch` inside.
 SAMPLES_PER_CALL = 32
 # Keys of a metric entry that are not the metric function's parameters.
-METRIC_ENTRY_KEYS = ("fn", "samples")
+METRIC_ENTRY_KEYS = ("fn", "samples", "retest")
 
 
 class ShardMaps:
@@ -197,7 +197,7 @@ def score_metric(
     else:
         output = _score_batches(context, n, info, params, metric_seed, first_index)
         retest = None
-        if is_stochastic(info):
+        if is_stochastic(info) and entry.get("retest", True):
             retest_context = replace(context, seed=derive_seed(context.seed, "retest"))
             retest = _score_batches(retest_context, n, info, params, derive_seed(metric_seed, "retest"), first_index)
     ok = np.array(output.status) == "ok"
