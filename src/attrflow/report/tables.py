@@ -33,7 +33,8 @@ LEGEND = [
     "Mean over each cell's own samples ± half-width of the 95 % confidence interval of the mean (Student t).",
     "**Bold**: ranked first on the samples every method of that model shares, and significantly better than the",
     "runner-up there (paired Wilcoxon signed-rank, Holm-corrected within the model × metric, α = 0.05); no bold",
-    f"where no method is. {LIKE_RANDOM}: not distinguishable from the random control (same test). `n=…`: a cell",
+    f"where no method is. {LIKE_RANDOM}: not shown to differ from the random control (same test; also where",
+    "no test could be run, e.g. fewer than 3 samples on which the two differ). `n=…`: a cell",
     "scored on fewer samples than the table's n; comparisons use only the samples both methods share",
     "(comparisons.parquet, ranks.parquet). ↑ higher is better, ↓ lower is better.",
 ]
@@ -55,7 +56,9 @@ def _cell(row: pd.Series, table_n: int | None = None) -> str:
         text += f" ± {(row['ci95_high'] - row['mean']):.2g}"
     if row.get("best_vs_runner_up") == "significant":
         text = f"**{text}**"
-    if row.get("vs_random") == "not distinguishable":
+    # "no test": too few samples on which the method and the random control differ at all, so
+    # nothing shows that they differ; the table must not read as if it did.
+    if row.get("vs_random") in ("not distinguishable", "no test"):
         text += f" {LIKE_RANDOM}"
     if table_n is not None and row["n"] != table_n:
         text += f" n={row['n']}"
