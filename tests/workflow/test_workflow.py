@@ -119,15 +119,20 @@ def _edit(path, transform):
     return original
 
 
+def _add_statement(function: str):
+    """A transform that adds a real statement at the top of ``function``'s body."""
+
+    def change(text: str) -> str:
+        head, tail = text.split(f"def {function}(", 1)
+        signature, body = tail.split(":\n", 1)
+        return f"{head}def {function}({signature}:\n    _marker = 1\n{body}"
+
+    return change
+
+
 def test_d_edited_method_module_replans_only_that_method(finished_run: Workflow):
     module = finished_run.root / "src" / "attrflow" / "methods" / "random_attribution.py"
-
-    def change(text: str) -> str:  # a real statement in the registered function
-        head, tail = text.split("def random_attribution(", 1)
-        signature, body = tail.split(":\n", 1)
-        return f"{head}def random_attribution({signature}:\n    _marker = 1\n{body}"
-
-    original = _edit(module, change)
+    original = _edit(module, _add_statement("random_attribution"))  # a real statement in the method
     try:
         jobs = finished_run.planned()
     finally:
@@ -159,13 +164,7 @@ def test_d2_docstrings_and_comments_replan_nothing(finished_run: Workflow):
 
 def test_d3_a_real_change_to_a_shared_helper_replans_exactly_its_users(finished_run: Workflow):
     helper = finished_run.root / "src" / "attrflow" / "methods" / "_batching.py"
-
-    def change(text: str) -> str:  # a statement in path_diagnostics, which only path methods use
-        head, tail = text.split("def path_diagnostics(", 1)
-        signature, body = tail.split(":\n", 1)
-        return f"{head}def path_diagnostics({signature}:\n    _marker = 1\n{body}"
-
-    original = _edit(helper, change)
+    original = _edit(helper, _add_statement("path_diagnostics"))  # used by path methods only
     try:
         jobs = finished_run.planned()
     finally:

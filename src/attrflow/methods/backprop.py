@@ -322,33 +322,25 @@ ELEMENTWISE_RULES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Soft
 DEEPLIFT_MODULES = (*ELEMENTWISE_RULES, nn.MaxPool2d)
 
 
+def _rescale_hook(module: nn.Module, inputs, output):
+    """The rescale rule of one DeepLIFT unit (max-pool or elementwise)."""
+    rule = _rescale_max_pool if isinstance(module, nn.MaxPool2d) else _rescale_elementwise
+    return rule(module, inputs, output)
+
+
 @contextmanager
 def _rescale_rules(model: nn.Module) -> Iterator[None]:
     """Give every DeepLIFT unit of ``model`` its rescale rule for one call (inputs and references
     must run side by side, inputs first). In-place modules run out of place meanwhile: the rule
     needs each unit's input after its output exists."""
-    handles, inplace = [], []
-    try:
-        for module in model.modules():
-            if getattr(module, "inplace", False) is True:
-                module.inplace = False
-                inplace.append(module)
-            if isinstance(module, nn.MaxPool2d):
-                handles.append(module.register_forward_hook(_rescale_max_pool))
-            elif isinstance(module, ELEMENTWISE_RULES):
-                handles.append(module.register_forward_hook(_rescale_elementwise))
+    with _unit_hooks(model, _rescale_hook):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module in inplace:
-            module.inplace = True
 
 
 @contextmanager
 def _unit_hooks(model: nn.Module, hook: Callable) -> Iterator[None]:
     """``hook`` as the forward hook of every DeepLIFT unit of ``model`` for one call, in-place
-    modules out of place meanwhile (as `_rescale_rules`)."""
+    modules out of place meanwhile."""
     handles, inplace = [], []
     try:
         for module in model.modules():
