@@ -135,6 +135,24 @@ def verify_store(path: str | os.PathLike, deep: bool = True) -> list[str]:
     return problems
 
 
+# Files that live beside a store's Zarr hierarchy: our manifest, and the timestamp Snakemake
+# writes into every directory output. Zarr would list them as group members and warn that they
+# are not part of the hierarchy; a reader through `open_store` does not see them.
+NOT_ZARR = frozenset({MANIFEST, ".snakemake_timestamp"})
+
+
+def _reading_store(path: Path) -> Any:
+    import zarr
+
+    class StoreWithoutSidecars(zarr.storage.LocalStore):
+        async def list_dir(self, prefix: str):
+            async for key in super().list_dir(prefix):
+                if not (prefix == "" and key in NOT_ZARR):
+                    yield key
+
+    return StoreWithoutSidecars(path, read_only=True)
+
+
 def open_store(path: str | os.PathLike, deep: bool = True) -> Any:
     """Open a verified store read-only as a zarr group; raise StoreError naming the problem."""
     import zarr
@@ -146,7 +164,7 @@ def open_store(path: str | os.PathLike, deep: bool = True) -> Any:
             + ("" if len(problems) <= 5 else f" (and {len(problems) - 5} more)")
             + ". Delete it and re-run to recompute."
         )
-    return zarr.open_group(zarr.storage.LocalStore(Path(path), read_only=True), mode="r")
+    return zarr.open_group(_reading_store(Path(path)), mode="r")
 
 
 def content_key(path: str | os.PathLike) -> str:

@@ -80,3 +80,14 @@ def test_manifest_lists_every_file(tmp_path):
     listed = set(manifest["files"])
     on_disk = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert listed == on_disk
+
+
+def test_reading_lists_no_sidecar_files_and_warns_nothing(tmp_path):
+    import warnings
+
+    path, _ = _write(tmp_path / "s.zarr")
+    (path / ".snakemake_timestamp").write_text("")  # Snakemake adds this to directory outputs
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = sorted(dict(open_store(path).members()))
+    assert members == ["diagnostics", "ids", "maps"]
