@@ -112,11 +112,20 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} figcaption {{ font-size: 
 # Sections
 
 
-def _what_ran(page: Page, summary: pd.DataFrame, ranks: pd.DataFrame, costs: pd.DataFrame | None) -> None:
+def _what_ran(
+    page: Page, summary: pd.DataFrame, ranks: pd.DataFrame, costs: pd.DataFrame | None, accuracy: pd.DataFrame
+) -> None:
     page.h(2, "What was run")
     for key in ("dataset", "model", "method", "metric"):
         values = sorted(summary[key].unique())
         page.p(f"{key}s ({len(values)}): " + ", ".join(values))
+    if len(accuracy):
+        page.h(3, "Models on the evaluated samples")
+        page.p(
+            "Accuracy on the samples the maps explain; at_chance: not significantly better than 1 / classes "
+            "(one-sided exact binomial test, α = 0.05) — such a model's maps explain guesses."
+        )
+        page.table(accuracy)
     page.h(3, "Samples per cell")
     page.p(
         "n own: how many samples each method was scored on (smallest and largest over methods); n common: "
@@ -568,7 +577,11 @@ def write_report(
         "the Friedman test with Nemenyi critical differences (Demšar 2006). The tables behind this page are "
         "comparisons.parquet, ranks.parquet, metric_quality.parquet and metric_agreement.parquet."
     )
-    _what_ran(page, summary, ranks, costs)
+    from attrflow.report.model_quality import card_classes, model_accuracy
+
+    labels = pq.read_table(reports / "scores.parquet", columns=["dataset", "model", "sample_id", "label", "correct"])
+    accuracy = model_accuracy(labels.to_pandas(), card_classes(reports.resolve().parent / "models"))
+    _what_ran(page, summary, ranks, costs, accuracy)
     _cd_diagrams(page, ranks)
     _rank_heatmaps(page, ranks)
     _agreement(page, agreement, quality)
