@@ -6,8 +6,6 @@ rule aggregate:
         scores=f"{RESULTS}/reports/scores.parquet",
         summary=f"{RESULTS}/reports/summary.parquet",
         costs=f"{RESULTS}/reports/costs.parquet",
-    params:
-        sample_filter=config["run"]["filter"],
     log:
         "logs/aggregate.log",
     benchmark:
@@ -15,6 +13,8 @@ rule aggregate:
     localrule: True
     conda:
         "../envs/attrflow.yaml"
+    params:
+        sample_filter=config["run"]["filter"],
     script:
         "../workflow_scripts/aggregate.py"
 
