@@ -94,16 +94,29 @@ def references_store(dataset, model, kind):
 def attribute_inputs(wildcards):
     # A shard reads its own evaluation shard store: a changed image re-runs the shards (and
     # scores) that hold it, and a grown dataset adds shards without touching finished ones.
-    inputs = {
+    return {
         "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
         **model_files(wildcards.model),
+        **method_references_input(wildcards),
     }
+
+
+def train_maps_inputs(wildcards):
+    # ROAR's train-split maps read the whole-dataset store's train split. `ancient`: a store
+    # rebuilt only to add evaluation samples must not re-run them; the train split's spec is in
+    # their params.
+    return {
+        "samples": ancient(samples_store(wildcards.dataset)),
+        **model_files(wildcards.model),
+        **method_references_input(wildcards),
+    }
+
+
+def method_references_input(wildcards):
     kind = PLAN.method_references(wildcards.method)
-    if kind:
-        inputs["references"] = references_store(
-            wildcards.dataset, wildcards.model, kind
-        )
-    return inputs
+    if not kind:
+        return {}
+    return {"references": references_store(wildcards.dataset, wildcards.model, kind)}
 
 
 def references_params(wildcards):

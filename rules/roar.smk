@@ -11,7 +11,7 @@ wildcard_constraints:
 
 rule roar_train_maps:
     input:
-        unpack(attribute_inputs),
+        unpack(train_maps_inputs),
     output:
         directory(f"{RESULTS}/roar/{{dataset}}/{{model}}/{{method}}/train_maps.zarr"),
     log:

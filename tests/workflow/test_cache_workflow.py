@@ -71,7 +71,7 @@ def test_an_overwritten_image_replans_exactly_its_shard(photo_run: Workflow):
     finally:
         victim.write_bytes(original)
     rules = sorted({rule for rule, _ in jobs})
-    assert rules == ["aggregate", "attribute", "prepare_dataset", "prepare_eval_shard", "report", "score"]
+    assert rules == ["aggregate", "attribute", "evidence", "prepare_dataset", "prepare_eval_shard", "report", "score"]
     for rule, wc in jobs:
         if rule in ("prepare_eval_shard", "attribute", "score"):
             assert wc["shard"] == "1", (rule, wc)

@@ -201,7 +201,7 @@ def test_d5_a_new_metric_computes_only_itself(tmp_path):
     config["metrics"]["faithfulness"] = {"fn": "faithfulness_correlation", "subsets": 4}
     config["run"]["metrics"].append("faithfulness")
     new = wf.write_config(config, "more.yaml")
-    assert {rule for rule, _ in wf.planned(new)} == {"score", "aggregate", "report"}
+    assert {rule for rule, _ in wf.planned(new)} == {"score", "aggregate", "evidence", "report"}
     wf.snakemake(config=new)
     logs = "".join(p.read_text() for p in (wf.workdir / "logs" / "score").rglob("*.log"))
     for metric in ("deletion", "insertion", "mufidelity"):
