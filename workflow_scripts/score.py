@@ -15,6 +15,5 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         maps_path=snakemake.input.maps,
         references_path=snakemake.input.get("references"),
         out_path=snakemake.output[0],
-        shard=int(snakemake.wildcards.shard),
         **dict(snakemake.params.setting),
     )

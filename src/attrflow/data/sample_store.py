@@ -54,6 +54,19 @@ class SampleSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of what the samples are: pixels, labels, ids, masks and boxes."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(self.images.tobytes())
+        h.update(self.labels.tobytes())
+        h.update("\0".join(self.ids).encode())
+        for extra in (self.boxes, self.masks):
+            if extra is not None:
+                h.update(extra.tobytes())
+        return h.hexdigest()[:16]
+
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
             "images": self.images,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrflow.data.sample_store import SampleSet, read_samples
+from attrflow.data.sample_store import read_samples
 from attrflow.jobs.runtime import (
     derive_seed,
     device_description,
@@ -33,14 +32,6 @@ SAMPLES_PER_CALL = 64
 
 def method_params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
-
-
-def content_fingerprint(samples: SampleSet) -> str:
-    h = hashlib.sha256()
-    h.update(samples.images.tobytes())
-    h.update(samples.labels.tobytes())
-    h.update("\0".join(samples.ids).encode())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -141,7 +132,7 @@ def attribute_shard(
         "model": model_name,
         "model_fingerprint": _card_fingerprint(card_path),
         "dataset": dataset,
-        "dataset_fingerprint": content_fingerprint(samples),
+        "dataset_fingerprint": samples.fingerprint(),
         "dataset_spec": dataset_spec or {},
         "shard": int(shard),
         "sample_range": [start, stop],

@@ -16,14 +16,11 @@ def prepare_dataset_store(*, name: str, spec: dict[str, Any], out_path: str | Pa
     from attrflow.data.sample_store import write_sample_store
 
     evaluation, train, attrs = prepare_dataset(name, spec, int(spec.get("seed", 0)))
+    # both splits: the evaluation split's own fingerprint, then the train split's
     h = hashlib.sha256()
     for part in (evaluation, train):
         if part is not None:
-            h.update(part.images.tobytes())
-            h.update(part.labels.tobytes())
-            for extra in (part.masks, part.boxes):
-                if extra is not None:
-                    h.update(extra.tobytes())
+            h.update(part.fingerprint().encode())
     attrs = {**attrs, "fingerprint": h.hexdigest()[:16]}
     LOG.info(
         "%s: %d evaluation and %d training samples, fingerprint %s",
@@ -47,14 +44,6 @@ def prepare_eval_shard(
             f"datasets.{name}: {len(samples)} evaluation samples in [{start}, {stop}); the source "
             "holds fewer than the plan expects (was a file removed while the run started?)"
         )
-    h = hashlib.sha256()
-    h.update(samples.images.tobytes())
-    h.update(samples.labels.tobytes())
-    h.update("\0".join(samples.ids).encode())
-    if samples.boxes is not None:
-        h.update(samples.boxes.tobytes())
-    if samples.masks is not None:
-        h.update(samples.masks.tobytes())
     class_names = class_names_of(spec)  # the label order: which class each label index means
     attrs = {
         "dataset": name,
@@ -62,7 +51,7 @@ def prepare_eval_shard(
         "spec": dict(spec),
         "class_names": class_names,
         "num_classes": len(class_names),
-        "fingerprint": h.hexdigest()[:16],
+        "fingerprint": samples.fingerprint(),
     }
     LOG.info("%s shard %d: samples [%d, %d), fingerprint %s", name, shard, start, stop, attrs["fingerprint"])
     return write_eval_shard(out_path, samples, [start, stop], attrs)

@@ -59,7 +59,6 @@ def score_shard(
     model_dir: str | Path,
     maps_path: str | Path,
     out_path: str | Path,
-    shard: int,
     dataset: str,
     model: str,
     method: str,
@@ -93,6 +92,7 @@ def score_shard(
             "since the maps were computed"
         )
     cache = ResultCache.beside(out_path)
+    samples_key = _samples_key(samples_path)
     keys = {
         metric: cache.key(
             "score",
@@ -102,7 +102,7 @@ def score_shard(
             maps=shards.result_key,
             method_code=method_code,
             names=[dataset, model, method],
-            samples=_samples_key(samples_path),
+            samples=samples_key,
             sample_range=[start, stop],
             runtime=[device, seed, max_batch, target],
         )
