@@ -47,7 +47,7 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         provided = dataset_provides(base, datasets)
         return provided - {"train_split"} if spec.get("train") == "none" else provided
     if kind == "synthetic_shapes":
-        return {"masks", "train_split"}
+        return {"masks", "train_split", "concepts"}
     if kind == "cifar":
         return {"train_split"}
     provided = {"train_split"} if spec.get("train_root") else set()

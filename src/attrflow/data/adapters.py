@@ -212,12 +212,13 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         corrupt_seed = opt["seed"] if opt["seed"] is not None else seed
         corruption = canonical_corruption(opt["corruption"])
         images = corrupt(base.images, corruption, opt["severity"], ids=base.ids, seed=corrupt_seed, stream="eval")
-        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes)
+        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes, base.concepts)
     if kind == "synthetic_shapes":
         from attrflow.data.synthetic_shapes import generate_shapes
 
         synthetic_seed = opt["seed"] if opt["seed"] is not None else seed
-        return generate_shapes("test", stop, seed=synthetic_seed, size=opt["size"], classes=opt["classes"], start=start)
+        shape = {"seed": synthetic_seed, "size": opt["size"], "classes": opt["classes"]}
+        return _with_shape_concepts(generate_shapes("test", stop, **shape, start=start), shape, start)
     if kind == "image_folder":
         from attrflow.data.image_folder import load_image_folder
 
@@ -249,7 +250,7 @@ def _corrupted(
 
     def corrupted(samples: SampleSet, stream: str) -> SampleSet:
         images = corrupt(samples.images, corruption, opt["severity"], ids=samples.ids, seed=seed, stream=stream)
-        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes)
+        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes, samples.concepts)
 
     height, width = evaluation.images.shape[2:]
     preprocessing = {
@@ -280,10 +281,21 @@ def _synthetic(opt: dict[str, Any], seed: int) -> tuple:
 
     seed = opt["seed"] if opt["seed"] is not None else seed
     shape = {"seed": seed, "size": opt["size"], "classes": opt["classes"]}
-    evaluation = generate_shapes("test", opt["n_test"], **shape)
+    evaluation = _with_shape_concepts(generate_shapes("test", opt["n_test"], **shape), shape, 0)
     train = generate_shapes("train", opt["n_train"], **shape) if opt["n_train"] else None
-    preprocessing = {**shape, "pixel_range": [0.0, 1.0], "masks": "object pixels"}
+    preprocessing = {
+        **shape, "pixel_range": [0.0, 1.0], "masks": "object pixels",
+        "concepts": "region, shape, colour, texture per pixel (evaluation split; attrflow.data.concepts)",
+    }  # fmt: skip
     return evaluation, train, "embedded", preprocessing, class_names(opt["classes"])
+
+
+def _with_shape_concepts(samples: SampleSet, shape: dict[str, Any], start: int) -> SampleSet:
+    """The embedded samples with their per-pixel concept labels (Network Dissection)."""
+    from attrflow.data.concepts import shape_concepts, with_concepts
+
+    concepts = shape_concepts("test", samples.masks, seed=shape["seed"], size=shape["size"], classes=shape["classes"], start=start)
+    return with_concepts(samples, concepts)
 
 
 def _image_folder_options(opt: dict[str, Any]) -> dict[str, Any]:

@@ -93,8 +93,11 @@ def pathway_grad(
 ) -> Attribution:
     """∇ₓ of the target logit through the critical pathway only (see module doc).
 
-    Diagnostics: ``kept_fraction`` (n,) the share of units in the pathway and ``threshold``
-    (n,) the contribution c_κ at which it was cut.
+    Diagnostics: ``kept_fraction`` (n,) the share of units in the pathway, ``threshold``
+    (n,) the contribution c_κ at which it was cut, and the pathway diagnostics of Khakzar et
+    al., CVPR 2021: ``dead_fraction`` (n,) the share of the pathway's units that were dead
+    (exactly zero) in the original forward pass and ``dead_fraction_layers`` (n, sites) the
+    same per layer (NaN where the pathway keeps no unit of it).
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
@@ -105,7 +108,7 @@ def pathway_grad(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
     modules = pathway_modules(model, layers)
-    maps, kept, thresholds = [], [], []
+    maps, kept, thresholds, dead, dead_layers = [], [], [], [], []
     with evaluation_mode(model):
         for start in range(0, x.shape[0], max_batch):
             images, classes = x[start : start + max_batch], target[start : start + max_batch]
@@ -118,10 +121,40 @@ def pathway_grad(
             units = sum(m[0].numel() for m in masks)
             kept.append(sum(m.flatten(1).sum(dim=1) for m in masks).to(x.dtype) / units)
             thresholds.append(threshold)
+            overall, per_layer = dead_share(masks, site_activations(model, images, modules))
+            dead.append(overall.to(x.dtype))
+            dead_layers.append(per_layer.to(x.dtype))
     return Attribution(
         maps=torch.cat(maps),
-        diagnostics={"kept_fraction": torch.cat(kept), "threshold": torch.cat(thresholds)},
+        diagnostics={
+            "kept_fraction": torch.cat(kept),
+            "threshold": torch.cat(thresholds),
+            "dead_fraction": torch.cat(dead),
+            "dead_fraction_layers": torch.cat(dead_layers),
+        },
     )
+
+
+@torch.no_grad()
+def site_activations(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor]:
+    """Every site's output in an unmodified forward pass."""
+    sites = _Sites(modules)
+    with sites.attached():
+        sites.run(model, x)
+    return [a.detach() for a in sites.outputs]
+
+
+def dead_share(masks: list[torch.Tensor], activations: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of a pathway's units that were originally dead (activation exactly 0), network-wide
+    (n,) and per site (n, sites); NaN where the pathway (or its part in a site) is empty."""
+    if len(masks) != len(activations) or any(m.shape != a.shape for m, a in zip(masks, activations)):
+        raise ValueError("dead_share: one activation tensor per pathway mask, of the same shape")
+    kept = torch.stack([m.flatten(1).sum(dim=1) for m in masks], dim=1).double()
+    dead = torch.stack([(m & (a == 0)).flatten(1).sum(dim=1) for m, a in zip(masks, activations)], dim=1).double()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=kept.device)
+    overall = torch.where(kept.sum(dim=1) > 0, dead.sum(dim=1) / kept.sum(dim=1).clamp(min=1), nan)
+    per_layer = torch.where(kept > 0, dead / kept.clamp(min=1), nan)
+    return overall, per_layer
 
 
 def pathway_modules(model: nn.Module, layers: list[str]) -> list[nn.Module]:
