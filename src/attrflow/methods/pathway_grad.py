@@ -117,11 +117,12 @@ def pathway_grad(
             else:
                 scores = neuron_intgrad(model, images, classes, modules, steps=steps, max_batch=max_batch)
             masks, threshold = select_pathway(scores, sparsity)
-            maps.append(pathway_gradient(model, images, classes, modules, masks))
+            activations: list[torch.Tensor] = []
+            maps.append(pathway_gradient(model, images, classes, modules, masks, record=activations))
             units = sum(m[0].numel() for m in masks)
             kept.append(sum(m.flatten(1).sum(dim=1) for m in masks).to(x.dtype) / units)
             thresholds.append(threshold)
-            overall, per_layer = dead_share(masks, site_activations(model, images, modules))
+            overall, per_layer = dead_share(masks, activations)
             dead.append(overall.to(x.dtype))
             dead_layers.append(per_layer.to(x.dtype))
     return Attribution(
@@ -133,15 +134,6 @@ def pathway_grad(
             "dead_fraction_layers": torch.cat(dead_layers),
         },
     )
-
-
-@torch.no_grad()
-def site_activations(model: nn.Module, x: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor]:
-    """Every site's output in an unmodified forward pass."""
-    sites = _Sites(modules)
-    with sites.attached():
-        sites.run(model, x)
-    return [a.detach() for a in sites.outputs]
 
 
 def dead_share(masks: list[torch.Tensor], activations: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -295,10 +287,12 @@ def pathway_gradient(
     target: torch.Tensor,
     modules: list[nn.Module],
     masks: list[torch.Tensor],
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """∇ₓ of the target logit with every unit outside ``masks`` frozen at its own value.
 
     e·a + (1 − e)·detach(a) equals a in the forward pass and passes gradient only where e = 1.
+    The forward values are the original activations: ``record``, when given, receives them.
     """
     sites = _Sites(modules)
 
@@ -313,4 +307,6 @@ def pathway_gradient(
     with sites.attached(), torch.enable_grad():
         logits = sites.run(model, inputs)
         (grad,) = torch.autograd.grad(_target_logits(logits, target).sum(), inputs)
+    if record is not None:
+        record.extend(output.detach() for output in sites.outputs)
     return grad
