@@ -56,6 +56,7 @@ def final_outputs():
         *PLAN.attribution_stores(RESULTS),
         *PLAN.roar_outputs(RESULTS),
         *PLAN.axiom_stores(RESULTS),
+        *PLAN.dissection_outputs(RESULTS),
     ]
 
 
@@ -232,3 +233,8 @@ def score_axioms_params(wildcards):
         },
         "metric_code": PLAN.axioms_code["metrics"],
     }
+
+
+# Network Dissection (rules/dissection.smk)
+def dissection_params(wildcards):
+    return PLAN.dissection_setting(wildcards.dataset, wildcards.model, wildcards.layer)

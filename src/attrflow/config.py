@@ -236,6 +236,31 @@ def _check_roar(config: dict) -> None:
             raise ConfigError(f"roar.fractions[{i}]", f"{roar['fractions'][i]} equals an earlier fraction to 6 decimals")
 
 
+def _check_dissection(config: dict) -> None:
+    """Network Dissection names selected models and selected datasets with concept labels."""
+    section = config.get("dissection")
+    if not section:
+        return
+    run = config["run"]
+    for i, model in enumerate(section.get("models", [])):
+        if model not in run["models"]:
+            raise ConfigError(f"dissection.models[{i}]", f"{model!r} is not selected in run.models")
+    for i, dataset in enumerate(section.get("datasets", [])):
+        if dataset not in run["datasets"]:
+            raise ConfigError(f"dissection.datasets[{i}]", f"{dataset!r} is not selected in run.datasets")
+        spec = config["datasets"][dataset]
+        if "concepts" not in dataset_provides(spec, config["datasets"]):
+            raise ConfigError(
+                f"dissection.datasets[{i}]",
+                f"dataset {dataset!r} (kind {spec['kind']}) has no per-pixel concept labels; Network Dissection "
+                "needs them (the embedded synthetic_shapes has them; see README, Network Dissection)",
+            )
+    if "datasets" not in section and not any(
+        "concepts" in dataset_provides(config["datasets"][d], config["datasets"]) for d in run["datasets"]
+    ):
+        raise ConfigError("dissection", "no selected dataset has per-pixel concept labels to dissect with")
+
+
 def _check_axioms(config: dict) -> None:
     """Axiom entries must be able to run on every selected model (two classes, patches that fit)."""
     from attrflow.axioms.settings import axiom_problems
@@ -492,6 +517,7 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check_lpi_layout(checked)
     _check_axioms(checked)
     _check_roar(checked)
+    _check_dissection(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
     _check_image_folders(checked, Path(workdir) if workdir else Path.cwd())
     _check_label_spaces(checked, Path(workdir) if workdir else Path.cwd())

@@ -33,6 +33,8 @@ PREPARE_DATASET_JOB = ("attrflow.jobs.prepare", "prepare_dataset_store")
 PREPARE_EVAL_SHARD_JOB = ("attrflow.jobs.prepare", "prepare_eval_shard")
 PREPARE_MODEL_JOB = ("attrflow.jobs.prepare", "prepare_model_files")
 REFERENCES_JOB = ("attrflow.jobs.references", "prepare_references_store")
+DISSECT_JOB = ("attrflow.dissection.job", "dissect_layer")
+SEMANTIC_FN = "semantic_attribution"
 
 
 @dataclass(frozen=True)
@@ -402,6 +404,64 @@ class Plan:
     def axiom_score_files(self, results: str = "results") -> list[str]:
         """One `score_axioms` file per model: every method on every entry (scoring reads maps only)."""
         return [f"{results}/axioms/{m}/scores.parquet" for m in self.axiom_models()]
+
+    # ---------------------------------------------------------------- Network Dissection
+    @property
+    def dissection(self) -> dict:
+        """The `dissection:` section ({} when absent)."""
+        return self.config.get("dissection") or {}
+
+    def dissection_layers(self) -> list[str]:
+        """Layers to dissect: `dissection.layers`, then the layers of the selected
+        semantic_attribution entries (so their top units can be named)."""
+        layers = list(self.dissection.get("layers", []))
+        for method in self.run["methods"]:
+            entry = self.config["methods"][method]
+            if entry["fn"] == SEMANTIC_FN:
+                layers.append(entry.get("layer", "default"))
+        return list(dict.fromkeys(layers))
+
+    def dissection_datasets(self) -> list[str]:
+        from attrflow.config import dataset_provides
+
+        if "datasets" in self.dissection:
+            return list(self.dissection["datasets"])
+        return [
+            d for d in self.run["datasets"]
+            if "concepts" in dataset_provides(self.config["datasets"][d], self.config["datasets"])
+        ]  # fmt: skip
+
+    def dissection_jobs(self) -> list[tuple[str, str, str]]:
+        """(dataset, model, layer) of every `dissect` job."""
+        models = self.dissection.get("models", self.run["models"])
+        return [(d, m, layer) for d in self.dissection_datasets() for m in models for layer in self.dissection_layers()]
+
+    def dissection_tables(self, results: str = "results") -> list[str]:
+        return [f"{results}/dissection/{d}/{m}/{layer}.parquet" for d, m, layer in self.dissection_jobs()]
+
+    def dissection_outputs(self, results: str = "results") -> list[str]:
+        """The dissection reports `all` and the HTML report ask for; none without a dissect job."""
+        if not self.dissection_jobs():
+            return []
+        return [f"{results}/reports/dissection_counts.parquet", f"{results}/reports/dissection_units.parquet"]
+
+    def dissection_setting(self, dataset: str, model: str, layer: str) -> dict:
+        """Params of a `dissect` job: what its table depends on."""
+        return {
+            "dataset": dataset,
+            "model": model,
+            "layer": layer,
+            "quantile": float(self.dissection.get("quantile", 0.005)),
+            "iou_threshold": float(self.dissection.get("iou_threshold", 0.04)),
+            "dataset_spec": self.dataset_spec(dataset),
+            "code": self.dissection_code,
+            "device": self.config["device"],
+            "max_batch": self.config["max_batch"],
+        }
+
+    @cached_property
+    def dissection_code(self) -> str:
+        return symbols_fingerprint([DISSECT_JOB])
 
     # ---------------------------------------------------------------- ROAR and DiffROAR
     @property
