@@ -165,3 +165,52 @@ def test_concept_labels_refuse_bad_shapes():
         ConceptLabels(np.zeros((2, 3, 4, 4)), ["a"], ["x"], ["x"])
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
         ConceptLabels(np.full((2, 1, 4, 4), 2), ["a"], ["x"], ["x"])
+
+
+def test_label_planes_give_the_dense_masks_sums():
+    """`add_labels` (one index per pixel and plane) equals `add` (one mask per concept), also
+    where two planes repeat a concept at a pixel."""
+    evaluation, _, _ = prepare_dataset("shapes", SPEC, 0)
+    labels = evaluation.concepts.labels.astype(np.int64)
+    labels = np.concatenate([labels, labels[:, 1:2]], axis=1)  # the shape plane twice
+    concepts = ConceptLabels(labels, evaluation.concepts.names, evaluation.concepts.categories,
+                             [*evaluation.concepts.category_order, "shape"])
+    activations = torch.rand(12, 5, 4, 4, generator=torch.Generator().manual_seed(2))
+    thresholds = unit_thresholds(activations, 0.2)
+    dense, planes = IoUAccumulator(thresholds, len(concepts.names)), IoUAccumulator(thresholds, len(concepts.names))
+    for rows in (slice(0, 5), slice(5, 12)):
+        dense.add(activations[rows], torch.from_numpy(concepts.masks(rows)))
+        planes.add_labels(activations[rows], torch.from_numpy(concepts.labels[rows].astype(np.int64)))
+    torch.testing.assert_close(planes.intersection, dense.intersection)
+    torch.testing.assert_close(planes.union, dense.union)
+    torch.testing.assert_close(planes.images_with, dense.images_with)
+
+
+def test_dissecting_a_model_layer_names_the_unit_that_copies_a_concept():
+    """A network whose first channel is the object mask itself (the images' red channel, where a
+    constructed dataset paints objects red on black) is labelled region:object by the job."""
+    from attrflow.dissection.job import dissect_model_layer, dissection_table
+    from attrflow.models import WrappedModel
+
+    evaluation, _, _ = prepare_dataset("shapes", SPEC, 0)
+    images = np.zeros_like(evaluation.images)
+    images[:, 0] = evaluation.masks
+    images[:, 1] = np.random.default_rng(0).uniform(size=evaluation.masks.shape)
+    conv = torch.nn.Conv2d(3, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0] = 1.0  # unit 0: the red channel, i.e. the object mask
+        conv.weight[1, 1] = 1.0  # unit 1: noise
+    net = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    model = WrappedModel(net, num_classes=2, mean=[0.0] * 3, std=[1.0] * 3, name="copy").eval()
+    object_share = evaluation.masks.mean()  # T at the object's share of pixels: the mask exactly
+    result, module = dissect_model_layer(
+        model, images, evaluation.concepts, "0", quantile=object_share * 0.999, iou_threshold=0.04, batch=5
+    )
+    assert module == "0"
+    assert result.unit_labels()[0] == "region:object"
+    assert result.iou[0, result.concepts.index("region:object")] == pytest.approx(1.0)
+    table = dissection_table(result, dataset="d", model="copy", layer="0", module=module, quantile=0.1)
+    detector_rows = table.to_pandas().query("detector")
+    assert "region:object" in set(detector_rows["concept"])
+    assert table.num_rows == 2 * len(result.concepts)

@@ -9,7 +9,9 @@ part, material, texture, scene):
 * ``labels`` (N, G, H, W) uint16: for each of the G categories, the concept a pixel shows, as
   ``1 + its index`` in the vocabulary, or 0 for "no concept of this category here";
 * ``names`` (K,) and ``categories`` (K,): the vocabulary, concept ``k`` is ``names[k]`` of the
-  category ``categories[k]``; ``category_order`` (G,) says which category each label plane holds.
+  category ``categories[k]``; ``category_order`` (G,) says which category each label plane holds
+  (a category may have several planes where its annotations overlap, as Broden's do). A value
+  means the same concept in every plane.
 
 In the sample store the labels are the array ``concept_labels``; the vocabulary is the arrays
 ``concept_names``, ``concept_categories`` and ``concept_category_order`` (not per sample).
@@ -77,9 +79,6 @@ class ConceptLabels:
             )
         if len(self.names) != len(self.categories):
             raise ValueError(f"{len(self.names)} concept names but {len(self.categories)} categories")
-        unknown = sorted(set(self.categories) - set(self.category_order))
-        if unknown:
-            raise ValueError(f"concepts name categories {unknown} that have no label plane")
         if self.labels.size and int(self.labels.max()) > len(self.names):
             raise ValueError(f"a concept label exceeds the vocabulary of {len(self.names)} concepts")
 
@@ -92,12 +91,14 @@ class ConceptLabels:
         return [f"{c}:{n}" for c, n in zip(self.categories, self.names)]
 
     def masks(self, rows: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """(n, K, H, W) bool: which pixels of samples ``rows`` show each concept."""
+        """(n, K, H, W) bool: which pixels of samples ``rows`` show each concept (in any plane:
+        a category may have several planes, e.g. Broden's overlapping object annotations)."""
         labels = self.labels[rows]
         out = np.zeros((labels.shape[0], len(self.names), *labels.shape[2:]), dtype=bool)
-        for k, category in enumerate(self.categories):
-            plane = self.category_order.index(category)
-            out[:, k] = labels[:, plane] == k + 1
+        for plane in range(labels.shape[1]):
+            for k in np.unique(labels[:, plane]):
+                if k:
+                    out[:, int(k) - 1] |= labels[:, plane] == k
         return out
 
     def select(self, rows: slice) -> ConceptLabels:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from attrflow.data.concepts import ConceptLabels
 from attrflow.dissection.network_dissection import Dissection, IoUAccumulator, ThresholdAccumulator, finish
 
 LOG = logging.getLogger("attrflow")
@@ -78,9 +79,7 @@ class _LayerOutputs:
 def dissect_model_layer(
     model: torch.nn.Module,
     images: np.ndarray,
-    concept_masks,
-    concepts: list[str],
-    categories: list[str],
+    concepts: ConceptLabels,
     layer: str,
     *,
     quantile: float,
@@ -88,8 +87,8 @@ def dissect_model_layer(
     batch: int,
     device: torch.device | str = "cpu",
 ) -> tuple[Dissection, str]:
-    """Dissect ``layer`` of ``model`` on ``images`` (N, C, H, W); ``concept_masks(rows)`` gives
-    the (n, K, H, W) bool masks of a slice of samples. Returns the dissection and the module path."""
+    """Dissect ``layer`` of ``model`` on ``images`` (N, C, H, W) with their concept labels.
+    Returns the dissection and the module path the layer resolved to."""
     from attrflow.models.layers import resolve_layer
 
     path, module = resolve_layer(model, layer)
@@ -109,12 +108,12 @@ def dissect_model_layer(
         thresholds.add(first)
         for rows in batches[1:]:
             thresholds.add(activations(rows))
-        iou = IoUAccumulator(thresholds.thresholds(), len(concepts))
+        iou = IoUAccumulator(thresholds.thresholds(), len(concepts.names))
         for rows in batches:
-            iou.add(activations(rows), torch.from_numpy(concept_masks(rows)))
+            iou.add_labels(activations(rows), torch.from_numpy(concepts.labels[rows].astype(np.int64)))
     finally:
         hook.handle.remove()
-    return finish(iou, concepts, categories, iou_threshold), path
+    return finish(iou, concepts.concepts, concepts.categories, iou_threshold), path
 
 
 def dissection_table(
@@ -188,10 +187,9 @@ def dissect_layer(
         )
     dev = resolve_device(device)
     net = load_model(model_dir, dev)
-    concepts = samples.concepts
     result, module = dissect_model_layer(
-        net, samples.images, concepts.masks, concepts.concepts, concepts.categories, layer,
-        quantile=quantile, iou_threshold=iou_threshold, batch=max_batch, device=dev,
+        net, samples.images, samples.concepts, layer, quantile=quantile, iou_threshold=iou_threshold,
+        batch=max_batch, device=dev,
     )  # fmt: skip
     card = json.loads((Path(model_dir) / "card.json").read_text())
     table = dissection_table(

@@ -118,11 +118,52 @@ class IoUAccumulator:
             self.intersection[lo:hi] += inter
             self.union[lo:hi] += mask_area.T @ present + label_area.sum(dim=0)[None] - inter
 
+    def add_labels(self, activations: torch.Tensor, labels: torch.Tensor) -> None:
+        """The same sums from label planes (b, G, H, W) (`attrflow.data.concepts`: value c + 1 marks
+        concept c, 0 none), without materialising one mask per concept: a vocabulary of a thousand
+        concepts (Broden) costs O(units · pixels) per batch, not O(units · concepts · pixels)."""
+        b, units = activations.shape[:2]
+        concepts = self.intersection.shape[1]
+        labels = distinct_planes(labels.detach().cpu().long())  # (b, G, H, W)
+        size = tuple(labels.shape[2:])
+        pixels = size[0] * size[1]
+        if labels.shape[0] != b or (labels.numel() and int(labels.max()) > concepts):
+            raise ValueError(f"label planes {tuple(labels.shape)} do not match {b} images and {concepts} concepts")
+        owner = torch.arange(b).view(b, 1, 1, 1).expand_as(labels)
+        label_area = torch.bincount((owner * (concepts + 1) + labels).reshape(-1), minlength=b * (concepts + 1))
+        label_area = label_area.view(b, concepts + 1)[:, 1:].double()
+        present = (label_area > 0).double()
+        self.images_with += present.sum(dim=0)
+        planes = labels.transpose(0, 1).reshape(labels.shape[1], b * pixels)  # (G, b·P), image-major
+        activations = activations.detach().cpu()
+        step = max(1, MASK_ELEMENTS // max(1, b * pixels))
+        for lo in range(0, units, step):
+            hi = min(units, lo + step)
+            masks = unit_masks(activations[:, lo:hi], self.thresholds[lo:hi], size)  # (b, k, H, W)
+            flat = masks.transpose(0, 1).reshape(hi - lo, b * pixels).double()
+            inter = torch.zeros(hi - lo, concepts + 1, dtype=torch.float64)
+            for plane in planes:
+                inter.index_add_(1, plane, flat)
+            inter = inter[:, 1:]
+            mask_area = masks.flatten(2).sum(dim=2).double()  # (b, k)
+            self.intersection[lo:hi] += inter
+            self.union[lo:hi] += mask_area.T @ present + label_area.sum(dim=0)[None] - inter
+
     def iou(self) -> torch.Tensor:
         """(K, C) IoU_{k,c}; NaN for a concept no image contains."""
         iou = self.intersection / self.union.clamp(min=1)
         iou[:, self.images_with == 0] = float("nan")
         return iou
+
+
+def distinct_planes(labels: torch.Tensor) -> torch.Tensor:
+    """Label planes (b, G, H, W) with a concept that an earlier plane already gives a pixel
+    cleared there, so each (pixel, concept) counts once however many planes repeat it."""
+    out = labels.clone()
+    for g in range(1, labels.shape[1]):
+        repeated = (labels[:, :g] == labels[:, g : g + 1]).any(dim=1) & (labels[:, g] > 0)
+        out[:, g][repeated] = 0
+    return out
 
 
 @dataclass
