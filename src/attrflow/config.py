@@ -50,6 +50,8 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         return {"masks", "train_split", "concepts"}
     if kind == "cifar":
         return {"train_split"}
+    if kind == "broden":
+        return {"concepts"}
     provided = {"train_split"} if spec.get("train_root") else set()
     if spec.get("masks_root") is not None or spec.get("boxes") is not None:
         provided.add("masks")
@@ -246,8 +248,9 @@ def _check_dissection(config: dict) -> None:
         if model not in run["models"]:
             raise ConfigError(f"dissection.models[{i}]", f"{model!r} is not selected in run.models")
     for i, dataset in enumerate(section.get("datasets", [])):
-        if dataset not in run["datasets"]:
-            raise ConfigError(f"dissection.datasets[{i}]", f"{dataset!r} is not selected in run.datasets")
+        if dataset not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"]))
+            raise ConfigError(f"dissection.datasets[{i}]", f"{dataset!r} is not an entry of 'datasets' (have: {known})")
         spec = config["datasets"][dataset]
         if "concepts" not in dataset_provides(spec, config["datasets"]):
             raise ConfigError(
@@ -272,6 +275,7 @@ def _check_axioms(config: dict) -> None:
 def _check_paths(config: dict, workdir: Path) -> None:
     run = config["run"]
     datasets = set(run["datasets"])
+    datasets.update((config.get("dissection") or {}).get("datasets", []))  # e.g. Broden, dissection only
     for name in run["models"]:
         spec = config["models"][name]
         if spec.get("dataset"):

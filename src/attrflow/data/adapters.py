@@ -13,6 +13,9 @@ A config entry names its `kind` and that kind's options:
 * ``cifar`` — local CIFAR python batches (`attrflow.data.cifar`): ``root`` (required),
   ``variant`` (cifar10 | cifar100), ``n`` (first n test images; all 10 000 by default),
   ``n_train`` (first n train images; all by default; 0 for no train split).
+* ``broden`` — the Broden dataset of Bau et al., 2017 (`attrflow.data.broden`): ``root``
+  (required), ``split`` (train | val; all rows by default), ``n`` (first n rows), ``categories``
+  (default all six). Images with per-pixel concept labels for Network Dissection; no classes.
 * ``corrupted`` — an ImageNet-C corruption of another entry (`attrflow.data.corruptions`):
   ``of`` (required: that entry's spec, resolved from its name by the planner; not itself
   corrupted), ``corruption`` (required: brightness, saturate or saturation, gaussian_blur,
@@ -59,6 +62,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "cifar": {"root": REQUIRED, "variant": "cifar10", "n": None, "n_train": None, "seed": None},
     "corrupted": {"of": REQUIRED, "corruption": REQUIRED, "severity": REQUIRED, "train": "clean", "seed": None},
+    "broden": {"root": REQUIRED, "split": None, "n": None, "categories": None, "seed": None},
 }
 INTEGER_OPTIONS = {
     "n_train": 0,
@@ -104,7 +108,9 @@ def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 )
         if value is not None and key in PATH_OPTIONS and not isinstance(value, str):
             raise DatasetSpecError(f"option {key!r} must be a path string, got {value!r}")
-        if key in CHOICES and value not in CHOICES[key]:
+        if kind == "broden" and key == "split" and value not in (None, "train", "val"):
+            raise DatasetSpecError(f"option 'split' must be train or val, got {value!r}")
+        if key in CHOICES and kind != "broden" and value not in CHOICES[key]:
             raise DatasetSpecError(f"option {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
         options[key] = value
     if kind == "corrupted":
@@ -152,6 +158,10 @@ def count_eval_samples(spec: dict[str, Any]) -> int:
         return count_eval_samples(opt["of"])
     if kind == "synthetic_shapes":
         return opt["n_test"]
+    if kind == "broden":
+        from attrflow.data.broden import count_broden
+
+        return count_broden(opt["root"], opt["split"], opt["n"])
     if kind == "image_folder":
         from attrflow.data.image_folder import count_images
 
@@ -180,6 +190,8 @@ def prepare_dataset(
         return _corrupted(name, spec, opt, seed)
     if kind == "synthetic_shapes":
         evaluation, train, source, preprocessing, class_names = _synthetic(opt, seed)
+    elif kind == "broden":
+        evaluation, train, source, preprocessing, class_names = _broden(opt, 0, opt["n"])
     elif kind == "image_folder":
         evaluation, train, source, preprocessing, class_names = _image_folder(opt)
     else:
@@ -219,6 +231,8 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         synthetic_seed = opt["seed"] if opt["seed"] is not None else seed
         shape = {"seed": synthetic_seed, "size": opt["size"], "classes": opt["classes"]}
         return _with_shape_concepts(generate_shapes("test", stop, **shape, start=start), shape, start)
+    if kind == "broden":
+        return _broden(opt, start, stop)[0]
     if kind == "image_folder":
         from attrflow.data.image_folder import load_image_folder
 
@@ -298,6 +312,18 @@ def _with_shape_concepts(samples: SampleSet, shape: dict[str, Any], start: int) 
     return with_concepts(samples, concepts)
 
 
+def _broden(opt: dict[str, Any], start: int, stop: int | None) -> tuple:
+    """Broden's images with their concept labels (`attrflow.data.broden`); no train split."""
+    from attrflow.data.broden import load_broden
+
+    evaluation, class_names = load_broden(opt["root"], split=opt["split"], n=stop, start=start, categories=opt["categories"])
+    preprocessing = {
+        "pixel_range": [0.0, 1.0], "split": opt["split"], "categories": opt["categories"] or "all",
+        "concepts": "Broden label planes (R + 256·G), nearest-neighbour to the image size",
+    }  # fmt: skip
+    return evaluation, None, str(Path(opt["root"])), preprocessing, class_names
+
+
 def _image_folder_options(opt: dict[str, Any]) -> dict[str, Any]:
     keys = ("labels_file", "resize", "crop", "classes", "masks_root", "boxes")
     return {key: opt[key] for key in keys}
@@ -347,6 +373,8 @@ def class_names_of(spec: dict[str, Any]) -> list[str]:
         from attrflow.data.synthetic_shapes import class_names
 
         return class_names(opt["classes"])
+    if kind == "broden":
+        return ["unlabelled"]
     if kind == "image_folder":
         from attrflow.data.image_folder import resolve_classes
 
