@@ -239,14 +239,15 @@ def _check_roar(config: dict) -> None:
 
 
 def _check_dissection(config: dict) -> None:
-    """Network Dissection names selected models and selected datasets with concept labels."""
+    """Network Dissection names model entries and datasets with concept labels. Without
+    `dissection.datasets`, the selected datasets that have concept labels are dissected (none: no job)."""
     section = config.get("dissection")
     if not section:
         return
-    run = config["run"]
     for i, model in enumerate(section.get("models", [])):
-        if model not in run["models"]:
-            raise ConfigError(f"dissection.models[{i}]", f"{model!r} is not selected in run.models")
+        if model not in config["models"]:
+            known = ", ".join(sorted(config["models"]))
+            raise ConfigError(f"dissection.models[{i}]", f"{model!r} is not an entry of 'models' (have: {known})")
     for i, dataset in enumerate(section.get("datasets", [])):
         if dataset not in config["datasets"]:
             known = ", ".join(sorted(config["datasets"]))
@@ -258,10 +259,6 @@ def _check_dissection(config: dict) -> None:
                 f"dataset {dataset!r} (kind {spec['kind']}) has no per-pixel concept labels; Network Dissection "
                 "needs them (the embedded synthetic_shapes has them; see README, Network Dissection)",
             )
-    if "datasets" not in section and not any(
-        "concepts" in dataset_provides(config["datasets"][d], config["datasets"]) for d in run["datasets"]
-    ):
-        raise ConfigError("dissection", "no selected dataset has per-pixel concept labels to dissect with")
 
 
 def _check_axioms(config: dict) -> None:
