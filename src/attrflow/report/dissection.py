@@ -77,6 +77,14 @@ def counts_grid(counts: pd.DataFrame) -> pd.DataFrame:
     return grid.reset_index()
 
 
+def unit_title(unit: int, by_unit: dict[int, tuple[str, float, bool]], contributions: np.ndarray) -> str:
+    """"u<index> <concept or -> <share of the layer's Σ|s|>" for a top unit's panel."""
+    concept, _, detector = by_unit.get(unit, ("not dissected", float("nan"), False))
+    name = concept.split(":", 1)[-1] if detector else "-"
+    share = contributions[unit] / max(float(contributions.sum()), 1e-12)
+    return f"u{unit} {name} {share:.0%}"
+
+
 def _semantic_stores(attribution_stores: Iterable[str]) -> list[tuple[str, str, str, Path]]:
     """(dataset, model, method, path) of the semantic attribution shards that hold maps."""
     from attrflow.store import read_attrs
@@ -146,10 +154,7 @@ def dissection_section(
             image = np.asarray(store["images"][all_ids.index(sid)])
             panels.append((sid, _image_rgb(image)))
             for j, unit in enumerate(top[r].tolist()):
-                concept, iou, detector = by_unit.get(unit, ("not dissected", float("nan"), False))
-                name = concept.split(":", 1)[-1] if detector else "-"
-                share = contributions[r, unit] / max(contributions[r].sum(), 1e-12)
-                title = f"u{unit} {name} {share:.0%}"
+                title = unit_title(unit, by_unit, contributions[r])
                 panels.append((title, _map_rgb(_upsampled(unit_maps[r, j], image.shape[1:]))))
         if not panels:
             continue
