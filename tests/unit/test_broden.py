@@ -106,7 +106,9 @@ def test_config_dissects_broden_without_selecting_it(tmp_path):
     from attrflow.plan import Plan
 
     root = make_broden(tmp_path / "broden")
-    config = load_config("config.yaml")
+    from pathlib import Path
+
+    config = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
     config["datasets"]["broden"] = {"kind": "broden", "root": str(root)}
     config["dissection"] = {"layers": ["stage4"], "datasets": ["broden"], "models": ["shapes_cnn"]}
     checked = validate_config(config)

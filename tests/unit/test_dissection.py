@@ -214,3 +214,27 @@ def test_dissecting_a_model_layer_names_the_unit_that_copies_a_concept():
     detector_rows = table.to_pandas().query("detector")
     assert "region:object" in set(detector_rows["concept"])
     assert table.num_rows == 2 * len(result.concepts)
+
+
+def test_the_embedded_default_selects_the_new_entries_at_a_bounded_pass_count():
+    """`make run` selects semantic attribution, the pathway diagnostics and dissection; their model
+    passes are counted (not timed): per-unit IG steps × images, NeuronIntGrad steps × layers ×
+    images for the Jaccard reference, two passes per test image and dissected layer."""
+    from pathlib import Path
+
+    from attrflow.config import load_config
+    from attrflow.plan import Plan
+
+    config = load_config(Path(__file__).resolve().parents[2] / "config.yaml")
+    plan = Plan(config)
+    run = config["run"]
+    semantic = [config["methods"][m] for m in run["methods"] if config["methods"][m]["fn"] == "semantic_attribution"]
+    assert semantic and {"pathway_dead_share", "pathway_jaccard"} <= {config["metrics"][m]["fn"] for m in run["metrics"]}
+    jobs = plan.dissection_jobs()
+    assert jobs and {layer for _, _, layer in jobs} >= {e.get("layer", "default") for e in semantic}
+    passes = sum(e["steps"] * e["samples"] * len(e["models"]) for e in semantic)
+    jaccard = config["metrics"]["pathway_jaccard"]
+    pathway = config["methods"]["pathway_grad"]
+    passes += (1 + jaccard["steps"] * len(pathway["layers"])) * jaccard["samples"]
+    passes += 2 * plan.eval_count("shapes") * len(jobs)
+    assert passes <= 1000, passes  # the small CNN: ~1 ms per image and pass on one core
