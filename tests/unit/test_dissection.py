@@ -238,3 +238,18 @@ def test_the_embedded_default_selects_the_new_entries_at_a_bounded_pass_count():
     passes += (1 + jaccard["steps"] * len(pathway["layers"])) * jaccard["samples"]
     passes += 2 * plan.eval_count("shapes") * len(jobs)
     assert passes <= 1000, passes  # the small CNN: ~1 ms per image and pass on one core
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dissection_on_a_gpu_matches_the_cpu():
+    gen = torch.Generator().manual_seed(3)
+    activations = torch.rand(6, 4, 5, 5, generator=gen)
+    labels = torch.randint(0, 4, (6, 2, 20, 20), generator=gen)
+    results = []
+    for device in ("cpu", "cuda"):
+        acc = ThresholdAccumulator(4, 6 * 25, 0.1)
+        acc.add(activations.to(device))
+        iou = IoUAccumulator(acc.thresholds(), 3, device=device)
+        iou.add_labels(activations.to(device), labels.to(device))
+        results.append(iou.iou())
+    torch.testing.assert_close(results[0], results[1])

@@ -108,7 +108,7 @@ def dissect_model_layer(
         thresholds.add(first)
         for rows in batches[1:]:
             thresholds.add(activations(rows))
-        iou = IoUAccumulator(thresholds.thresholds(), len(concepts.names))
+        iou = IoUAccumulator(thresholds.thresholds(), len(concepts.names), device=first.device)
         for rows in batches:
             iou.add_labels(activations(rows), torch.from_numpy(concepts.labels[rows].astype(np.int64)))
     finally:

@@ -57,17 +57,17 @@ class ThresholdAccumulator:
     def add(self, activations: torch.Tensor) -> None:
         if activations.dim() != 4 or activations.shape[1] != self.units:
             raise ValueError(f"activations must be (b, {self.units}, h, w), got {tuple(activations.shape)}")
-        values = activations.detach().transpose(0, 1).reshape(self.units, -1).double().cpu()
+        values = activations.detach().transpose(0, 1).reshape(self.units, -1).double()
         self.seen += values.shape[1]
         if self.buffer is not None:
-            values = torch.cat([self.buffer, values], dim=1)
+            values = torch.cat([self.buffer.to(values.device), values], dim=1)
         self.buffer = values.topk(min(self.keep, values.shape[1]), dim=1).values
 
     def thresholds(self) -> torch.Tensor:
         """(K,) float64 T_k: the (m + 1)-th largest activation of each unit."""
         if self.seen != self.total_values or self.buffer is None:
             raise ValueError(f"saw {self.seen} activation values per unit, expected {self.total_values}")
-        return self.buffer[:, self.keep - 1].clone()
+        return self.buffer[:, self.keep - 1].cpu()
 
 
 def unit_thresholds(activations: torch.Tensor, quantile: float = DEFAULT_QUANTILE) -> torch.Tensor:
@@ -85,14 +85,16 @@ def unit_masks(activations: torch.Tensor, thresholds: torch.Tensor, size: tuple[
 
 
 class IoUAccumulator:
-    """Σ |M_k ∩ L_c| and Σ |M_k ∪ L_c| over the images containing c, batch by batch."""
+    """Σ |M_k ∩ L_c| and Σ |M_k ∪ L_c| over the images containing c, batch by batch, on
+    ``device`` (where the activations are: a GPU keeps the upsampling and sums there)."""
 
-    def __init__(self, thresholds: torch.Tensor, concepts: int) -> None:
-        self.thresholds = thresholds.double().cpu()
+    def __init__(self, thresholds: torch.Tensor, concepts: int, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.thresholds = thresholds.double().to(self.device)
         units = self.thresholds.shape[0]
-        self.intersection = torch.zeros(units, concepts, dtype=torch.float64)
-        self.union = torch.zeros(units, concepts, dtype=torch.float64)
-        self.images_with = torch.zeros(concepts, dtype=torch.float64)
+        self.intersection = torch.zeros(units, concepts, dtype=torch.float64, device=self.device)
+        self.union = torch.zeros(units, concepts, dtype=torch.float64, device=self.device)
+        self.images_with = torch.zeros(concepts, dtype=torch.float64, device=self.device)
 
     def add(self, activations: torch.Tensor, concept_masks: torch.Tensor) -> None:
         """activations (b, K, h, w); concept_masks (b, C, H, W) bool at the input size."""
@@ -103,11 +105,11 @@ class IoUAccumulator:
                 f"{self.intersection.shape[1]} concepts"
             )
         size = tuple(concept_masks.shape[2:])
-        labels = concept_masks.detach().cpu().flatten(2).double()  # (b, C, P)
+        labels = concept_masks.detach().to(self.device).flatten(2).double()  # (b, C, P)
         present = (labels.sum(dim=2) > 0).double()  # (b, C)
         label_area = labels.sum(dim=2)  # (b, C), zero where absent
         self.images_with += present.sum(dim=0)
-        activations = activations.detach().cpu()
+        activations = activations.detach().to(self.device)
         pixels = size[0] * size[1]
         step = max(1, MASK_ELEMENTS // max(1, b * pixels))
         for lo in range(0, units, step):
@@ -124,24 +126,24 @@ class IoUAccumulator:
         concepts (Broden) costs O(units · pixels) per batch, not O(units · concepts · pixels)."""
         b, units = activations.shape[:2]
         concepts = self.intersection.shape[1]
-        labels = distinct_planes(labels.detach().cpu().long())  # (b, G, H, W)
+        labels = distinct_planes(labels.detach().to(self.device).long())  # (b, G, H, W)
         size = tuple(labels.shape[2:])
         pixels = size[0] * size[1]
         if labels.shape[0] != b or (labels.numel() and int(labels.max()) > concepts):
             raise ValueError(f"label planes {tuple(labels.shape)} do not match {b} images and {concepts} concepts")
-        owner = torch.arange(b).view(b, 1, 1, 1).expand_as(labels)
+        owner = torch.arange(b, device=self.device).view(b, 1, 1, 1).expand_as(labels)
         label_area = torch.bincount((owner * (concepts + 1) + labels).reshape(-1), minlength=b * (concepts + 1))
         label_area = label_area.view(b, concepts + 1)[:, 1:].double()
         present = (label_area > 0).double()
         self.images_with += present.sum(dim=0)
         planes = labels.transpose(0, 1).reshape(labels.shape[1], b * pixels)  # (G, b·P), image-major
-        activations = activations.detach().cpu()
+        activations = activations.detach().to(self.device)
         step = max(1, MASK_ELEMENTS // max(1, b * pixels))
         for lo in range(0, units, step):
             hi = min(units, lo + step)
             masks = unit_masks(activations[:, lo:hi], self.thresholds[lo:hi], size)  # (b, k, H, W)
             flat = masks.transpose(0, 1).reshape(hi - lo, b * pixels).double()
-            inter = torch.zeros(hi - lo, concepts + 1, dtype=torch.float64)
+            inter = torch.zeros(hi - lo, concepts + 1, dtype=torch.float64, device=self.device)
             for plane in planes:
                 inter.index_add_(1, plane, flat)
             inter = inter[:, 1:]
@@ -150,9 +152,9 @@ class IoUAccumulator:
             self.union[lo:hi] += mask_area.T @ present + label_area.sum(dim=0)[None] - inter
 
     def iou(self) -> torch.Tensor:
-        """(K, C) IoU_{k,c}; NaN for a concept no image contains."""
-        iou = self.intersection / self.union.clamp(min=1)
-        iou[:, self.images_with == 0] = float("nan")
+        """(K, C) IoU_{k,c} on the CPU; NaN for a concept no image contains."""
+        iou = (self.intersection / self.union.clamp(min=1)).cpu()
+        iou[:, self.images_with.cpu() == 0] = float("nan")
         return iou
 
 
@@ -231,10 +233,10 @@ def finish(
     return Dissection(
         concepts=list(concepts),
         categories=list(categories) if categories is not None else [c.split(":", 1)[0] for c in concepts],
-        thresholds=accumulator.thresholds.numpy(),
+        thresholds=accumulator.thresholds.cpu().numpy(),
         iou=accumulator.iou().numpy(),
-        intersection=accumulator.intersection.numpy(),
-        union=accumulator.union.numpy(),
-        images_with=accumulator.images_with.numpy(),
+        intersection=accumulator.intersection.cpu().numpy(),
+        union=accumulator.union.cpu().numpy(),
+        images_with=accumulator.images_with.cpu().numpy(),
         iou_threshold=float(iou_threshold),
     )
