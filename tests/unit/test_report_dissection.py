@@ -15,6 +15,7 @@ from attrflow.report.dissection import (
     detector_counts,
     dissection_section,
     read_tables,
+    labels_for,
     unit_labels,
     unit_title,
     write_dissection_reports,
@@ -90,3 +91,12 @@ def test_top_unit_titles_name_detectors_only():
     assert unit_title(0, by_unit, contributions) == "u0 c0 67%"
     assert unit_title(2, by_unit, contributions) == "u2 - 22%"
     assert unit_title(3, by_unit, contributions) == "u3 - 0%"
+
+
+def test_top_units_take_their_labels_from_the_same_dataset_or_another_dissected_one(tmp_path):
+    units = unit_labels(read_tables(_tables(tmp_path)))
+    labels, source = labels_for(units, "d", "m", "a")
+    assert source == "d" and labels["unit"].tolist() == [0, 1, 2]
+    labels, source = labels_for(units, "imagenet_val", "m", "b")  # dissected on another dataset only
+    assert source == "d" and labels["unit"].tolist() == [0]
+    assert labels_for(units, "d", "other", "a")[1] is None

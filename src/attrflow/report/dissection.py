@@ -77,6 +77,18 @@ def counts_grid(counts: pd.DataFrame) -> pd.DataFrame:
     return grid.reset_index()
 
 
+def labels_for(units: pd.DataFrame, dataset: str, model: str, layer: str) -> tuple[pd.DataFrame, str | None]:
+    """The unit labels of (model, layer) and the dataset they come from: the explained dataset
+    when it was dissected, else the first dissected one (e.g. Broden for ImageNet models)."""
+    if units.empty:
+        return units, None
+    same = units[(units["model"] == model) & (units["layer"] == layer)]
+    if same.empty:
+        return same, None
+    source = dataset if dataset in set(same["dataset"]) else sorted(same["dataset"].unique())[0]
+    return same[same["dataset"] == source], source
+
+
 def unit_title(unit: int, by_unit: dict[int, tuple[str, float, bool]], contributions: np.ndarray) -> str:
     """"u<index> <concept or -> <share of the layer's Σ|s|>" for a top unit's panel."""
     concept, _, detector = by_unit.get(unit, ("not dissected", float("nan"), False))
@@ -138,8 +150,8 @@ def dissection_section(
         if "diagnostics" not in shard or "top_units" not in shard["diagnostics"]:
             continue
         layer = str(read_attrs(path).get("params", {}).get("layer", "default"))
-        labels = units[(units["dataset"] == dataset) & (units["model"] == model) & (units["layer"] == layer)] if not units.empty else units
-        by_unit = {int(r.unit): (r.concept, float(r.iou), bool(r.detector)) for r in labels.itertuples()} if not labels.empty else {}
+        labels, source = labels_for(units, dataset, model, layer)
+        by_unit = {int(r.unit): (r.concept, float(r.iou), bool(r.detector)) for r in labels.itertuples()}
         n = min(max_samples, int(shard["ids"].shape[0]))
         top = np.asarray(shard["diagnostics"]["top_units"][:n])
         unit_maps = np.asarray(shard["diagnostics"]["top_unit_maps"][:n])
@@ -163,6 +175,7 @@ def dissection_section(
             f"Semantic attribution (Khakzar et al., 2021), {method} on {model} / {dataset}, layer {layer!r}: per "
             "sample, the units of highest contribution Σ|s| (per-unit Integrated Gradients at the layer), each "
             "titled with its index, its concept when Network Dissection found it a detector ('-' otherwise) and its "
-            "share of the layer's total contribution; each map is the unit's IG map divided by its largest value."
+            "share of the layer's total contribution; each map is the unit's IG map divided by its largest value. "
+            + (f"Concepts from the dissection on {source}." if source else "This layer was not dissected.")
         )
         page.figure(_mosaic(panels, cols), _name("semantic", dataset, model, method), f"Top units, {method} on {model}")
