@@ -204,8 +204,10 @@ def test_dissecting_a_model_layer_names_the_unit_that_copies_a_concept():
     net = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     model = WrappedModel(net, num_classes=2, mean=[0.0] * 3, std=[1.0] * 3, name="copy").eval()
     object_share = evaluation.masks.mean()  # T at the object's share of pixels: the mask exactly
+    concepts = evaluation.concepts
     result, module = dissect_model_layer(
-        model, images, evaluation.concepts, "0", quantile=object_share * 0.999, iou_threshold=0.04, batch=5
+        model, images, concepts.labels, concepts.concepts, concepts.categories, "0",
+        quantile=object_share * 0.999, iou_threshold=0.04, batch=5,
     )
     assert module == "0"
     assert result.unit_labels()[0] == "region:object"

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from attrflow.data.concepts import ConceptLabels
 from attrflow.dissection.network_dissection import Dissection, IoUAccumulator, ThresholdAccumulator, finish
 
 LOG = logging.getLogger("attrflow")
@@ -78,8 +77,10 @@ class _LayerOutputs:
 
 def dissect_model_layer(
     model: torch.nn.Module,
-    images: np.ndarray,
-    concepts: ConceptLabels,
+    images,
+    labels,
+    concepts: list[str],
+    categories: list[str],
     layer: str,
     *,
     quantile: float,
@@ -87,20 +88,24 @@ def dissect_model_layer(
     batch: int,
     device: torch.device | str = "cpu",
 ) -> tuple[Dissection, str]:
-    """Dissect ``layer`` of ``model`` on ``images`` (N, C, H, W) with their concept labels.
-    Returns the dissection and the module path the layer resolved to."""
+    """Dissect ``layer`` of ``model`` on ``images`` (N, C, H, W) with their concept label planes
+    ``labels`` (N, G, H, W) (`attrflow.data.concepts`) and vocabulary ``concepts``/``categories``.
+    Both arrays are read a batch at a time (numpy arrays or Zarr arrays of a store), so the data
+    never has to fit in memory. Returns the dissection and the module path the layer resolved to."""
     from attrflow.models.layers import resolve_layer
 
     path, module = resolve_layer(model, layer)
     hook = _LayerOutputs(module, layer)
-    n = images.shape[0]
+    n = int(images.shape[0])
     if n == 0:
         raise DissectionError("no images to dissect")
+    if int(labels.shape[0]) != n:
+        raise DissectionError(f"{n} images but concept labels for {labels.shape[0]}")
     try:
         batches = [slice(lo, min(n, lo + batch)) for lo in range(0, n, batch)]
 
         def activations(rows: slice) -> torch.Tensor:
-            return hook.of(model, torch.from_numpy(images[rows]).to(device))
+            return hook.of(model, torch.from_numpy(np.asarray(images[rows], dtype=np.float32)).to(device))
 
         first = activations(batches[0])
         units, h, w = first.shape[1:]
@@ -108,12 +113,12 @@ def dissect_model_layer(
         thresholds.add(first)
         for rows in batches[1:]:
             thresholds.add(activations(rows))
-        iou = IoUAccumulator(thresholds.thresholds(), len(concepts.names), device=first.device)
+        iou = IoUAccumulator(thresholds.thresholds(), len(concepts), device=first.device)
         for rows in batches:
-            iou.add_labels(activations(rows), torch.from_numpy(concepts.labels[rows].astype(np.int64)))
+            iou.add_labels(activations(rows), torch.from_numpy(np.asarray(labels[rows]).astype(np.int64)))
     finally:
         hook.handle.remove()
-    return finish(iou, concepts.concepts, concepts.categories, iou_threshold), path
+    return finish(iou, concepts, categories, iou_threshold), path
 
 
 def dissection_table(
@@ -172,24 +177,26 @@ def dissect_layer(
     """
     import json
 
-    from attrflow.data.sample_store import read_samples
+    from attrflow.data.concepts import VOCABULARY_ARRAYS
     from attrflow.jobs.runtime import resolve_device
     from attrflow.models.loading import load_model
     from attrflow.report.schema import write_table
-    from attrflow.store import read_attrs
+    from attrflow.store import open_store, read_attrs
 
     started = time.perf_counter()
-    samples = read_samples(samples_path, "eval")
-    if samples.concepts is None:
+    store = open_store(samples_path)  # verified once; the evaluation split is read batch by batch
+    if "concept_labels" not in store:
         raise DissectionError(
             f"dataset {dataset!r} ({samples_path}) has no per-pixel concept labels; Network Dissection "
-            "needs a dataset that provides them (the embedded synthetic_shapes does)"
+            "needs a dataset that provides them (the embedded synthetic_shapes and broden do)"
         )
+    names, categories, _ = (store[key][:].tolist() for key in VOCABULARY_ARRAYS)
+    concepts = [f"{c}:{n}" for c, n in zip(categories, names)]  # as ConceptLabels.concepts
     dev = resolve_device(device)
     net = load_model(model_dir, dev)
     result, module = dissect_model_layer(
-        net, samples.images, samples.concepts, layer, quantile=quantile, iou_threshold=iou_threshold,
-        batch=max_batch, device=dev,
+        net, store["images"], store["concept_labels"], concepts, categories, layer, quantile=quantile,
+        iou_threshold=iou_threshold, batch=max_batch, device=dev,
     )  # fmt: skip
     card = json.loads((Path(model_dir) / "card.json").read_text())
     table = dissection_table(
