@@ -34,6 +34,7 @@ rule dissection_report:
     output:
         counts=f"{RESULTS}/reports/dissection_counts.parquet",
         units=f"{RESULTS}/reports/dissection_units.parquet",
+        markdown=f"{RESULTS}/reports/dissection.md",
     log:
         "logs/dissection_report.log",
     benchmark:

@@ -7,4 +7,6 @@ with job_log(snakemake.log[0]):
 
     mark_ready()
 
-    write_dissection_reports(snakemake.input.tables, snakemake.output.counts, snakemake.output.units)
+    write_dissection_reports(
+        snakemake.input.tables, snakemake.output.counts, snakemake.output.units, snakemake.output.markdown
+    )

@@ -443,7 +443,9 @@ class Plan:
         """The dissection reports `all` and the HTML report ask for; none without a dissect job."""
         if not self.dissection_jobs():
             return []
-        return [f"{results}/reports/dissection_counts.parquet", f"{results}/reports/dissection_units.parquet"]
+        return [
+            f"{results}/reports/{name}" for name in ("dissection_counts.parquet", "dissection_units.parquet", "dissection.md")
+        ]
 
     def dissection_setting(self, dataset: str, model: str, layer: str) -> dict:
         """Params of a `dissect` job: what its table depends on."""

@@ -12,6 +12,7 @@ from attrflow.dissection.network_dissection import Dissection
 from attrflow.dissection.job import dissection_table
 from attrflow.report.dissection import (
     counts_grid,
+    counts_markdown,
     detector_counts,
     dissection_section,
     read_tables,
@@ -54,6 +55,9 @@ def test_counts_by_hand(tmp_path):
     units = unit_labels(rows)
     assert units[units["layer"] == "a"]["detector"].tolist() == [True, True, False]
     assert units[units["layer"] == "b"]["unit"].tolist() == [0]  # the all-NaN unit has no best concept
+    markdown = counts_markdown(detector_counts(rows))
+    assert "## m on d" in markdown and "| layer | units | shape:c0 | shape:c1 | detectors |" in markdown
+    assert "| a | 3 | 2 | 0 | 2 |" in markdown and "| b | 2 | 0 | 1 | 1 |" in markdown
     grid = counts_grid(detector_counts(rows)).set_index("layer")
     assert grid.loc["a", "detectors"] == 2 and grid.loc["b", "shape:c1"] == 1 and grid.loc["a", "units"] == 3
 

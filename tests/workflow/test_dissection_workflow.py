@@ -41,6 +41,7 @@ def test_dissection_tables_counts_report_and_what_a_change_replans(tmp_path):
         assert {"region:object", "texture:stripes"} <= set(table["concept"])
     counts = pd.read_parquet(results / "reports/dissection_counts.parquet")
     assert set(counts["layer"]) == {"stage3", "stage4"}
+    assert "## cnn on tiny" in (results / "reports/dissection.md").read_text()
     scores = pd.read_parquet(results / "reports/scores.parquet")
     dead = scores[scores.metric == "dead"]
     assert len(dead) == 12 and (dead.status == "ok").all() and dead.value.between(0, 1).all()

@@ -7,7 +7,8 @@ attribution section of the report.
   detect the concept (each unit counts for its best concept, when that IoU exceeds the detector
   threshold), and the layer's unit count — the "network-dissection counts";
 * ``dissection_units.parquet``: per unit its best concept, IoU, threshold and whether it is a
-  detector — what the report uses to name the top units of semantic attribution.
+  detector — what the report uses to name the top units of semantic attribution;
+* ``dissection.md``: the counts as Markdown tables, layers × detected concepts.
 
 `dissection_section` draws both into the HTML report: the counts as a layer × concept table, and,
 for every ``semantic_attribution`` method, the top units' maps of a few samples named by their
@@ -57,14 +58,46 @@ def unit_labels(rows: pd.DataFrame) -> pd.DataFrame:
     return rows[rows["best"]][columns].sort_values([*KEYS, "unit"]).reset_index(drop=True)
 
 
-def write_dissection_reports(tables: Iterable[str | Path], out_counts: str | Path, out_units: str | Path) -> None:
+def write_dissection_reports(
+    tables: Iterable[str | Path], out_counts: str | Path, out_units: str | Path, out_markdown: str | Path | None = None
+) -> None:
     import pyarrow as pa
 
     from attrflow.report.schema import write_table
 
     rows = read_tables(tables)
-    write_table(pa.Table.from_pandas(detector_counts(rows), preserve_index=False), out_counts)
+    counts = detector_counts(rows)
+    write_table(pa.Table.from_pandas(counts, preserve_index=False), out_counts)
     write_table(pa.Table.from_pandas(unit_labels(rows), preserve_index=False), out_units)
+    if out_markdown is not None:
+        _write_text(Path(out_markdown), counts_markdown(counts))
+
+
+def counts_markdown(counts: pd.DataFrame) -> str:
+    """The network-dissection counts as Markdown: per dataset and model, layers × detected concepts."""
+    lines = ["# Network Dissection (Bau et al., 2017): concept detectors per layer", ""]
+    if counts.empty:
+        return "\n".join([*lines, "No layer was dissected.", ""])
+    threshold = ", ".join(f"{v:g}" for v in sorted(counts["iou_threshold"].unique()))
+    lines += [f"A unit detects its best concept when their IoU exceeds {threshold}; each unit counts once.", ""]
+    grid = counts_grid(counts)
+    for (dataset, model), part in grid.groupby(["dataset", "model"], sort=True):
+        part = part.loc[:, (part != 0).any(axis=0)]  # concepts detected in this model
+        columns = [c for c in part.columns if c not in ("dataset", "model")]
+        lines += [f"## {model} on {dataset}", "", "| " + " | ".join(map(str, columns)) + " |",
+                  "|" + "---|" * len(columns)]  # fmt: skip
+        lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in part[columns].itertuples(index=False)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def counts_grid(counts: pd.DataFrame) -> pd.DataFrame:
