@@ -104,3 +104,16 @@ def test_top_units_take_their_labels_from_the_same_dataset_or_another_dissected_
     labels, source = labels_for(units, "imagenet_val", "m", "b")  # dissected on another dataset only
     assert source == "d" and labels["unit"].tolist() == [0]
     assert labels_for(units, "d", "other", "a")[1] is None
+
+
+def test_layers_without_any_detector_keep_their_row():
+    rows = read_tables([])
+    assert counts_grid(detector_counts(rows)).empty
+    counts = pd.DataFrame({
+        "dataset": ["d"] * 2, "model": ["m"] * 2, "layer": ["a", "b"], "module": ["x", "y"],
+        "concept": ["shape:c0"] * 2, "category": ["shape"] * 2, "detectors": [0, 0], "units": [4, 8],
+        "iou_threshold": [0.04, 0.04],
+    })  # fmt: skip
+    grid = counts_grid(counts)
+    assert grid[["layer", "units", "detectors"]].values.tolist() == [["a", 4, 0], ["b", 8, 0]]
+    assert "| a | 4 | 0 |" in counts_markdown(counts)

@@ -82,8 +82,8 @@ def counts_markdown(counts: pd.DataFrame) -> str:
     lines += [f"A unit detects its best concept when their IoU exceeds {threshold}; each unit counts once.", ""]
     grid = counts_grid(counts)
     for (dataset, model), part in grid.groupby(["dataset", "model"], sort=True):
-        part = part.loc[:, (part != 0).any(axis=0)]  # concepts detected in this model
-        columns = [c for c in part.columns if c not in ("dataset", "model")]
+        fixed = ("layer", "units", "detectors")
+        columns = [c for c in part.columns if c in fixed or (c not in ("dataset", "model") and (part[c] != 0).any())]
         lines += [f"## {model} on {dataset}", "", "| " + " | ".join(map(str, columns)) + " |",
                   "|" + "---|" * len(columns)]  # fmt: skip
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in part[columns].itertuples(index=False)]
@@ -101,13 +101,19 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def counts_grid(counts: pd.DataFrame) -> pd.DataFrame:
-    """Detectors per layer (rows) × concept (columns, only concepts some unit detects)."""
+    """Detectors per layer (rows) × concept (columns, only concepts some unit detects); every
+    dissected layer has its row, with zeros where no unit detects anything."""
     if counts.empty:
         return pd.DataFrame()
+    rows = counts.groupby([*KEYS, "units"], sort=True)["detectors"].sum().reset_index()
     detected = counts[counts.groupby("concept")["detectors"].transform("sum") > 0]
+    if detected.empty:
+        return rows
     grid = detected.pivot_table(index=[*KEYS, "units"], columns="concept", values="detectors", aggfunc="sum", fill_value=0)
-    grid["detectors"] = grid.sum(axis=1)
-    return grid.reset_index()
+    grid = rows.merge(grid.reset_index(), on=[*KEYS, "units"], how="left")
+    concepts = [c for c in grid.columns if c not in (*KEYS, "units", "detectors")]
+    grid[concepts] = grid[concepts].fillna(0).astype("int64")
+    return grid[[*KEYS, "units", *concepts, "detectors"]]
 
 
 def labels_for(units: pd.DataFrame, dataset: str, model: str, layer: str) -> tuple[pd.DataFrame, str | None]:
