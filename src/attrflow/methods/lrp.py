@@ -118,7 +118,16 @@ def _check_modules(model: nn.Module) -> None:
     params={
         "composite": {
             "type": "string",
-            "enum": list(COMPOSITES),
+            "enum": [
+                "epsilon",
+                "alpha2_beta1",
+                "alpha1_beta0",
+                "epsilon_plus",
+                "epsilon_plus_flat",
+                "epsilon_alpha2_beta1",
+                "epsilon_alpha2_beta1_flat",
+                "epsilon_gamma_box",
+            ],
             "default": "epsilon_plus_flat",
             "description": "LRP rule on every layer (epsilon, alpha2_beta1, alpha1_beta0) or a "
             "zennit composite for CNNs (epsilon_plus[_flat], epsilon_alpha2_beta1[_flat], "
