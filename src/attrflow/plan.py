@@ -270,6 +270,35 @@ class Plan:
             },
         )
 
+    def metric_peers(self, method: str) -> list[str]:
+        """Method entries whose stored maps the metrics scoring ``method`` read (parameters with
+        ``"format": "method-entry"``, e.g. the exact Shapley values of `shapley_spearman`)."""
+        registered = catalog("metrics")
+
+        def named() -> list[str]:
+            found = set()
+            for entry in self.metric_entries(method).values():
+                params = registered[entry["fn"]].params
+                for key, schema in params.items():
+                    if schema.get("format") == "method-entry":
+                        found.add(entry.get(key, schema.get("default")))
+            return sorted(found)
+
+        return self._memoised(("metric_peers", method), named)
+
+    def peer_stores(
+        self, dataset: str, model: str, method: str, shard: int, results: str = "results"
+    ) -> dict[str, str]:
+        """The attribution shard of each `metric_peers` entry that covers shard ``shard`` of
+        ``method`` (same shard index: shards start at the same samples), where it runs."""
+        return {
+            peer: f"{results}/attributions/{dataset}/{model}/{peer}/shard-{shard}.zarr"
+            for peer in self.metric_peers(method)
+            if peer in self.config["methods"]
+            and self.runs_on(peer, model, dataset)
+            and shard in self.shards(dataset, peer)
+        }
+
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
         """The code each metric's scores depend on: the per-metric scoring step, the registered
         metric function and what they use (an explainer metric's method code is the method's)."""
@@ -330,6 +359,12 @@ class Plan:
                 "metrics": self.metric_entries(method),
                 "metrics_code": self.metric_fingerprints(method),
                 **self.runtime(),
+                # Only when a metric reads another entry's maps, so other jobs' params stay as they were.
+                **(
+                    {"peers": {p: {"entry": self.method_entry(p), "code": self.method_fingerprint(p)} for p in peers}}
+                    if (peers := [p for p in self.metric_peers(method) if p in self.config["methods"]])
+                    else {}
+                ),
             },
         )
         return {**shared, "sample_range": self.shard_range(dataset, shard, method)}
