@@ -60,11 +60,12 @@ def test_samples_without_exact_values_are_skipped_and_constant_maps_are_nan():
     assert "no exact Shapley values" in out.reasons[0] and "constant" in out.reasons[1]
 
 
-def test_a_reference_without_shapley_values_is_refused():
+def test_a_reference_without_shapley_values_is_refused_and_an_absent_one_skipped():
     with pytest.raises(ValueError, match="exact_shapley"):
         score("shapley_spearman", inputs_with(cell_map([1, 2, 3, 4]), fn="lime"), reference="exact")
-    with pytest.raises(ValueError, match="parameter reference"):
-        score("shapley_spearman", inputs_with(cell_map([1, 2, 3, 4])), reference="missing")
+    # An entry that did not run on this model or shard: every sample is skipped, with the reason.
+    absent = score("shapley_spearman", inputs_with(cell_map([1, 2, 3, 4])), reference="missing")
+    assert absent.status == ["skipped"] and "'missing'" in absent.reasons[0]
 
 
 def test_exact_shapley_maps_agree_perfectly_with_their_own_values():

@@ -19,7 +19,11 @@ right input bounds and batches the work.
 
 Activations pass relevance unchanged, sum and average pooling redistribute it in proportion
 (zennit's layer_map_base), max pooling routes it to the winner (plain gradient), and BatchNorm is
-first merged into the convolution before it (zennit's SequentialMergeBatchNorm canonizer).
+first merged into the convolution before it (zennit's SequentialMergeBatchNorm canonizer). For
+torchvision ResNets zennit's ResNetCanonizer also turns each residual sum into a module with the
+proportional rule. Other residual sums written as ``a + b`` in a forward (timm's ResNets) pass
+relevance as the gradient does, so relevance is not conserved across them: a known limit, not
+hidden — ``conservation_residual`` shows it.
 
 **Where the input layer lives.** The `WrappedModel` normalises inside (z = (x − mean)/std), so
 the first convolution sees z, not pixels. The z^B rule therefore gets the pixel bounds [0, 1]
@@ -69,14 +73,29 @@ def input_bounds(model: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, to
     return (0 - mean) / std, (1 - mean) / std
 
 
-def make_composite(composite: str, *, epsilon: float, gamma: float, low, high):
-    """The zennit composite for ``composite`` (module doc), with canonizers that merge BatchNorm."""
+def canonizers_for(net: nn.Module) -> list:
+    """zennit's canonizers for ``net``: its ResNet canonizer for torchvision ResNets (BatchNorm
+    merged, and each block's residual sum made a module that splits relevance in proportion),
+    else BatchNorm merged into the linear layer right before it."""
+    from zennit.canonizers import SequentialMergeBatchNorm
+
+    try:
+        from torchvision.models import ResNet
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        ResNet = ()  # noqa: N806
+    if isinstance(net, ResNet):
+        from zennit.torchvision import ResNetCanonizer
+
+        return [ResNetCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def make_composite(composite: str, *, epsilon: float, gamma: float, low, high, canonizers: list):
+    """The zennit composite for ``composite`` (module doc) with the given canonizers."""
     from zennit import composites as zc
     from zennit import rules as zr
-    from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.types import Linear
 
-    canonizers = [SequentialMergeBatchNorm()]
     if composite == "epsilon":
         return zc.LayerMapComposite(
             # Pooling layers' proportional rule takes the same stabiliser, so ε → 0 conserves.
@@ -169,7 +188,9 @@ def lrp(
     net = getattr(model, "net", model)
     _check_modules(net)
     low, high = input_bounds(model, x)
-    rules = make_composite(composite, epsilon=float(epsilon), gamma=float(gamma), low=low, high=high)
+    rules = make_composite(
+        composite, epsilon=float(epsilon), gamma=float(gamma), low=low, high=high, canonizers=canonizers_for(net)
+    )
     std = getattr(model, "std", None)
     scale = std.to(x) if std is not None else torch.ones(1, dtype=x.dtype, device=x.device)
     maps, logits = [], []

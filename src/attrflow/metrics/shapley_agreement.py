@@ -29,18 +29,17 @@ from attrflow.methods._superpixels import grid_segments, pool_segments
 from attrflow.metrics._removal import checked_maps
 from attrflow.metrics.base import NAN, OK, SKIPPED, MetricInputs, MetricOutput, register_metric
 
-NO_REFERENCE = "no exact Shapley values of {reference!r} for this sample"
+NO_REFERENCE = "no exact Shapley values of {reference!r} for this sample (model or sample not covered)"
 CONSTANT = "the pooled map is constant over the grid cells: it ranks no cell above another"
 
 
 def _pooled_pairs(inputs: MetricInputs, reference: str, order: str, metric: str):
     """Per sample: (pooled map (g²,), Shapley values (g²,)) in float64 numpy, or None."""
-    if reference not in inputs.peers:
-        raise ValueError(
-            f"{metric}: the maps of method entry {reference!r} (parameter reference) were not "
-            f"given to the metric; the workflow passes them when the entry exists in 'methods'"
-        )
-    peer = inputs.peers[reference]
+    peer = inputs.peers.get(reference)
+    if peer is None:
+        # The entry does not run on this model (its `models:`), or not on these samples' shard:
+        # the config check has made sure it exists.
+        return [None] * inputs.n
     values = peer.diagnostics.get("shapley_values")
     if values is None:
         raise ValueError(
