@@ -156,7 +156,11 @@ def score_inputs(wildcards):
     )
     # Stored maps of other method entries that metrics compare against (exact Shapley values).
     peers = PLAN.peer_stores(
-        wildcards.dataset, wildcards.model, wildcards.method, int(wildcards.shard), RESULTS
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.method,
+        int(wildcards.shard),
+        RESULTS,
     )
     return {
         **extra,
