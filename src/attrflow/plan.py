@@ -359,15 +359,18 @@ class Plan:
                 "metrics": self.metric_entries(method),
                 "metrics_code": self.metric_fingerprints(method),
                 **self.runtime(),
-                # Only when a metric reads another entry's maps, so other jobs' params stay as they were.
-                **(
-                    {"peers": {p: {"entry": self.method_entry(p), "code": self.method_fingerprint(p)} for p in peers}}
-                    if (peers := [p for p in self.metric_peers(method) if p in self.config["methods"]])
-                    else {}
-                ),
             },
         )
-        return {**shared, "sample_range": self.shard_range(dataset, shard, method)}
+        # The entries whose maps this shard's metrics read (only when there are any, so other
+        # jobs' params stay as they were; only those covering this shard, so a changed entry
+        # re-plans exactly the score jobs that read it).
+        peers = self.peer_stores(dataset, model, method, shard)
+        extra = (
+            {"peers": {p: {"entry": self.method_entry(p), "code": self.method_fingerprint(p)} for p in sorted(peers)}}
+            if peers
+            else {}
+        )
+        return {**shared, **extra, "sample_range": self.shard_range(dataset, shard, method)}
 
     def scored_samples(self, dataset: str, method: str, metric: str) -> int:
         """Rows a score file holds: the method's samples, cut to the metric's limit if it has one."""

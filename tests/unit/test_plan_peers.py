@@ -67,3 +67,9 @@ def test_grids_above_the_coalition_limit_are_refused_before_any_job():
     with pytest.raises(ConfigError) as err:
         plan_of(too_fine)
     assert "methods.shap.grid" in str(err.value)
+
+
+def test_only_score_jobs_of_shards_the_reference_covers_carry_it():
+    plan = plan_of(with_shapley)
+    assert "peers" in plan.score_setting("tiny", "cnn", "gradient", 0)
+    assert "peers" not in plan.score_setting("tiny", "cnn", "gradient", 1)

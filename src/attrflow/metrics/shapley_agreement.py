@@ -16,8 +16,8 @@ whose stored maps hold them (a ``fn: exact_shapley`` entry). The workflow makes 
 attribution shards an input of every score job whose metrics name it, and its parameters and
 code part of the job's parameters, so the values are computed once per (dataset, model) and a
 change to them re-scores exactly the agreement metrics. Samples the reference was not computed
-on (an entry with fewer ``samples``) are skipped with a reason, and so is a map whose pooled
-cells are all equal (no ranking, Spearman undefined).
+on (an entry with fewer ``samples``, or limited to other ``models``) are skipped with a reason;
+a map whose pooled cells are all equal (no ranking, Spearman undefined) gets NaN with a reason.
 """
 
 from __future__ import annotations
