@@ -122,3 +122,7 @@ def test_refuses_layers_without_a_rule_and_bad_parameters():
         lrp(x_cnn(), images(), targets(), composite="zplus_everywhere")
     with pytest.raises(ValueError, match="epsilon"):
         lrp(x_cnn(), images(), targets(), epsilon=0.0)
+    with pytest.raises(ValueError, match="no ε rule"):
+        lrp(x_cnn(), images(), targets(), composite="alpha1_beta0", epsilon=0.25)
+    with pytest.raises(ValueError, match="γ rule"):
+        lrp(x_cnn(), images(), targets(), composite="epsilon_plus", gamma=0.5)

@@ -185,6 +185,11 @@ def lrp(
         )
     if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and epsilon > 0):
         raise ValueError(f"lrp: parameter epsilon must be a number > 0; got {epsilon!r}")
+    # A parameter the chosen rules never read is a misconfiguration, not a silent no-op.
+    if composite in ("alpha2_beta1", "alpha1_beta0") and epsilon != 1e-6:
+        raise ValueError(f"lrp: parameter epsilon is set ({epsilon!r}) but composite {composite!r} has no ε rule")
+    if composite != "epsilon_gamma_box" and gamma != 0.25:
+        raise ValueError(f"lrp: parameter gamma is set ({gamma!r}) but only composite 'epsilon_gamma_box' has a γ rule")
     net = getattr(model, "net", model)
     _check_modules(net)
     low, high = input_bounds(model, x)
