@@ -22,9 +22,9 @@ Segments: a ``n_segments`` × ``n_segments`` grid, or about ``n_segments`` SLIC 
 seeds it from the injected generator inside `torch.random.fork_rng`, so the same seed gives the
 same coalitions and the caller's global random state is left untouched.
 
-Cost per image: n_samples + 1 forward passes (plus one for the whole batch, Captum's check),
-evaluated in chunks of min(n_samples, max_batch) perturbed copies of one image, and one
-surrogate fit (scikit-learn, CPU).
+Cost per image: n_samples + 1 forward passes (counted in benchmarks/shapley_cost.py), plus one
+pass over the batch when it holds several images (Captum's output check), evaluated in chunks of
+min(n_samples, max_batch) perturbed copies of one image, and one surrogate fit (scikit-learn, CPU).
 """
 
 from __future__ import annotations
