@@ -101,3 +101,24 @@ def test_slic_segments_cover_the_image_with_consecutive_labels():
     model = regular_cnn(dtype=F64)
     maps = lime(model, x, targets(2), n_samples=20, segmentation="slic", n_segments=6, generator=torch.Generator().manual_seed(0)).maps
     assert maps.shape == (2, 10, 10) and torch.isfinite(maps).all()
+
+
+def test_kernel_shap_converges_to_the_exact_shapley_values_of_the_grid():
+    """The ground truth exact_shapley exists for: KernelSHAP's estimate on the same 2×2 grid and
+    baseline approaches it as coalitions grow (a CNN, not additive, so only approximately)."""
+    from attrflow.methods.shapley import exact_shapley
+
+    model = regular_cnn(dtype=F64)
+    x, t = images(n=2, dtype=F64), targets(2)
+    exact = exact_shapley(model, x, t, grid=2).diagnostics["shapley_values"].reshape(2, 4)
+    cells = grid_segments(10, 10, 2)
+    corners = [int((cells == c).nonzero()[0, 0]) * 10 + int((cells == c).nonzero()[0, 1]) for c in range(4)]
+
+    def estimate(n_samples):
+        maps = kernel_shap(model, x, t, n_samples=n_samples, n_segments=2, generator=torch.Generator().manual_seed(0)).maps
+        return maps.reshape(2, -1)[:, corners]
+
+    scale = float(exact.abs().max())
+    coarse = float((estimate(8) - exact).abs().max()) / scale
+    fine = float((estimate(2000) - exact).abs().max()) / scale
+    assert fine < 0.05 and fine < coarse
