@@ -155,8 +155,17 @@ def score_inputs(wildcards):
         if kind
         else {}
     )
+    # Stored maps of other method entries that metrics compare against (exact Shapley values).
+    peers = PLAN.peer_stores(
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.method,
+        int(wildcards.shard),
+        RESULTS,
+    )
     return {
         **extra,
+        **{f"peer_{name}": path for name, path in peers.items()},
         "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
         **model_files(wildcards.model),
         "maps": f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{wildcards.shard}.zarr",

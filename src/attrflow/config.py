@@ -180,6 +180,24 @@ def _check_requirements(config: dict) -> None:
                 )
 
 
+def _check_peer_entries(config: dict) -> None:
+    """A selected metric parameter that names a method entry (``"format": "method-entry"``,
+    e.g. the exact Shapley values `shapley_spearman` compares with) must name one that exists."""
+    registered = catalog("metrics")
+    for metric in config["run"]["metrics"]:
+        entry = config["metrics"][metric]
+        for key, schema in registered[entry["fn"]].params.items():
+            if schema.get("format") != "method-entry":
+                continue
+            named = entry.get(key, schema.get("default"))
+            if named not in config["methods"]:
+                raise ConfigError(
+                    f"metrics.{metric}.{key}",
+                    f"{named!r} is not an entry of 'methods'; it must name the method entry whose "
+                    f"stored maps metric {metric!r} compares with",
+                )
+
+
 def _check_lpi_layout(config: dict) -> None:
     """An `lpi` entry reads its references in blocks of `sub_clusters`: both settings must agree."""
     built = config.get("references", {}).get("lpi", {}).get("sub_clusters", 20)
@@ -515,6 +533,7 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
     _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
     _check_requirements(checked)
+    _check_peer_entries(checked)
     _check_lpi_layout(checked)
     _check_axioms(checked)
     _check_roar(checked)

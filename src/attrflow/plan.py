@@ -272,6 +272,35 @@ class Plan:
             },
         )
 
+    def metric_peers(self, method: str) -> list[str]:
+        """Method entries whose stored maps the metrics scoring ``method`` read (parameters with
+        ``"format": "method-entry"``, e.g. the exact Shapley values of `shapley_spearman`)."""
+        registered = catalog("metrics")
+
+        def named() -> list[str]:
+            found = set()
+            for entry in self.metric_entries(method).values():
+                params = registered[entry["fn"]].params
+                for key, schema in params.items():
+                    if schema.get("format") == "method-entry":
+                        found.add(entry.get(key, schema.get("default")))
+            return sorted(found)
+
+        return self._memoised(("metric_peers", method), named)
+
+    def peer_stores(
+        self, dataset: str, model: str, method: str, shard: int, results: str = "results"
+    ) -> dict[str, str]:
+        """The attribution shard of each `metric_peers` entry that covers shard ``shard`` of
+        ``method`` (same shard index: shards start at the same samples), where it runs."""
+        return {
+            peer: f"{results}/attributions/{dataset}/{model}/{peer}/shard-{shard}.zarr"
+            for peer in self.metric_peers(method)
+            if peer in self.config["methods"]
+            and self.runs_on(peer, model, dataset)
+            and shard in self.shards(dataset, peer)
+        }
+
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
         """The code each metric's scores depend on: the per-metric scoring step, the registered
         metric function and what they use (an explainer metric's method code is the method's)."""
@@ -334,7 +363,16 @@ class Plan:
                 **self.runtime(),
             },
         )
-        return {**shared, "sample_range": self.shard_range(dataset, shard, method)}
+        # The entries whose maps this shard's metrics read (only when there are any, so other
+        # jobs' params stay as they were; only those covering this shard, so a changed entry
+        # re-plans exactly the score jobs that read it).
+        peers = self.peer_stores(dataset, model, method, shard)
+        extra = (
+            {"peers": {p: {"entry": self.method_entry(p), "code": self.method_fingerprint(p)} for p in sorted(peers)}}
+            if peers
+            else {}
+        )
+        return {**shared, **extra, "sample_range": self.shard_range(dataset, shard, method)}
 
     def scored_samples(self, dataset: str, method: str, metric: str) -> int:
         """Rows a score file holds: the method's samples, cut to the metric's limit if it has one."""

@@ -31,6 +31,27 @@ DIRECTIONS = ("higher", "lower")
 OK, NAN, SKIPPED = "ok", "nan", "skipped"
 
 
+@dataclass(frozen=True)
+class PeerMaps:
+    """The stored maps of another method entry on the same (dataset, model), for metrics that
+    compare against them (a parameter whose schema has ``"format": "method-entry"`` names it)."""
+
+    ids: list[str]
+    maps: torch.Tensor  # (m, H, W) or (m, C, H, W); m may differ from the scored batch
+    diagnostics: dict[str, torch.Tensor]
+    method_fn: str
+
+    def rows(self, ids: list[str]) -> list[int | None]:
+        """The row of each of ``ids`` in these maps (None where the peer has no such sample)."""
+        where = {sample: i for i, sample in enumerate(self.ids)}
+        return [where.get(sample) for sample in ids]
+
+
+def peer_parameters(params: dict[str, dict]) -> list[str]:
+    """The parameters of a metric that name another method entry (``"format": "method-entry"``)."""
+    return sorted(k for k, schema in params.items() if schema.get("format") == "method-entry")
+
+
 @dataclass
 class MetricInputs:
     """Everything a metric may read for one batch of samples of one (dataset, model, method)."""
@@ -53,6 +74,8 @@ class MetricInputs:
     # The job's seed, for randomness several metrics must share (the attack of attack_spearman
     # and attack_topk); each metric's own randomness comes from its `generator`.
     seed: int = 0
+    # Stored maps of the method entries the metric's parameters name (`PeerMaps`), by entry name.
+    peers: dict[str, PeerMaps] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
