@@ -38,11 +38,13 @@ sum is coarse, so AGI claims no completeness).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt
 
 OUTPUTS = ("prob", "logit")
 
@@ -68,50 +70,41 @@ def draw_false_classes(
     return scores.argsort(dim=1)[:, :count]
 
 
-@register_method(
-    "agi",
-    params={
-        "false_classes": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 1,
-            "description": "adversarial target classes per image (the LPI supplement (Yang et al., 2023): one); maps sum over them",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 20,
-            "description": "maximum adversarial steps per false class (the LPI supplement (Yang et al., 2023): 20)",
-        },
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.05,
-            "description": "L∞ step size in pixel space [0, 1] (authors' code: 0.05)",
-        },
-        "output": {
-            "type": "string",
-            "enum": ["prob", "logit"],
-            "default": "prob",
-            "description": "f: softmax probability (paper and code) or logit",
-        },
-        "restart_from_input": {
-            "type": "boolean",
-            "default": False,
-            "description": "the authors' code: every step starts from x instead of the path",
-        },
-    },
-)
+@register_method("agi")
 def agi(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    false_classes: int = 1,
-    steps: int = 20,
-    epsilon: float = 0.05,
-    output: str = "prob",
-    restart_from_input: bool = False,
+    false_classes: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "adversarial target classes per image (the LPI supplement (Yang et al., 2023): "
+            "one); maps sum over them"
+        ),
+    ] = 1,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "maximum adversarial steps per false class (the LPI supplement (Yang et al., "
+            "2023): 20)"
+        ),
+    ] = 20,
+    epsilon: Annotated[
+        float,
+        Gt(0),
+        Doc("L∞ step size in pixel space [0, 1] (authors' code: 0.05)"),
+    ] = 0.05,
+    output: Annotated[
+        Literal["prob", "logit"],
+        Doc("f: softmax probability (paper and code) or logit"),
+    ] = "prob",
+    restart_from_input: Annotated[
+        bool,
+        Doc("the authors' code: every step starts from x instead of the path"),
+    ] = False,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:

@@ -37,6 +37,7 @@ derivative to cancellation.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ import torch
 from attrflow.methods._baselines import apply_blur, gaussian_blur, gaussian_blur_matrices
 from attrflow.methods._batching import accumulate_gradients, evaluate_outputs, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt
 
 SPACINGS = ("linear", "sqrt")
 
@@ -104,47 +106,34 @@ class _BlurBank:
         return apply_blur(images, rows_step, cols_ahead) + apply_blur(images, rows_here, cols_step)
 
 
-@register_method(
-    "blur_ig",
-    completeness=True,
-    differentiable=True,
-    params={
-        "max_sigma": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 50.0,
-            "description": "largest blur σ in pixels: the path starts at x blurred this much "
-            "(PAIR default 50)",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 100,
-            "description": "path steps B, one gradient evaluation each (PAIR default 100)",
-        },
-        "grad_step": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.01,
-            "description": "σ increment of the forward difference ∂x/∂σ (PAIR default 0.01)",
-        },
-        "spacing": {
-            "type": "string",
-            "enum": ["linear", "sqrt"],
-            "default": "linear",
-            "description": "σ_i = max_sigma·i/B (PAIR default) or max_sigma·√(i/B)",
-        },
-    },
-)
+@register_method("blur_ig", completeness=True, differentiable=True)
 def blur_ig(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    max_sigma: float = 50.0,
-    steps: int = 100,
-    grad_step: float = 0.01,
-    spacing: str = "linear",
+    max_sigma: Annotated[
+        float,
+        Gt(0),
+        Doc(
+            "largest blur σ in pixels: the path starts at x blurred this much (PAIR default "
+            "50)"
+        ),
+    ] = 50.0,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("path steps B, one gradient evaluation each (PAIR default 100)"),
+    ] = 100,
+    grad_step: Annotated[
+        float,
+        Gt(0),
+        Doc("σ increment of the forward difference ∂x/∂σ (PAIR default 0.01)"),
+    ] = 0.01,
+    spacing: Annotated[
+        Literal["linear", "sqrt"],
+        Doc("σ_i = max_sigma·i/B (PAIR default) or max_sigma·√(i/B)"),
+    ] = "linear",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """Blur IG of the target logit, PAIR's quadrature, batched over images and path points.

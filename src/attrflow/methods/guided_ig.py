@@ -42,12 +42,14 @@ softmax probability instead.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._baselines import make_baseline
 from attrflow.methods._batching import evaluate_outputs, input_gradients, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt, Le
 
 CLOSE = 1e-9  # PAIR's tolerance for "the step's L1 goal is met"
 
@@ -127,68 +129,50 @@ class _GuidedPath:
         return moved * gradient
 
 
-@register_method(
-    "guided_ig",
-    completeness=True,
-    params={
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 200,
-            "description": "path steps B, one gradient evaluation each (PAIR x_steps, default 200)",
-        },
-        "fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.25,
-            "description": "share of features with the smallest |gradient| moved per iteration",
-        },
-        "max_dist": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.02,
-            "description": "how far (in α) a feature may lead or lag the straight line; 0 is IG "
-            "(left Riemann), 1 is unbounded Guided IG",
-        },
-        "baseline": {
-            "type": "string",
-            "enum": ["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
-            "default": "black",
-            "description": "the path's start x', as for integrated_gradients (PAIR: black)",
-        },
-        "noise_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "noise std for baseline 'gaussian' (see integrated_gradients)",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "blur σ for baseline 'blur' (see integrated_gradients)",
-        },
-        "baseline_file": {
-            "type": ["string", "null"],
-            "default": None,
-            "description": "image file for baseline 'file' (see integrated_gradients)",
-        },
-    },
-)
+@register_method("guided_ig", completeness=True)
 def guided_ig(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    steps: int = 200,
-    fraction: float = 0.25,
-    max_dist: float = 0.02,
-    baseline: str = "black",
-    noise_sigma: float = 0.15,
-    blur_sigma: float = 10.0,
-    baseline_file: str | None = None,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("path steps B, one gradient evaluation each (PAIR x_steps, default 200)"),
+    ] = 200,
+    fraction: Annotated[
+        float,
+        Gt(0),
+        Le(1),
+        Doc("share of features with the smallest |gradient| moved per iteration"),
+    ] = 0.25,
+    max_dist: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc(
+            "how far (in α) a feature may lead or lag the straight line; 0 is IG (left "
+            "Riemann), 1 is unbounded Guided IG"
+        ),
+    ] = 0.02,
+    baseline: Annotated[
+        Literal["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
+        Doc("the path's start x', as for integrated_gradients (PAIR: black)"),
+    ] = "black",
+    noise_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("noise std for baseline 'gaussian' (see integrated_gradients)"),
+    ] = 0.15,
+    blur_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("blur σ for baseline 'blur' (see integrated_gradients)"),
+    ] = 10.0,
+    baseline_file: Annotated[
+        str | None,
+        Doc("image file for baseline 'file' (see integrated_gradients)"),
+    ] = None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:

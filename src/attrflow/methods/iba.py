@@ -36,6 +36,7 @@ Cost: 1 forward per image to record R, then ``steps`` × ``copies`` forward + ba
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
@@ -50,38 +51,24 @@ from attrflow.methods._bottleneck import (
     layer_statistics,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Ge, Gt, Le, MinLen
 
 
-@register_method(
-    "iba",
-    params={
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "beta": {"type": "number", "minimum": 0, "default": 10.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 10},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("iba", channel_free=True, references="feature_stats")
 def iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "stage2",
-    beta: float = 10.0,
-    steps: int = 10,
-    lr: float = 1.0,
-    copies: int = 10,
+    layer: Annotated[str, MinLen(1)] = "stage2",
+    beta: Annotated[float, Ge(0)] = 10.0,
+    steps: Annotated[int, Ge(1)] = 10,
+    lr: Annotated[float, Gt(0)] = 1.0,
+    copies: Annotated[int, Ge(1)] = 10,
     initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    sigma: Annotated[float, Ge(0)] = 1.0,
+    min_std: Annotated[float, Gt(0)] = 0.01,
+    active_threshold: Annotated[float, Ge(0), Le(1)] = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,

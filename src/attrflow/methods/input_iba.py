@@ -45,6 +45,7 @@ final distance), ``bottleneck_target_prob`` (step 3's target probability, last s
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -64,48 +65,30 @@ from attrflow.methods._bottleneck import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.models.layers import tokens_to_grid
+from attrflow.params import Ge, Gt, Le, MinLen
 
 PRIOR_LEARNING_RATES = {"mask": 0.003, "mean": 0.1, "std": 0.05}  # the authors' RMSprop groups
 
 
-@register_method(
-    "input_iba",
-    params={
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "feature_beta": {"type": "number", "minimum": 0, "default": 20.0},
-        "feature_steps": {"type": "integer", "minimum": 1, "default": 10},
-        "beta": {"type": "number", "minimum": 0, "default": 20.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 60},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "prior_steps": {"type": "integer", "minimum": 0, "default": 40},
-        "prior_samples": {"type": "integer", "minimum": 2, "default": 32},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("input_iba", channel_free=True, references="feature_stats")
 def input_iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "stage2",
-    feature_beta: float = 20.0,
-    feature_steps: int = 10,
-    beta: float = 20.0,
-    steps: int = 60,
-    lr: float = 1.0,
-    copies: int = 10,
+    layer: Annotated[str, MinLen(1)] = "stage2",
+    feature_beta: Annotated[float, Ge(0)] = 20.0,
+    feature_steps: Annotated[int, Ge(1)] = 10,
+    beta: Annotated[float, Ge(0)] = 20.0,
+    steps: Annotated[int, Ge(1)] = 60,
+    lr: Annotated[float, Gt(0)] = 1.0,
+    copies: Annotated[int, Ge(1)] = 10,
     initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    prior_steps: int = 40,
-    prior_samples: int = 32,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    sigma: Annotated[float, Ge(0)] = 1.0,
+    prior_steps: Annotated[int, Ge(0)] = 40,
+    prior_samples: Annotated[int, Ge(2)] = 32,
+    min_std: Annotated[float, Gt(0)] = 0.01,
+    active_threshold: Annotated[float, Ge(0), Le(1)] = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,

@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 
 from attrflow.methods._batching import validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, call_method, register_method
+from attrflow.params import Doc, Ge
 from attrflow.registry import UnknownEntryError
 
 VARIANTS = ("smoothgrad", "squared", "vargrad")
@@ -71,51 +72,30 @@ def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
     return info, dict(of_params)
 
 
-@register_method(
-    "smoothgrad",
-    differentiable=True,  # when its inner method is (call_method checks that one too)
-    params={
-        "of": {
-            "type": "string",
-            "default": "gradient",
-            "description": "registered function of the method to smooth (checked when called)",
-        },
-        "n": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "noisy copies per sample (Smilkov et al.: about 50)",
-        },
-        "sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "noise std relative to each sample's value range max − min "
-            "(Smilkov et al.: 10–20 %)",
-        },
-        "variant": {
-            "type": "string",
-            "enum": ["smoothgrad", "squared", "vargrad"],
-            "default": "smoothgrad",
-            "description": "mean of the maps, mean of their squares, or their variance",
-        },
-        "of_params": {
-            "type": "object",
-            "default": {},
-            "description": "parameters of the inner method",
-        },
-    },
-)
+@register_method("smoothgrad", differentiable=True)
 def smoothgrad(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    of: str = "gradient",
-    n: int = 50,
-    sigma: float = 0.15,
-    variant: str = "smoothgrad",
-    of_params: Mapping[str, Any] = MappingProxyType({}),
+    of: Annotated[
+        str,
+        Doc("registered function of the method to smooth (checked when called)"),
+    ] = "gradient",
+    n: Annotated[int, Ge(1), Doc("noisy copies per sample (Smilkov et al.: about 50)")] = 50,
+    sigma: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "noise std relative to each sample's value range max − min (Smilkov et al.: 10–20"
+            " %)"
+        ),
+    ] = 0.15,
+    variant: Annotated[
+        Literal["smoothgrad", "squared", "vargrad"],
+        Doc("mean of the maps, mean of their squares, or their variance"),
+    ] = "smoothgrad",
+    of_params: Annotated[dict[str, Any], Doc("parameters of the inner method")] = MappingProxyType({}),
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:

@@ -11,6 +11,8 @@ since a residual means nothing for them.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
@@ -18,17 +20,9 @@ from attrflow.metrics._removal import target_outputs, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 
-@register_metric(
-    "completeness",
-    kind="diagnostic",
-    direction="lower",
-    params={
-        "relative": {"type": "boolean", "default": False},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-    },
-)
+@register_metric("completeness", kind="diagnostic", direction="lower")
 def completeness(
-    inputs: MetricInputs, *, relative: bool = False, output: str = "logit", max_batch: int = 256
+    inputs: MetricInputs, *, relative: bool = False, output: Literal["logit", "prob"] = "logit", max_batch: int = 256
 ) -> MetricOutput:
     """|Σ maps − (F_c(x) − F_c(x'))|, F_c the target logit (lower is better).
 

@@ -36,6 +36,7 @@ Ambiguities and where we differ, documented:
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
@@ -53,6 +54,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Ge, Gt, Lt, MinLen, Odd
 
 NONPOSITIVE_LOGIT = "the target logit of the clean image is not positive: a fractional logit is meaningless"
 SCORES = {"logit_ratio": "logit", "accuracy": "top1"}
@@ -112,33 +114,16 @@ def preserved_means(
     return torch.cat(colours, dim=1)
 
 
-@register_metric(
-    "diffid",
-    kind="map",
-    direction="higher",
-    params={
-        "ratios": {
-            "type": "array",
-            "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "minItems": 2,
-            "default": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-        },
-        "score": {"enum": ["logit_ratio", "accuracy"], "default": "logit_ratio"},
-        "fill": {"enum": ["preserved_mean", "black", "blur", "mean"], "default": "preserved_mean"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "order": {"enum": ["absolute", "signed"], "default": "absolute"},
-    },
-)
+@register_metric("diffid", kind="map", direction="higher")
 def diffid(
     inputs: MetricInputs,
     *,
-    ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
-    score: str = "logit_ratio",
-    fill: str = "preserved_mean",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    order: str = "absolute",
+    ratios: Annotated[list[Annotated[float, Gt(0), Lt(1)]], MinLen(2)] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
+    score: Literal["logit_ratio", "accuracy"] = "logit_ratio",
+    fill: Literal["preserved_mean", "black", "blur", "mean"] = "preserved_mean",
+    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
+    blur_sigma: Annotated[float, Gt(0)] = 15.0,
+    order: Literal["absolute", "signed"] = "absolute",
     max_batch: int = 256,
 ) -> MetricOutput:
     """Area over the removed ratio r of insertion(r) − deletion(r): the fractional target logit

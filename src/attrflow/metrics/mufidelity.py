@@ -47,6 +47,8 @@ reuse the same arithmetic.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.metrics._removal import (
@@ -61,6 +63,7 @@ from attrflow.metrics._removal import (
 )
 from attrflow.metrics._stats import average_ranks
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Ge, Gt, Lt, Odd
 
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
 CONSTANT_OUTPUT = "the output drops do not vary over the subsets (correlation undefined)"
@@ -294,41 +297,20 @@ def subset_fidelity(
     return _fidelity_output(corr, flat_attribution, flat_output, finite, constant, absolute)
 
 
-@register_metric(
-    "mufidelity",
-    kind="map",
-    direction="higher",
-    params={
-        "subsets": {"type": "integer", "minimum": 2, "default": 200},
-        "subset_fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "default": 0.2,
-        },
-        "grid": {"type": "integer", "minimum": 2, "default": 9},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["prob", "logit"], "default": "prob"},
-        "correlation": {"enum": ["spearman", "pearson"], "default": "spearman"},
-        "absolute": {"type": "boolean", "default": True},
-        "subset_draw": {"enum": ["bernoulli", "fixed"], "default": "bernoulli"},
-    },
-)
+@register_metric("mufidelity", kind="map", direction="higher")
 def mufidelity(
     inputs: MetricInputs,
     *,
-    subsets: int = 200,
-    subset_fraction: float = 0.2,
-    grid: int = 9,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "prob",
-    correlation: str = "spearman",
+    subsets: Annotated[int, Ge(2)] = 200,
+    subset_fraction: Annotated[float, Gt(0), Lt(1)] = 0.2,
+    grid: Annotated[int, Ge(2)] = 9,
+    fill: Literal["black", "blur", "mean"] = "black",
+    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
+    blur_sigma: Annotated[float, Gt(0)] = 15.0,
+    output: Literal["prob", "logit"] = "prob",
+    correlation: Literal["spearman", "pearson"] = "spearman",
     absolute: bool = True,
-    subset_draw: str = "bernoulli",
+    subset_draw: Literal["bernoulli", "fixed"] = "bernoulli",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -379,29 +361,16 @@ def mufidelity(
     )
 
 
-@register_metric(
-    "faithfulness_correlation",
-    kind="map",
-    direction="higher",
-    params={
-        "subsets": {"type": "integer", "minimum": 2, "default": 100},
-        "subset_size": {"type": "integer", "minimum": 1, "default": 224},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-        "absolute": {"type": "boolean", "default": False},
-    },
-)
+@register_metric("faithfulness_correlation", kind="map", direction="higher")
 def faithfulness_correlation(
     inputs: MetricInputs,
     *,
-    subsets: int = 100,
-    subset_size: int = 224,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "logit",
+    subsets: Annotated[int, Ge(2)] = 100,
+    subset_size: Annotated[int, Ge(1)] = 224,
+    fill: Literal["black", "blur", "mean"] = "black",
+    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
+    blur_sigma: Annotated[float, Gt(0)] = 15.0,
+    output: Literal["logit", "prob"] = "logit",
     absolute: bool = False,
     generator: torch.Generator | None = None,
     max_batch: int = 256,

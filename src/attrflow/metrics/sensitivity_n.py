@@ -31,6 +31,8 @@ tests/conformance/test_quantus_faithfulness.py pins that difference.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, fill_image, with_reasons
@@ -43,37 +45,20 @@ from attrflow.metrics.mufidelity import (
     draw_index_subsets,
     grid_cells,
 )
+from attrflow.params import Ge, Gt, MinLen, Odd
 
 
-@register_metric(
-    "sensitivity_n",
-    kind="map",
-    direction="higher",
-    params={
-        "n": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 1},
-            "minItems": 1,
-            "default": [1, 4, 16, 64, 256],
-        },
-        "subsets": {"type": "integer", "minimum": 2, "default": 200},
-        "grid": {"type": ["integer", "null"], "minimum": 2, "default": None},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-    },
-)
+@register_metric("sensitivity_n", kind="map", direction="higher")
 def sensitivity_n(
     inputs: MetricInputs,
     *,
-    n: list[int] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
-    subsets: int = 200,
-    grid: int | None = None,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "logit",
+    n: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
+    subsets: Annotated[int, Ge(2)] = 200,
+    grid: Annotated[int | None, Ge(2)] = None,
+    fill: Literal["black", "blur", "mean"] = "black",
+    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
+    blur_sigma: Annotated[float, Gt(0)] = 15.0,
+    output: Literal["logit", "prob"] = "logit",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
