@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from attrflow.catalog import catalog
-from attrflow.params import object_schema
+from attrflow.params import object_schema, validator
 
 # Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
 SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
@@ -69,20 +69,8 @@ def _key_path(parts: Any) -> str:
 
 
 def _validator(schema: dict) -> Any:
-    """A Draft 2020-12 validator that also fills `default:` values into the instance."""
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
-    return filling(schema)
+    """A Draft 2020-12 validator (numbers finite) that also fills `default:` values into the instance."""
+    return validator(schema, fill_defaults=True)
 
 
 def _check(instance: dict, schema: dict, where: list[str]) -> None:

@@ -236,6 +236,39 @@ def object_schema(params: Mapping[str, dict], generic: Sequence[str] = ()) -> di
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
+def validator(schema: dict, fill_defaults: bool = False) -> Any:
+    """A Draft 2020-12 validator whose numbers are finite (no NaN or ±inf: YAML's ``.inf`` is no
+    sensible step size or σ) and whose integers are ints (not 2.0), filling ``default:`` values
+    into the instance when asked."""
+    import copy
+    import math
+
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    finite = base.TYPE_CHECKER.redefine_many(
+        {
+            "number": lambda checker, value: isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value),
+            # 2.0 is no step count: jsonschema would accept a float with an integral value
+            "integer": lambda checker, value: isinstance(value, int) and not isinstance(value, bool),
+        }
+    )
+    validators: dict[str, Any] = {}
+    if fill_defaults:
+
+        def set_defaults(validator, properties, instance, schema):
+            if isinstance(instance, dict):
+                for key, sub in properties.items():
+                    if isinstance(sub, dict) and "default" in sub and key not in instance:
+                        instance[key] = copy.deepcopy(sub["default"])
+            yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+        validators["properties"] = set_defaults
+    return jsonschema.validators.extend(base, validators, type_checker=finite)(schema)
+
+
 def check_params(params: Mapping[str, dict], values: Mapping[str, Any], where: str) -> None:
     """Validate keyword arguments given in Python as the config validator validates an entry.
 
@@ -247,7 +280,7 @@ def check_params(params: Mapping[str, dict], values: Mapping[str, Any], where: s
     from attrflow.config import ConfigError
 
     plain = {k: _plain(v) for k, v in values.items()}
-    errors = list(jsonschema.Draft202012Validator(object_schema(params)).iter_errors(plain))
+    errors = list(validator(object_schema(params)).iter_errors(plain))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         raise ConfigError(".".join(str(p) for p in [where, *err.absolute_path]), err.message)

@@ -60,23 +60,6 @@ class FittedBottleneck:
     target_probs: torch.Tensor  # (n,) target probability under the bottleneck, last step's copies
 
 
-def check_settings(method: str, settings: BottleneckSettings, **extra: float) -> None:
-    """Errors that name the offending parameter."""
-    checks = {
-        "beta": settings.beta >= 0,
-        "steps": isinstance(settings.steps, int) and settings.steps >= 1,
-        "lr": settings.lr > 0,
-        "copies": isinstance(settings.copies, int) and settings.copies >= 1,
-        "sigma": settings.sigma >= 0,
-    }
-    for name, ok in checks.items():
-        if not ok or not math.isfinite(float(getattr(settings, name))):
-            raise ValueError(f"{method}: parameter {name} is {getattr(settings, name)!r}, out of range")
-    for name, value in extra.items():
-        if not math.isfinite(float(value)) or value <= 0:
-            raise ValueError(f"{method}: parameter {name} must be > 0; got {value!r}")
-
-
 def layer_statistics(
     references: Any, model: nn.Module, layer: str, method: str
 ) -> tuple[str, nn.Module, LayerStatistics]:

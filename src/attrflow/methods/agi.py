@@ -46,7 +46,6 @@ from attrflow.methods._batching import check_max_batch, evaluation_mode, validat
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.params import Doc, Ge, Gt
 
-OUTPUTS = ("prob", "logit")
 
 
 @dataclass
@@ -110,7 +109,7 @@ def agi(
 ) -> Attribution:
     """AGI of the ``target`` class against ``false_classes`` randomly drawn adversarial classes."""
     x, target = validate_batch(model, x, target)
-    _check_params(int(model.num_classes), false_classes, steps, epsilon, output)
+    _check_false_classes(int(model.num_classes), false_classes)
     check_max_batch(max_batch)
     n = x.shape[0]
     adversarial = draw_false_classes(target, int(model.num_classes), false_classes, generator)
@@ -156,21 +155,12 @@ def agi(
     )
 
 
-def _check_params(num_classes: int, false_classes, steps, epsilon, output) -> None:
-    for name, value in [("false_classes", false_classes), ("steps", steps)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"agi: parameter {name} must be an integer >= 1; got {value!r}")
+def _check_false_classes(num_classes: int, false_classes: int) -> None:
+    """The one check the signature cannot declare: it depends on the model."""
     if false_classes > num_classes - 1:
         raise ValueError(
             f"agi: parameter false_classes is {false_classes} but the model has only "
             f"{num_classes - 1} classes besides the target"
-        )
-    number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-    if not number or not 0 < epsilon < float("inf"):
-        raise ValueError(f"agi: parameter epsilon must be a positive number; got {epsilon!r}")
-    if output not in OUTPUTS:
-        raise ValueError(
-            f"agi: parameter output must be one of {', '.join(OUTPUTS)}; got {output!r}"
         )
 
 

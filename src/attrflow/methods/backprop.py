@@ -588,10 +588,6 @@ def deepshap(
     the completeness metric reads ``baseline_output`` rather than evaluating F(baselines).
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(background, bool) or not isinstance(background, int) or background < 1:
-        raise ValueError(
-            f"deepshap: parameter background must be an integer >= 1; got {background!r}"
-        )
     references, weights = check_references(x, references, reference_weights, "deepshap")
     pool = references.shape[0]
     if weights is not None and not torch.allclose(weights, torch.full_like(weights, 1.0 / pool)):

@@ -36,7 +36,6 @@ derivative to cancellation.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 import numpy as np
@@ -51,26 +50,14 @@ SPACINGS = ("linear", "sqrt")
 
 
 def blur_sigmas(max_sigma: float, steps: int, spacing: str) -> np.ndarray:
-    """σ_0 = 0 < σ_1 < … < σ_B = max_sigma (float64), PAIR's path scales."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
-    if not _positive_number(max_sigma):
-        raise ValueError(f"parameter max_sigma must be a finite number > 0; got {max_sigma!r}")
+    """σ_0 = 0 < σ_1 < … < σ_B = max_sigma (float64), PAIR's path scales (``steps`` ≥ 1 and
+    ``max_sigma`` > 0, as `blur_ig` declares)."""
     index = np.arange(steps + 1, dtype=np.float64)
     if spacing == "linear":
         return index * max_sigma / steps
     if spacing == "sqrt":
         return max_sigma * np.sqrt(index / steps)
     raise ValueError(f"parameter spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 class _BlurBank:
@@ -145,8 +132,6 @@ def blur_ig(
     """
     x, target = validate_batch(model, x, target)
     sigmas = blur_sigmas(max_sigma, steps, spacing)
-    if not _positive_number(grad_step):
-        raise ValueError(f"parameter grad_step must be a finite number > 0; got {grad_step!r}")
     bank = _BlurBank(sigmas[:-1], float(grad_step), x)
     step_widths = torch.as_tensor(np.diff(sigmas), dtype=x.dtype, device=x.device)
 

@@ -225,8 +225,6 @@ def expected_gradients(
     on them as on its one gradient).
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"expected_gradients: parameter k must be an integer >= 1; got {k!r}")
     references, weights = check_references(x, references, reference_weights, "expected_gradients")
     n = x.shape[0]
     reference_index = draw_references(weights, references.shape[0], n, k, generator, x.device)

@@ -121,7 +121,6 @@ def extremal_perturbation(
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    _check_params(area, iterations, levels, step, smooth_sigma, max_blur, reward)
     height, width = x.shape[-2:]
     generator = SmoothMaskGenerator(height, width, step, smooth_sigma, device=x.device, dtype=x.dtype)
     reference = _sorted_reference(height * width, area, x)
@@ -153,21 +152,6 @@ def extremal_perturbation(
         maps=torch.cat(masks),
         diagnostics={key: torch.cat([d[key] for d in diagnostics]) for key in diagnostics[0]},
     )
-
-
-def _check_params(
-    area: float, iterations: int, levels: int, step: int, smooth_sigma: float, max_blur: float, reward: str
-) -> None:
-    if not 0 < area < 1:
-        raise ValueError(f"parameter area must lie in (0, 1); got {area!r}")
-    for name, value, least in (("iterations", iterations, 1), ("levels", levels, 2), ("step", step, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"parameter {name} must be an integer >= {least}; got {value!r}")
-    for name, value in (("smooth_sigma", smooth_sigma), ("max_blur", max_blur)):
-        if not value > 0:
-            raise ValueError(f"parameter {name} must be positive; got {value!r}")
-    if reward not in ("logit", "contrastive"):
-        raise ValueError(f"parameter reward must be 'logit' or 'contrastive'; got {reward!r}")
 
 
 class SmoothMaskGenerator:

@@ -44,7 +44,6 @@ from attrflow.methods._batching import check_max_batch, evaluation_mode, validat
 from attrflow.methods._bottleneck import (
     BottleneckSettings,
     FeatureBottleneck,
-    check_settings,
     draw_seeds,
     fit_feature_bottleneck,
     information_map,
@@ -76,7 +75,6 @@ def iba(
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("iba", settings, min_std=min_std)
     _, module, stats = layer_statistics(references, model, layer, "iba")
     stats = type(stats)(*(t.to(device=x.device, dtype=x.dtype) for t in stats))
     hook = FeatureBottleneck(getattr(model, "net", model), stats, min_std, active_threshold)

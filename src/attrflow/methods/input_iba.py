@@ -56,7 +56,6 @@ from attrflow.methods._bottleneck import (
     BottleneckSettings,
     FeatureBottleneck,
     FeatureFit,
-    check_settings,
     draw_seeds,
     fit_bottleneck,
     fit_feature_bottleneck,
@@ -97,12 +96,6 @@ def input_iba(
     check_max_batch(max_batch)
     feature_settings = BottleneckSettings(feature_beta, feature_steps, lr, copies, initial_alpha, 0.0)
     input_settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("input_iba", feature_settings, min_std=min_std)
-    check_settings("input_iba", input_settings)
-    if isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 0:
-        raise ValueError(f"input_iba: parameter prior_steps must be an integer >= 0; got {prior_steps!r}")
-    if isinstance(prior_samples, bool) or not isinstance(prior_samples, int) or prior_samples < 2:
-        raise ValueError(f"input_iba: parameter prior_samples must be an integer >= 2; got {prior_samples!r}")
     _, module, stats = layer_statistics(references, model, layer, "input_iba")
     stats = type(stats)(*(t.to(device=x.device, dtype=x.dtype) for t in stats))
     hook = FeatureBottleneck(getattr(model, "net", model), stats, min_std, active_threshold)

@@ -96,10 +96,6 @@ def lpi(
 ) -> Attribution:
     """LPI of the target logit from the density-weighted references of x's own cluster."""
     x, target = validate_batch(model, x, target)
-    counts = [("sub_clusters", sub_clusters), ("samples_per_reference", samples_per_reference)]
-    for name, value in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"lpi: parameter {name} must be an integer >= 1; got {value!r}")
     references, weights = check_references(x, references, reference_weights, "lpi")
     if weights is None:
         raise ValueError(

@@ -45,7 +45,6 @@ from attrflow.models.layers import resolve_layer
 from attrflow.params import Doc, Ge, Le, MinLen
 
 ALL_RELUS = "all_relus"
-CRITERIA = ("neuron_mct", "neuron_intgrad")
 
 
 @register_method("pathway_grad")
@@ -88,12 +87,6 @@ def pathway_grad(
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if criterion not in CRITERIA:
-        raise ValueError(f"parameter criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"parameter sparsity must lie in [0, 1]; got {sparsity!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
     modules = pathway_modules(model, layers)
     maps, kept, thresholds = [], [], []
     with evaluation_mode(model):

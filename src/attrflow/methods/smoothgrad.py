@@ -32,8 +32,6 @@ not x, and are not kept; ``noise_stdev`` (n,) records σ_abs per sample.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
@@ -41,17 +39,13 @@ import torch
 
 from attrflow.methods._batching import validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, call_method, register_method
-from attrflow.params import Doc, Ge
+from attrflow.params import Doc, Ge, check_params
 from attrflow.registry import UnknownEntryError
-
-VARIANTS = ("smoothgrad", "squared", "vargrad")
 
 
 def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
     from attrflow.methods import get_method
 
-    if not isinstance(of, str):
-        raise ValueError(f"parameter of must name a registered method function; got {of!r}")
     try:
         info = get_method(of)
     except UnknownEntryError as err:
@@ -61,14 +55,8 @@ def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
             f"parameter of: {of!r} needs a {info.references!r} reference set, which smoothgrad "
             f"cannot pass through"
         )
-    if not isinstance(of_params, Mapping):
-        raise ValueError(f"parameter of_params must be a mapping; got {of_params!r}")
-    unknown = sorted(set(of_params) - set(info.params))
-    if unknown:
-        raise ValueError(
-            f"parameter of_params: {unknown} are not parameters of {of!r}; it takes "
-            f"{sorted(info.params) or 'none'}"
-        )
+    # the inner method's own declarations check of_params, naming smoothgrad.of_params.<key>
+    check_params(info.params, of_params, "smoothgrad.of_params")
     return info, dict(of_params)
 
 
@@ -105,13 +93,6 @@ def smoothgrad(
     same generator after the noise is drawn, and ``max_batch``.
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"parameter n must be an integer >= 1; got {n!r}")
-    bad_sigma = isinstance(sigma, bool) or not isinstance(sigma, (int, float))
-    if bad_sigma or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"parameter sigma must be a finite number >= 0; got {sigma!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"parameter variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     info, inner_params = _inner_method(of, of_params)
 
     samples = x.shape[0]

@@ -53,7 +53,6 @@ of ``max_batch``.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,14 +71,6 @@ from attrflow.methods._batching import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.params import Doc, Ge, Gt
-
-OUTPUTS = ("prob", "logit")
-DELTA_NORMS = ("unit", "sphere", "ball")
-PGD_GRADIENTS = ("raw", "normalized")
-DELTA_INITS = ("zero", "random")
-UNLEARN_LABELS = ("target", "predicted")
-KL_DIRECTIONS = ("unlearned_first", "reversed")
-GRAD_NORMS = ("global", "per_tensor")
 
 # Per-sample gradients and θ̂ take (samples × parameters) elements each; 2**27 float32 elements
 # (512 MiB) per copy bounds the unlearning chunk for large networks (≈ 11 ResNet-18s at once)
@@ -169,8 +160,6 @@ def uni(
     F_c(x; θ), ``baseline_target_prob`` F_c(x'; θ) (probabilities whatever ``output``);
     ``baseline_kl`` the matching objective C at x'; ``unlearning_gradient_norm`` ‖∇_θ L‖.
     """
-    _check_params(eta, pgd_steps, epsilon, pgd_step_size, steps, output, delta_norm,
-                  pgd_gradient, delta_init, unlearn_label, kl_direction, grad_norm)
     check_max_batch(max_batch)
     x, target = validate_batch(model, x, target)
     with _modes_restored(model):
@@ -217,29 +206,6 @@ def uni(
             "unlearning_gradient_norm": gradient_norms,
         },
     )
-
-
-def _check_params(eta, pgd_steps, epsilon, pgd_step_size, steps, output, delta_norm,
-                  pgd_gradient, delta_init, unlearn_label, kl_direction, grad_norm) -> None:
-    """Reject bad parameters before any work, naming the parameter."""
-    for name, value in (("pgd_steps", pgd_steps), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"parameter {name} must be an integer >= 1; got {value!r}")
-    for name, value, zero_allowed in (
-        ("eta", eta, True), ("epsilon", epsilon, False), ("pgd_step_size", pgd_step_size, False)
-    ):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-            bound = ">= 0" if zero_allowed else "> 0"
-            raise ValueError(f"parameter {name} must be a finite number {bound}; got {value!r}")
-    for name, value, allowed in (
-        ("output", output, OUTPUTS), ("delta_norm", delta_norm, DELTA_NORMS),
-        ("pgd_gradient", pgd_gradient, PGD_GRADIENTS), ("delta_init", delta_init, DELTA_INITS),
-        ("unlearn_label", unlearn_label, UNLEARN_LABELS),
-        ("kl_direction", kl_direction, KL_DIRECTIONS), ("grad_norm", grad_norm, GRAD_NORMS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @contextmanager
