@@ -124,12 +124,8 @@ def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> tor
     partial). Otherwise `steps` equal fractions: round(k·HW/steps) for k = 0 … steps.
     """
     if pixels_per_step is not None:
-        if pixels_per_step < 1:
-            raise ValueError(f"pixels_per_step must be >= 1, got {pixels_per_step}")
         points = -(-num_pixels // pixels_per_step) + 1
         return torch.clamp(torch.arange(points) * pixels_per_step, max=num_pixels)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     k = torch.arange(steps + 1)
     return (2 * k * num_pixels + steps) // (2 * steps)  # round half up, in integers
 

@@ -30,7 +30,6 @@ from attrflow.metrics._removal import NONFINITE_MAP, checked_maps, trapezoid_auc
 from attrflow.metrics.base import NAN, OK, SKIPPED, MetricInputs, MetricOutput, register_metric
 from attrflow.params import Doc, Ge, Gt, Le
 
-REGIONS = ("mask", "box")
 CONSTANT_MAP = "the attribution map is constant: it points nowhere"
 EMPTY_REGION = "the object mask of this sample is empty"
 NO_HEAT = "the map has no positive attribution (no heat to localise)"
@@ -82,8 +81,6 @@ class _Prepared:
 
 def _prepare(inputs: MetricInputs, metric: str, region: str) -> _Prepared | None:
     """Checked maps and regions, or None when the dataset has no masks."""
-    if region not in REGIONS:
-        raise ValueError(f"{metric}: region must be one of {REGIONS}, not {region!r}")
     if inputs.masks is None:
         return None
     maps = checked_maps(inputs, metric).double()
@@ -170,8 +167,6 @@ def pointing_game(
     prepared = _prepare(inputs, "pointing_game", region)
     if prepared is None:
         return MetricOutput.skipped(inputs.n, no_masks_reason("pointing_game", inputs.method))
-    if tolerance < 0:
-        raise ValueError(f"pointing_game: tolerance must be >= 0, got {tolerance}")
     scores = prepared.maps.abs() if absolute else prepared.maps
     flat = scores.flatten(1)
     top = flat == flat.amax(dim=1, keepdim=True)
@@ -247,8 +242,6 @@ def iou(
     prepared = _prepare(inputs, "iou", region)
     if prepared is None:
         return MetricOutput.skipped(inputs.n, no_masks_reason("iou", inputs.method))
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"iou: threshold must lie in [0, 1], got {threshold}")
     heat = heat_of(prepared.maps, absolute).flatten(1)
     regions = prepared.regions.flatten(1)
     peak = heat.amax(dim=1)

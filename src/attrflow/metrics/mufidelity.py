@@ -324,12 +324,6 @@ def mufidelity(
     et al. 2020) instead of Xplique's independent drops. Subsets come from the injected
     `generator`, one independent draw per sample.
     """
-    if subsets < 2:
-        raise ValueError(f"mufidelity: subsets must be >= 2 to correlate, got {subsets}")
-    if not 0.0 < subset_fraction < 1.0:
-        raise ValueError(f"mufidelity: subset_fraction must lie in (0, 1), got {subset_fraction}")
-    if grid < 2:
-        raise ValueError(f"mufidelity: grid must be >= 2 (grid² cells to draw subsets from), got {grid}")
     h, w = inputs.images.shape[2:]
     if grid > min(h, w):
         raise ValueError(f"mufidelity: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
@@ -381,8 +375,6 @@ def faithfulness_correlation(
 
     `subset_size` must be smaller than the number of pixels; `absolute` reports |corr|.
     """
-    if subsets < 2:
-        raise ValueError(f"faithfulness_correlation: subsets must be >= 2 to correlate, got {subsets}")
     h, w = inputs.images.shape[2:]
     if not 1 <= subset_size < h * w:
         raise ValueError(

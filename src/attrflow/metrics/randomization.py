@@ -178,14 +178,6 @@ def randomization_sanity(
     who = f"method {inputs.method!r} (fn {inputs.method_fn!r})"
     if inputs.explain is None:
         raise ValueError(f"randomization_sanity: no explain callable was given for {who}")
-    if similarity not in SIMILARITIES:
-        raise ValueError(
-            f"randomization_sanity: similarity must be one of {SIMILARITIES}, not {similarity!r}"
-        )
-    if init not in INITS:
-        raise ValueError(f"randomization_sanity: init must be one of {INITS}, not {init!r}")
-    if std <= 0:
-        raise ValueError(f"randomization_sanity: std must be positive, got {std}")
     model = inputs.model
     layers = parametric_layers(model)
     if not layers:

@@ -66,17 +66,13 @@ def sensitivity_n(
     (or `grid` cells), between the set's summed attribution and the drop of the target `output`
     when the set shows the `fill` canvas (higher is better); the curve holds one PCC per n.
     """
-    if subsets < 2:
-        raise ValueError(f"sensitivity_n: subsets must be >= 2 to correlate, got {subsets}")
-    if not n:
-        raise ValueError("sensitivity_n: n must list at least one subset size")
     maps, finite = _finite_maps(inputs, "sensitivity_n")
     h, w = maps.shape[1:]
     if grid is None:
         cells_of_pixels, cells, unit = None, h * w, f"pixels ({h}x{w})"
     else:
-        if grid < 2 or grid > min(h, w):
-            raise ValueError(f"sensitivity_n: grid={grid} must be between 2 and the image side ({h}x{w})")
+        if grid > min(h, w):
+            raise ValueError(f"sensitivity_n: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
         cells_of_pixels, cells = grid_cells(h, w, grid, device=maps.device), grid * grid
         unit = f"cells ({grid}x{grid} grid)"
     too_large = [size for size in n if not 1 <= size < cells]
