@@ -21,6 +21,7 @@ catalogue writer and the planner both use it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -236,17 +237,15 @@ def object_schema(params: Mapping[str, dict], generic: Sequence[str] = ()) -> di
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
-def validator(schema: dict, fill_defaults: bool = False) -> Any:
-    """A Draft 2020-12 validator whose numbers are finite (no NaN or ±inf: YAML's ``.inf`` is no
-    sensible step size or σ) and whose integers are ints (not 2.0), filling ``default:`` values
-    into the instance when asked."""
+@functools.lru_cache(maxsize=None)
+def _validator_class(fill_defaults: bool) -> Any:
     import copy
     import math
 
     import jsonschema
 
     base = jsonschema.Draft202012Validator
-    finite = base.TYPE_CHECKER.redefine_many(
+    checker = base.TYPE_CHECKER.redefine_many(
         {
             "number": lambda checker, value: isinstance(value, int | float)
             and not isinstance(value, bool)
@@ -266,7 +265,26 @@ def validator(schema: dict, fill_defaults: bool = False) -> Any:
             yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
         validators["properties"] = set_defaults
-    return jsonschema.validators.extend(base, validators, type_checker=finite)(schema)
+    return jsonschema.validators.extend(base, validators, type_checker=checker)
+
+
+def validator(schema: dict, fill_defaults: bool = False) -> Any:
+    """A Draft 2020-12 validator whose numbers are finite (no NaN or ±inf: YAML's ``.inf`` is no
+    sensible step size or σ) and whose integers are ints (not 2.0), filling ``default:`` values
+    into the instance when asked."""
+    return _validator_class(fill_defaults)(schema)
+
+
+# Validators of registered parameter schemas, by the schema object's identity (kept alive here).
+_PARAMS_VALIDATORS: dict[int, tuple[Mapping[str, dict], Any]] = {}
+
+
+def _params_validator(params: Mapping[str, dict]) -> Any:
+    cached = _PARAMS_VALIDATORS.get(id(params))
+    if cached is None or cached[0] is not params:
+        cached = (params, validator(object_schema(params)))
+        _PARAMS_VALIDATORS[id(params)] = cached
+    return cached[1]
 
 
 def check_params(params: Mapping[str, dict], values: Mapping[str, Any], where: str) -> None:
@@ -280,7 +298,7 @@ def check_params(params: Mapping[str, dict], values: Mapping[str, Any], where: s
     from attrflow.config import ConfigError
 
     plain = {k: _plain(v) for k, v in values.items()}
-    errors = list(validator(object_schema(params)).iter_errors(plain))
+    errors = list(_params_validator(params).iter_errors(plain))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         raise ConfigError(".".join(str(p) for p in [where, *err.absolute_path]), err.message)
