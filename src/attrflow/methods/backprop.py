@@ -45,7 +45,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from attrflow.methods._baselines import make_baseline
+from attrflow.methods._baselines import Baseline, make_baseline
 from attrflow.methods._batching import (
     _sums_per_sample,
     check_max_batch,
@@ -494,7 +494,7 @@ def deeplift(
     target: torch.Tensor,
     *,
     baseline: Annotated[
-        Literal["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
+        Baseline,
         Doc(
             "pixel-space reference x' (as integrated_gradients): black (0), white (1), "
             "uniform noise U[0,1), clip(x + N(0, noise_sigma²)), x blurred with blur_sigma, "

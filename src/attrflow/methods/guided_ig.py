@@ -42,11 +42,11 @@ softmax probability instead.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 
-from attrflow.methods._baselines import make_baseline
+from attrflow.methods._baselines import Baseline, make_baseline
 from attrflow.methods._batching import evaluate_outputs, input_gradients, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.params import Doc, Ge, Gt, Le
@@ -143,7 +143,7 @@ def guided_ig(
         ),
     ] = 0.02,
     baseline: Annotated[
-        Literal["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
+        Baseline,
         Doc("the path's start x', as for integrated_gradients (PAIR: black)"),
     ] = "black",
     noise_sigma: Annotated[

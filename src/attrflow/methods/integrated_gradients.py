@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 
-from attrflow.methods._baselines import BASELINES, make_baseline
+from attrflow.methods._baselines import BASELINES, Baseline, make_baseline
 from attrflow.methods._batching import (
     PointBuilder,
     accumulate_gradients,
@@ -74,7 +74,7 @@ def integrated_gradients(
     target: torch.Tensor,
     *,
     baseline: Annotated[
-        Literal["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
+        Baseline,
         Doc(
             "reference x': black (0), white (1), uniform noise U[0,1), clip(x + N(0, "
             "noise_sigma²)), x blurred with blur_sigma, each image's mean colour, the X-DNN's"
