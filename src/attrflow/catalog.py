@@ -79,11 +79,8 @@ def _document(path: Path = CATALOG_PATH) -> dict[str, Any]:
     if listed != present:
         new = sorted(present - listed)
         gone = sorted(listed - present)
-        what = "; ".join(
-            part
-            for part in (f"new module(s) {', '.join(new)}" if new else "", f"removed {', '.join(gone)}" if gone else "")
-            if part
-        )
+        parts = [f"new module(s) {', '.join(new)}" if new else "", f"removed {', '.join(gone)}" if gone else ""]
+        what = "; ".join(part for part in parts if part)
         raise CatalogError(f"{path.name} is out of date ({what}): run `{WRITE_COMMAND}`")
     return document
 

@@ -109,8 +109,8 @@ def _strip_annotations(node: ast.AST) -> ast.AST:
     for sub in ast.walk(node):
         if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
             sub.returns = None
-            arguments = sub.args
-            for arg in [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs, arguments.vararg, arguments.kwarg]:
+            signature = sub.args
+            for arg in [*signature.posonlyargs, *signature.args, *signature.kwonlyargs, signature.vararg, signature.kwarg]:
                 if arg is not None:
                     arg.annotation = None
     return node

@@ -528,7 +528,8 @@ def _method_code(fn: str, entry_json: str) -> str:
 
     registered = catalog("methods")
     named = [v for v in _strings(json.loads(entry_json)) if v in registered]
-    roots = [ATTRIBUTE_JOB, *registered_symbols("methods", fn), *(s for v in named for s in registered_symbols("methods", v))]
+    roots = [ATTRIBUTE_JOB, *registered_symbols("methods", fn)]
+    roots += [symbol for v in named for symbol in registered_symbols("methods", v)]
     return symbols_fingerprint(roots)
 
 

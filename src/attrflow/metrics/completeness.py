@@ -22,7 +22,11 @@ from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 
 @register_metric("completeness", kind="diagnostic", direction="lower")
 def completeness(
-    inputs: MetricInputs, *, relative: bool = False, output: Literal["logit", "prob"] = "logit", max_batch: int = 256
+    inputs: MetricInputs,
+    *,
+    relative: bool = False,
+    output: Literal["logit", "prob"] = "logit",
+    max_batch: int = 256,
 ) -> MetricOutput:
     """|Σ maps − (F_c(x) − F_c(x'))|, F_c the target logit (lower is better).
 

@@ -118,7 +118,9 @@ def preserved_means(
 def diffid(
     inputs: MetricInputs,
     *,
-    ratios: Annotated[list[Annotated[float, Gt(0), Lt(1)]], MinLen(2)] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
+    ratios: Annotated[
+        list[Annotated[float, Gt(0), Lt(1)]], MinLen(2)
+    ] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
     score: Literal["logit_ratio", "accuracy"] = "logit_ratio",
     fill: Literal["preserved_mean", "black", "blur", "mean"] = "preserved_mean",
     blur_kernel: Annotated[int, Ge(1), Odd()] = 29,

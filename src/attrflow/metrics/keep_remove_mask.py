@@ -208,5 +208,7 @@ REGISTERED = {
             "better)."),
 }  # fmt: skip
 for _name, (_direction, _doc) in REGISTERED.items():
-    _bind = {"metric": _name} if VARIANTS[_name][2] == "top1" else {"metric": _name, "accuracy_against": "target"}
+    _bind = {"metric": _name}
+    if VARIANTS[_name][2] != "top1":  # only top-1 correctness has a class to be judged against
+        _bind["accuracy_against"] = "target"
     register_metric(_name, kind="map", direction=_direction, bind=_bind, doc=_doc)(keep_remove_curve)

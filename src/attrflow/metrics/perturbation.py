@@ -51,7 +51,8 @@ def removal_curve(
     blur_sigma: Annotated[float, Gt(0), Doc("σ of the blur fill, in pixels")] = 15.0,
     output: Annotated[Literal["prob", "logit"], Doc("the target's softmax probability or logit")] = "prob",
     order: Annotated[
-        Literal["signed", "absolute"], Doc("rank pixels by the signed map, highest first, or by its magnitude")
+        Literal["signed", "absolute"],
+        Doc("rank pixels by the signed map, highest first, or by its magnitude"),
     ] = "signed",
     max_batch: int = 256,
 ) -> MetricOutput:
