@@ -40,6 +40,14 @@ def test_every_registered_param_has_a_default():
                 assert "default" in schema, f"{family}.{fn}.{key} has no default"
 
 
+def test_every_registered_param_is_described():
+    # the description is the parameter's documentation (config reference, Python API): Doc("...")
+    for family in ("methods", "metrics"):
+        for fn, entry in catalog(family).items():
+            for key, schema in entry.params.items():
+                assert schema.get("description"), f"{family}.{fn}.{key} has no Doc(...)"
+
+
 def test_family_variants_share_one_function_and_record_their_constants():
     entries = catalog("metrics")
     kpm_family = {entries[name].function for name in ("kpm", "knm", "rpm", "rnm", "kam", "ram")}

@@ -42,15 +42,22 @@ import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
+    ActiveThreshold,
+    BottleneckLayer,
     BottleneckSettings,
+    Copies,
     FeatureBottleneck,
+    InitialAlpha,
+    LearningRate,
+    MinStd,
+    SmoothSigma,
     draw_seeds,
     fit_feature_bottleneck,
     information_map,
     layer_statistics,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
-from attrflow.params import Ge, Gt, Le, MinLen
+from attrflow.params import Doc, Ge
 
 
 @register_method("iba", channel_free=True, references="feature_stats")
@@ -59,15 +66,15 @@ def iba(
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: Annotated[str, MinLen(1)] = "stage2",
-    beta: Annotated[float, Ge(0)] = 10.0,
-    steps: Annotated[int, Ge(1)] = 10,
-    lr: Annotated[float, Gt(0)] = 1.0,
-    copies: Annotated[int, Ge(1)] = 10,
-    initial_alpha: float = 5.0,
-    sigma: Annotated[float, Ge(0)] = 1.0,
-    min_std: Annotated[float, Gt(0)] = 0.01,
-    active_threshold: Annotated[float, Ge(0), Le(1)] = 0.01,
+    layer: BottleneckLayer = "stage2",
+    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,

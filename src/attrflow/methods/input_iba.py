@@ -53,9 +53,16 @@ from torch import nn
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
     MAX_LAMBDA,
+    ActiveThreshold,
+    BottleneckLayer,
     BottleneckSettings,
+    Copies,
     FeatureBottleneck,
     FeatureFit,
+    InitialAlpha,
+    LearningRate,
+    MinStd,
+    SmoothSigma,
     draw_seeds,
     fit_bottleneck,
     fit_feature_bottleneck,
@@ -64,7 +71,7 @@ from attrflow.methods._bottleneck import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.models.layers import tokens_to_grid
-from attrflow.params import Ge, Gt, Le, MinLen
+from attrflow.params import Doc, Ge
 
 PRIOR_LEARNING_RATES = {"mask": 0.003, "mean": 0.1, "std": 0.05}  # the authors' RMSprop groups
 
@@ -75,19 +82,19 @@ def input_iba(
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: Annotated[str, MinLen(1)] = "stage2",
-    feature_beta: Annotated[float, Ge(0)] = 20.0,
-    feature_steps: Annotated[int, Ge(1)] = 10,
-    beta: Annotated[float, Ge(0)] = 20.0,
-    steps: Annotated[int, Ge(1)] = 60,
-    lr: Annotated[float, Gt(0)] = 1.0,
-    copies: Annotated[int, Ge(1)] = 10,
-    initial_alpha: float = 5.0,
-    sigma: Annotated[float, Ge(0)] = 1.0,
-    prior_steps: Annotated[int, Ge(0)] = 40,
-    prior_samples: Annotated[int, Ge(2)] = 32,
-    min_std: Annotated[float, Gt(0)] = 0.01,
-    active_threshold: Annotated[float, Ge(0), Le(1)] = 0.01,
+    layer: BottleneckLayer = "stage2",
+    feature_beta: Annotated[float, Ge(0), Doc("β of the feature bottleneck that finds the prior")] = 20.0,
+    feature_steps: Annotated[int, Ge(1), Doc("Adam steps of the feature bottleneck")] = 10,
+    beta: Annotated[float, Ge(0), Doc("β of the input bottleneck")] = 20.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps of the input bottleneck")] = 60,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    prior_steps: Annotated[int, Ge(0), Doc("optimisation steps fitting the input prior")] = 40,
+    prior_samples: Annotated[int, Ge(2), Doc("draws per prior-fitting step")] = 32,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,

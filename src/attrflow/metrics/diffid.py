@@ -43,6 +43,8 @@ import torch
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
     checked_maps,
     constant_maps,
     fill_image,
@@ -54,7 +56,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
-from attrflow.params import Ge, Gt, Lt, MinLen, Odd
+from attrflow.params import Doc, Gt, Lt, MinLen
 
 NONPOSITIVE_LOGIT = "the target logit of the clean image is not positive: a fractional logit is meaningless"
 SCORES = {"logit_ratio": "logit", "accuracy": "top1"}
@@ -119,13 +121,23 @@ def diffid(
     inputs: MetricInputs,
     *,
     ratios: Annotated[
-        list[Annotated[float, Gt(0), Lt(1)]], MinLen(2)
+        list[Annotated[float, Gt(0), Lt(1)]],
+        MinLen(2),
+        Doc("removed fractions r of the pixels, increasing; the area runs over them"),
     ] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
-    score: Literal["logit_ratio", "accuracy"] = "logit_ratio",
-    fill: Literal["preserved_mean", "black", "blur", "mean"] = "preserved_mean",
-    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
-    blur_sigma: Annotated[float, Gt(0)] = 15.0,
-    order: Literal["absolute", "signed"] = "absolute",
+    score: Annotated[
+        Literal["logit_ratio", "accuracy"],
+        Doc("the fractional target logit, or top-1 correctness"),
+    ] = "logit_ratio",
+    fill: Annotated[
+        Literal["preserved_mean", "black", "blur", "mean"],
+        Doc("what removed pixels show: the mean of the kept ones (the LPI evaluator's), or a shared canvas"),
+    ] = "preserved_mean",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    order: Annotated[
+        Literal["absolute", "signed"], Doc("rank by saliency magnitude (LPI) or by the signed map")
+    ] = "absolute",
     max_batch: int = 256,
 ) -> MetricOutput:
     """Area over the removed ratio r of insertion(r) − deletion(r): the fractional target logit

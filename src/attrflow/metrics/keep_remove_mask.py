@@ -63,6 +63,8 @@ import torch
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
     checked_maps,
     constant_maps,
     fill_image,
@@ -72,7 +74,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
-from attrflow.params import Doc, Ge, Gt, Lt, Odd
+from attrflow.params import Doc, Ge, Gt, Lt
 
 SIGMA_CONVENTIONS = ("standard", "authors_code")
 KEEP_ORDERS = ("positive", "negative", "absolute")
@@ -129,8 +131,8 @@ def keep_remove_curve(
     metric: str,
     fractions: Annotated[int, Ge(2), Doc("points of the geometric grid of kept fractions")] = 16,
     min_fraction: Annotated[float, Gt(0), Lt(1), Doc("the grid's smallest kept fraction")] = 0.01,
-    blur_kernel: Annotated[int, Ge(1), Odd(), Doc("taps of the blur that replaces the rest")] = 51,
-    blur_sigma: Annotated[float, Gt(0), Doc("σ of that blur, in pixels")] = 41.0,
+    blur_kernel: BlurKernel = 51,
+    blur_sigma: BlurSigma = 41.0,
     sigma_convention: Annotated[
         Literal["standard", "authors_code"],
         Doc("standard Gaussian σ, or the Hesse et al., 2021 code's kernel (σ·√2)"),

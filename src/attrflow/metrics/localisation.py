@@ -35,6 +35,13 @@ EMPTY_REGION = "the object mask of this sample is empty"
 NO_HEAT = "the map has no positive attribution (no heat to localise)"
 NO_HEAT_ABSOLUTE = "the map is zero everywhere (no heat to localise)"
 
+# Parameters the localisation metrics share, declared once (`attrflow.params`).
+Region = Annotated[
+    Literal["mask", "box"],
+    Doc("compare with the object mask, or with the tightest axis-aligned box around it"),
+]
+AbsoluteHeat = Annotated[bool, Doc("heat = |A| instead of max(A, 0)")]
+
 
 def no_masks_reason(metric: str, method: str) -> str:
     return (
@@ -146,17 +153,18 @@ def disk_dilation(regions: torch.Tensor, radius: float) -> torch.Tensor:
 
 @register_metric("pointing_game", kind="map", direction="higher", requires=["masks"])
 def pointing_game(
-    inputs: MetricInputs, *, tolerance: Annotated[
-                                 float,
-                                 Ge(0),
-                                 Doc(
-                                     "a hit may miss the region by up to this many pixels "
-                                     "(Euclidean); Zhang et al.'s protocol uses 15 at 224²"
-                                 ),
-                             ] = 0, absolute: Annotated[
-                                                       bool,
-                                                       Doc("point at max |A|"),
-                                                   ] = False, region: Literal["mask", "box"] = "mask"
+    inputs: MetricInputs,
+    *,
+    tolerance: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "a hit may miss the region by up to this many pixels (Euclidean); Zhang et al.'s "
+            "protocol uses 15 at 224²"
+        ),
+    ] = 0,
+    absolute: Annotated[bool, Doc("point at max |A|")] = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """1 if the map's maximum lies on the object (within `tolerance` pixels), else 0. Requires masks.
 
@@ -180,10 +188,10 @@ def pointing_game(
 
 @register_metric("relevance_mass", kind="map", direction="higher", requires=["masks"])
 def relevance_mass(
-    inputs: MetricInputs, *, absolute: Annotated[
-                                 bool,
-                                 Doc("heat = |A| instead of max(A, 0)"),
-                             ] = False, region: Literal["mask", "box"] = "mask"
+    inputs: MetricInputs,
+    *,
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """Relevance mass accuracy (Arras et al., CLEVR-XAI): heat inside the region / all heat.
 
@@ -227,9 +235,9 @@ def iou(
             "has (threshold ignored)"
         ),
     ] = "fraction_of_max",
-    threshold: Annotated[float, Ge(0), Le(1)] = 0.2,
-    absolute: Annotated[bool, Doc("heat = |A| instead of max(A, 0)")] = False,
-    region: Literal["mask", "box"] = "mask",
+    threshold: Annotated[float, Ge(0), Le(1), Doc("the threshold_mode's threshold")] = 0.2,
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """|S ∩ R| / |S ∪ R| between the thresholded map S and the region R. Requires masks.
 
@@ -385,8 +393,8 @@ def ehr(
         Le(1),
         Doc("quantile convention only: heat below it is ignored"),
     ] = 0.1,
-    absolute: Annotated[bool, Doc("heat = |A| instead of max(A, 0)")] = False,
-    region: Literal["mask", "box"] = "mask",
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """Effective Heat Ratio (Zhang et al., 2021 Sec. 4.5, App. F): area under the in-region heat per hot pixel
     as the heat threshold rises (higher is better). Requires masks.

@@ -54,6 +54,11 @@ import torch
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    Subsets,
+    TargetOutput,
     checked_maps,
     constant_maps,
     fill_image,
@@ -63,7 +68,7 @@ from attrflow.metrics._removal import (
 )
 from attrflow.metrics._stats import average_ranks
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
-from attrflow.params import Ge, Gt, Lt, Odd
+from attrflow.params import Doc, Ge, Gt, Lt
 
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
 CONSTANT_OUTPUT = "the output drops do not vary over the subsets (correlation undefined)"
@@ -301,16 +306,21 @@ def subset_fidelity(
 def mufidelity(
     inputs: MetricInputs,
     *,
-    subsets: Annotated[int, Ge(2)] = 200,
-    subset_fraction: Annotated[float, Gt(0), Lt(1)] = 0.2,
-    grid: Annotated[int, Ge(2)] = 9,
-    fill: Literal["black", "blur", "mean"] = "black",
-    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
-    blur_sigma: Annotated[float, Gt(0)] = 15.0,
-    output: Literal["prob", "logit"] = "prob",
-    correlation: Literal["spearman", "pearson"] = "spearman",
-    absolute: bool = True,
-    subset_draw: Literal["bernoulli", "fixed"] = "bernoulli",
+    subsets: Subsets = 200,
+    subset_fraction: Annotated[
+        float, Gt(0), Lt(1), Doc("probability that a subset drops each grid cell")
+    ] = 0.2,
+    grid: Annotated[int, Ge(2), Doc("side of the cell lattice (at most the image side)")] = 9,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "prob",
+    correlation: Annotated[Literal["spearman", "pearson"], Doc("rank or linear correlation")] = "spearman",
+    absolute: Annotated[bool, Doc("report |corr| (as UNI, Choi et al., 2024)")] = True,
+    subset_draw: Annotated[
+        Literal["bernoulli", "fixed"],
+        Doc("drop cells independently (Xplique), or exactly round(subset_fraction · grid²) (Bhatt et al. 2020)"),
+    ] = "bernoulli",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -359,13 +369,13 @@ def mufidelity(
 def faithfulness_correlation(
     inputs: MetricInputs,
     *,
-    subsets: Annotated[int, Ge(2)] = 100,
-    subset_size: Annotated[int, Ge(1)] = 224,
-    fill: Literal["black", "blur", "mean"] = "black",
-    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
-    blur_sigma: Annotated[float, Gt(0)] = 15.0,
-    output: Literal["logit", "prob"] = "logit",
-    absolute: bool = False,
+    subsets: Subsets = 100,
+    subset_size: Annotated[int, Ge(1), Doc("pixels per random subset (fewer than the image has)")] = 224,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "logit",
+    absolute: Annotated[bool, Doc("report |corr|")] = False,
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:

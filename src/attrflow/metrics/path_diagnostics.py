@@ -28,13 +28,14 @@ def _who(inputs: MetricInputs) -> str:
 
 
 @register_metric("path_monotonicity", kind="diagnostic", direction="higher")
-def path_monotonicity(inputs: MetricInputs, *, output: Annotated[
-                                                   Literal["prob", "logit"],
-                                                   Doc(
-                                                       "the target output along the path: "
-                                                       "softmax probability (UNI) or logit"
-                                                   ),
-                                               ] = "prob") -> MetricOutput:
+def path_monotonicity(
+    inputs: MetricInputs,
+    *,
+    output: Annotated[
+        Literal["prob", "logit"],
+        Doc("the target output along the path: softmax probability (UNI) or logit"),
+    ] = "prob",
+) -> MetricOutput:
     """Spearman ρ between path position and the target's output along the path (UNI Table 1).
 
     "Integrating from a featureless baseline to the sample should give a path of monotonically

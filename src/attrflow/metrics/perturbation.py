@@ -24,6 +24,10 @@ import torch
 
 from attrflow.metrics._removal import (
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    TargetOutput,
     checked_maps,
     fill_image,
     masked_outputs,
@@ -34,7 +38,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
-from attrflow.params import Doc, Ge, Gt, Odd
+from attrflow.params import Doc, Ge
 
 
 def removal_curve(
@@ -46,10 +50,10 @@ def removal_curve(
     pixels_per_step: Annotated[
         int | None, Ge(1), Doc("pixels moved per step, overriding steps (Zhang et al., 2021: 10)")
     ] = None,
-    fill: Annotated[Literal["black", "blur", "mean"], Doc("the replacement canvas")] = "black",
-    blur_kernel: Annotated[int, Ge(1), Odd(), Doc("taps of the blur fill")] = 29,
-    blur_sigma: Annotated[float, Gt(0), Doc("σ of the blur fill, in pixels")] = 15.0,
-    output: Annotated[Literal["prob", "logit"], Doc("the target's softmax probability or logit")] = "prob",
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "prob",
     order: Annotated[
         Literal["signed", "absolute"],
         Doc("rank pixels by the signed map, highest first, or by its magnitude"),

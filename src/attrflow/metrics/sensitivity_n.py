@@ -31,11 +31,20 @@ tests/conformance/test_quantus_faithfulness.py pins that difference.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import torch
 
-from attrflow.metrics._removal import NONFINITE_MAP, fill_image, with_reasons
+from attrflow.metrics._removal import (
+    NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    Subsets,
+    TargetOutput,
+    fill_image,
+    with_reasons,
+)
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
@@ -45,20 +54,26 @@ from attrflow.metrics.mufidelity import (
     draw_index_subsets,
     grid_cells,
 )
-from attrflow.params import Ge, Gt, MinLen, Odd
+from attrflow.params import Doc, Ge, MinLen
 
 
 @register_metric("sensitivity_n", kind="map", direction="higher")
 def sensitivity_n(
     inputs: MetricInputs,
     *,
-    n: Annotated[list[Annotated[int, Ge(1)]], MinLen(1)] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
-    subsets: Annotated[int, Ge(2)] = 200,
-    grid: Annotated[int | None, Ge(2)] = None,
-    fill: Literal["black", "blur", "mean"] = "black",
-    blur_kernel: Annotated[int, Ge(1), Odd()] = 29,
-    blur_sigma: Annotated[float, Gt(0)] = 15.0,
-    output: Literal["logit", "prob"] = "logit",
+    n: Annotated[
+        list[Annotated[int, Ge(1)]],
+        MinLen(1),
+        Doc("subset sizes, in pixels (or grid cells); each fewer than there are"),
+    ] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
+    subsets: Subsets = 200,
+    grid: Annotated[
+        int | None, Ge(2), Doc("draw subsets of grid × grid cells instead of pixels; null: pixels")
+    ] = None,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "logit",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
