@@ -5,7 +5,8 @@ Checks, in order, each failing with a `ConfigError` that names the key path:
 1. the JSON schema (`attrflow/schemas/config.schema.yaml`, shipped inside the package): structure, types, ranges, unknown keys;
 2. the selection (`run:`) names entries that exist, and models name datasets that exist;
 3. each method/metric entry's `fn` is registered, and its other keys are that function's
-   parameters with valid values (the schema each function registers, read by `attrflow.catalog`);
+   parameters with valid values (the schema its typed signature declares, `attrflow.params`,
+   read from `attrflow.catalog` without importing torch);
 4. files the selected entries point to exist;
 5. image folders: their classes resolve (``classes: imagenet`` needs WordNet-id names), ``n``
    does not exceed the images there, no file looks like a mistyped image (other files are
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from attrflow.catalog import catalog
+from attrflow.params import object_schema, validator
 
 # Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
 SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
@@ -69,20 +71,8 @@ def _key_path(parts: Any) -> str:
 
 
 def _validator(schema: dict) -> Any:
-    """A Draft 2020-12 validator that also fills `default:` values into the instance."""
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
-    return filling(schema)
+    """A Draft 2020-12 validator (numbers finite) that also fills `default:` values into the instance."""
+    return validator(schema, fill_defaults=True)
 
 
 def _check(instance: dict, schema: dict, where: list[str]) -> None:
@@ -98,20 +88,26 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _params_schema(params: dict[str, dict], generic: set[str]) -> dict:
-    props: dict[str, Any] = {key: True for key in generic}
-    props.update(params)
-    return {"type": "object", "properties": props, "additionalProperties": False}
+GENERIC_KEYS = {"methods": GENERIC_METHOD_KEYS, "metrics": GENERIC_METRIC_KEYS}
 
 
-def _check_entries(config: dict, family: str, generic: set[str]) -> None:
+def check_entry(family: str, entry_name: str, entry: dict) -> dict:
+    """Check one method or metric entry (``{"fn": ..., **params}``) against the parameters its
+    function declares (`attrflow.params`); return it with defaults filled in. Errors name
+    ``family.entry_name.key``."""
     registered = catalog(family)
-    for entry_name, entry in config[family].items():
-        fn = entry["fn"]
-        if fn not in registered:
-            known = ", ".join(sorted(registered)) or "(none)"
-            raise ConfigError(f"{family}.{entry_name}.fn", f"unknown function {fn!r}; registered: {known}")
-        _check(entry, _params_schema(registered[fn].params, generic), [family, entry_name])
+    fn = entry.get("fn")
+    if fn not in registered:
+        known = ", ".join(sorted(registered)) or "(none)"
+        raise ConfigError(f"{family}.{entry_name}.fn", f"unknown function {fn!r}; registered: {known}")
+    checked = copy.deepcopy(entry)
+    _check(checked, object_schema(registered[fn].params, sorted(GENERIC_KEYS[family])), [family, entry_name])
+    return checked
+
+
+def _check_entries(config: dict, family: str) -> None:
+    for entry_name in config[family]:
+        config[family][entry_name] = check_entry(family, entry_name, config[family][entry_name])
 
 
 def _check_selection(config: dict) -> None:
@@ -530,8 +526,8 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check(checked, load_schema(schema_path), [])
     _check_selection(checked)
     _check_corrupted_datasets(checked)
-    _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
-    _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
+    _check_entries(checked, "methods")
+    _check_entries(checked, "metrics")
     _check_requirements(checked)
     _check_peer_entries(checked)
     _check_lpi_layout(checked)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attrflow.catalog import PACKAGE_DIR, catalog
-from attrflow.fingerprint import canonical, code_fingerprint, registered_symbol, symbols_fingerprint
+from attrflow.fingerprint import canonical, code_fingerprint, registered_symbols, symbols_fingerprint
 
 # Keys of a dataset entry that only say how many evaluation samples to use. Sample i does not
 # depend on them (adapters are prefix-stable), so they are left out of the spec each shard job
@@ -628,13 +628,14 @@ def _method_code(fn: str, entry_json: str) -> str:
 
     registered = catalog("methods")
     named = [v for v in _strings(json.loads(entry_json)) if v in registered]
-    roots = [ATTRIBUTE_JOB, registered_symbol("methods", fn), *(registered_symbol("methods", v) for v in named)]
+    roots = [ATTRIBUTE_JOB, *registered_symbols("methods", fn)]
+    roots += [symbol for v in named for symbol in registered_symbols("methods", v)]
     return symbols_fingerprint(roots)
 
 
 @lru_cache(maxsize=None)
 def _metric_code_cached(fn: str) -> str:
-    return symbols_fingerprint([SCORE_METRIC_JOB, registered_symbol("metrics", fn)])
+    return symbols_fingerprint([SCORE_METRIC_JOB, *registered_symbols("metrics", fn)])
 
 
 def _strings(value: Any) -> list[str]:

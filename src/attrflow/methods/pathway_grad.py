@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -41,54 +42,42 @@ from torch import nn
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.models.layers import resolve_layer
+from attrflow.params import Doc, Ge, Le, MinLen
 
 ALL_RELUS = "all_relus"
-CRITERIA = ("neuron_mct", "neuron_intgrad")
 
 
-@register_method(
-    "pathway_grad",
-    params={
-        "criterion": {
-            "type": "string",
-            "enum": ["neuron_mct", "neuron_intgrad"],
-            "default": "neuron_mct",
-            "description": "neuron contribution: |a·∂Φ/∂a| (NeuronMCT) or IG over the layer "
-            "from 0 (NeuronIntGrad)",
-        },
-        "sparsity": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.7,
-            "description": "fraction of units left out of the pathway, ranked network-wide "
-            "(seed: 0.7 for ResNet-50, 0.9 for VGG-16)",
-        },
-        "layers": {
-            "type": "array",
-            "items": {"type": "string"},
-            "minItems": 1,
-            "default": ["all_relus"],
-            "description": "layers whose output units form the neurons: 'all_relus' (every "
-            "nn.ReLU), 'default', 'stage1'..'stage4' or module paths",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "Riemann steps of NeuronIntGrad (seed: 50)",
-        },
-    },
-)
+@register_method("pathway_grad")
 def pathway_grad(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    criterion: str = "neuron_mct",
-    sparsity: float = 0.7,
-    layers: list[str] = ["all_relus"],  # noqa: B006 - never mutated; the registry needs a literal
-    steps: int = 50,
+    criterion: Annotated[
+        Literal["neuron_mct", "neuron_intgrad"],
+        Doc(
+            "neuron contribution: |a·∂Φ/∂a| (NeuronMCT) or IG over the layer from 0 "
+            "(NeuronIntGrad)"
+        ),
+    ] = "neuron_mct",
+    sparsity: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc(
+            "fraction of units left out of the pathway, ranked network-wide (seed: 0.7 for "
+            "ResNet-50, 0.9 for VGG-16)"
+        ),
+    ] = 0.7,
+    layers: Annotated[
+        list[str],
+        MinLen(1),
+        Doc(
+            "layers whose output units form the neurons: 'all_relus' (every nn.ReLU), "
+            "'default', 'stage1'..'stage4' or module paths"
+        ),
+    ] = ["all_relus"],  # noqa: B006 - never mutated; the registry needs a literal
+    steps: Annotated[int, Ge(1), Doc("Riemann steps of NeuronIntGrad (seed: 50)")] = 50,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """∇ₓ of the target logit through the critical pathway only (see module doc).
@@ -101,12 +90,6 @@ def pathway_grad(
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if criterion not in CRITERIA:
-        raise ValueError(f"parameter criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"parameter sparsity must lie in [0, 1]; got {sparsity!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
     modules = pathway_modules(model, layers)
     maps, kept, thresholds, dead, dead_layers = [], [], [], [], []
     with evaluation_mode(model):
