@@ -527,3 +527,22 @@ def test_class_choice_by_confusion_draws_only_classes_the_model_can_be_driven_to
     drawn = synthesize(twin, {**chosen, "class_choice": "random", "max_candidates": 12}, seed=0)
     hopeless = np.isin(drawn.targets[:, 0], [0, 3])
     assert hopeless.any() and not drawn.accepted[hopeless].any()
+
+
+class ColourSum(nn.Module):
+    """Logit c = gain · the summed excess of colour channel c over the background's mean level: the
+    average-pooling analogue of ColourMax, on which two patches of one class add up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x - 0.5).clamp_min(0).sum(dim=(2, 3))
+
+
+def test_saturation_is_accepted_under_a_max_and_refused_for_an_additive_pair(model):
+    chosen = setting("saturation", max_candidates=6)
+    saturating = synthesize(model, chosen, seed=7)
+    assert saturating.accepted.any()
+    additive = synthesize(WrappedModel(ColourSum(), num_classes=3).eval(), chosen, seed=7)
+    assert not additive.accepted.any() and additive.stats["failed"] == 6
+    # whatever the patches became, the pair adds up exactly: each patch, given the other, adds its
+    # whole own effect again — a saturation index of 1 (0 would be saturation)
+    np.testing.assert_allclose(additive.effect_ratio, 1.0, rtol=1e-3)
