@@ -520,6 +520,10 @@ def test_class_choice_by_confusion_draws_only_classes_the_model_can_be_driven_to
     result = synthesize(twin, chosen, seed=0)
     assert not np.isin(result.targets[:, 0], [0, 3]).any()  # class a is never red or its twin
     assert result.accepted.any()
+    # the store says which pairs were drawn from and how each fared
+    tallies = result.stats["class_pairs"]
+    assert len(tallies) == 2 and sum(t[2] for t in tallies) == result.stats["accepted"]
+    assert sum(t[3] for t in tallies) == result.stats["accepted"] + result.stats["failed"]
     again = synthesize(twin, chosen, seed=0)
     np.testing.assert_array_equal(result.targets, again.targets)
     np.testing.assert_array_equal(result.outcome, again.outcome)

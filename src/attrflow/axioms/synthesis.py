@@ -429,13 +429,13 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
         )
         if setting.get("classes") is not None and ranked[0] in setting["classes"]:
             LOG.warning("class %d is the background's own class: its patches need not carry anything", ranked[0])
-        pairs = None
-        if setting.get("classes") is None and setting["class_choice"] == "confusion":
+        pairs: list[tuple[int, int]] | None = None
+        if setting.get("classes") is None and setting.get("class_choice", "random") == "confusion":
             pool = ranked[1:] if setting.get("class_pool") is None else ranked[1 : 1 + int(setting["class_pool"])]
             scout_gen = torch.Generator(device=device).manual_seed((int(seed) + 104_729) % 2**63)
             confusion, reached = scout_confusion(model, setting, pool, scout_gen)
             ranking = rank_pairs(scenario, pool, confusion, reached)
-            pairs = [(a, b) for _, a, b in ranking[: int(setting["class_pairs"])]]
+            pairs = [(a, b) for _, a, b in ranking[: int(setting.get("class_pairs", 2))]]
             tally = {p: [0, 0] for p in pairs}  # accepted, finished
             LOG.info("classes by the model's confusion: %s (cost %s)", pairs,
                      [round(c, 3) for c, _, _ in ranking[: len(pairs)]])
@@ -502,6 +502,8 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
         "rounds": rounds,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "background_class": ranked[0],
+        # class_choice confusion: the pairs drawn from, each with its accepted and finished counts
+        "class_pairs": None if pairs is None else [[a, b, *tally[(a, b)]] for a, b in pairs],
     })
 
 
