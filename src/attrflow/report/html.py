@@ -24,7 +24,7 @@ import pandas as pd
 from attrflow.report.evidence import UNINFORMATIVE
 
 GALLERY_SAMPLES = 3
-AXIOM_SAMPLES = 1
+AXIOM_SAMPLES = 2
 CURVE_METHODS = 5  # the best five by average rank, plus the random control
 DPI = 80
 WRAP = 12  # gallery panels per row
@@ -335,18 +335,24 @@ def _galleries(page: Page, sample_stores: Iterable[str], attribution_stores: Ite
         page.figure(fig, _name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
 
 
-def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = ()) -> np.ndarray:
-    """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted green."""
+OUTLINE_COLOURS = ((0.0, 1.0, 0.0), (1.0, 0.55, 0.0))  # green, orange: first and second patch
+
+
+def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = (), colours: Iterable[tuple[float, float, float]] | None = None) -> np.ndarray:
+    """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted (green unless
+    ``colours`` gives one per mask)."""
     img = np.clip(np.moveaxis(np.asarray(image, dtype=np.float64), 0, -1), 0, 1)
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
-    for mask in outlines:
+    outlines = list(outlines)
+    colours = list(colours) if colours is not None else [OUTLINE_COLOURS[0]] * len(outlines)
+    for mask, colour in zip(outlines, colours, strict=True):
         mask = np.asarray(mask, dtype=bool)
         inner = mask.copy()
         inner[1:, :] &= mask[:-1, :]
         inner[:-1, :] &= mask[1:, :]
         inner[:, 1:] &= mask[:, :-1]
         inner[:, :-1] &= mask[:, 1:]
-        rgb[mask & ~inner] = (0.0, 1.0, 0.0)
+        rgb[mask & ~inner] = colour
     return rgb
 
 
@@ -475,8 +481,9 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         return
     page.h(2, "Axiom scenarios")
     page.p(
-        "Generated inputs with their patches outlined, and each method's maps explaining the first (class a) and "
-        "second (class b) target (Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022)."
+        "Accepted generated inputs with their patches outlined (green: the first patch, orange: the second), "
+        "each shown twice — explained for target class a, then for class b — followed by each method's map for "
+        "that target (Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022)."
     )
     for path in sorted(inputs):
         model, entry = path.parents[1].name, path.parent.name
@@ -488,6 +495,16 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         ids = [str(i) for i in np.asarray(store["ids"][:])[accepted]]
         images = np.asarray(store["inputs"][:])[accepted]
         masks = np.asarray(store["masks"][:])[accepted]
+        targets = np.asarray(store["targets"][:])[accepted] if "targets" in store else None
+        robust = np.asarray(store["robust_pass_fraction"][:])[accepted] if "robust_pass_fraction" in store else None
+        names = list(dict(store.attrs).get("patch_names") or [])
+        described = [
+            f"{sid}: class a = {int(targets[si][0])}, class b = {int(targets[si][1])}"
+            + (f", property held on {robust[si]:.0%} of fresh draws" if robust is not None and np.isfinite(robust[si]) else "")
+            for si, sid in enumerate(ids)
+        ] if targets is not None else ids
+        patches = ", ".join(f"{name} ({colour})" for name, colour in zip(names, ("green", "orange"), strict=False))
+        page.p(f"{entry} on {model}" + (f" — patches {patches}" if patches else "") + ": " + "; ".join(described) + ".")
         method_maps: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         for mp in sorted(p for p in maps if p.parents[1].name == model):
             group = open_store(mp, deep=False)
@@ -497,8 +514,10 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         panels = []
         for si, sid in enumerate(ids):
             outlines = [masks[si][i] for i in range(masks.shape[1])] if masks.ndim == 4 else [masks[si]]
+            colours = [OUTLINE_COLOURS[i % len(OUTLINE_COLOURS)] for i in range(len(outlines))]
             for target, label in ((0, "a"), (1, "b")):
-                panels.append((f"{sid} → {label}", _image_rgb(images[si], outlines)))
+                cls = f" = {int(targets[si][target])}" if targets is not None else ""
+                panels.append((f"#{accepted[si]} → {label}{cls}", _image_rgb(images[si], outlines, colours)))
                 for method, (ma, mb, mids) in sorted(method_maps.items()):
                     if sid in mids:
                         panels.append((f"{method} ({label})", _map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
