@@ -5,6 +5,10 @@ in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W)
 were made from bounding boxes, ``boxes`` (M, 5) float64: rows ``[sample, x0, y0, x1, y1]``, the
 sample's row in this store and the box in input pixel coordinates. A
 ``train`` sub-group holds the same arrays for the split that trained models learn from.
+
+Datasets for regression models (`attrflow.data.regression`) may carry ``severity`` (N, H, W)
+float32: each pixel's ground-truth severity score, the map the severity correlation compares
+attributions with (Khakzar et al., 2021, after BrixIA's per-region scores).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class SampleSet:
     ids: list[str]
     masks: np.ndarray | None = None  # (N, H, W) bool
     boxes: np.ndarray | None = None  # (M, 5) float64: [row, x0, y0, x1, y1] in input pixels
+    severity: np.ndarray | None = None  # (N, H, W) float32: per-pixel severity score
 
     def __post_init__(self) -> None:
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)
@@ -50,6 +55,12 @@ class SampleSet:
             rows = self.boxes[:, 0]
             if len(rows) and (rows.min() < 0 or rows.max() >= n or not np.array_equal(rows, np.round(rows))):
                 raise ValueError(f"box rows must name samples 0..{n - 1}")
+        if self.severity is not None:
+            self.severity = np.ascontiguousarray(self.severity, dtype=np.float32)
+            if self.severity.shape != (n, *self.images.shape[2:]):
+                raise ValueError(f"severity maps must be (N, H, W), got {self.severity.shape}")
+            if n and not np.isfinite(self.severity).all():
+                raise ValueError("severity maps must be finite")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -65,6 +76,9 @@ class SampleSet:
         for extra in (self.boxes, self.masks):
             if extra is not None:
                 h.update(extra.tobytes())
+        if self.severity is not None:
+            h.update(b"severity")
+            h.update(self.severity.tobytes())
         return h.hexdigest()[:16]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -77,6 +91,8 @@ class SampleSet:
             out["masks"] = self.masks
         if self.boxes is not None:
             out["boxes"] = self.boxes
+        if self.severity is not None:
+            out["severity"] = self.severity
         return out
 
 
@@ -131,4 +147,5 @@ def read_samples(
         first_row, last_row = sl.indices(int(group["labels"].shape[0]))[:2]
         boxes = boxes[(boxes[:, 0] >= first_row) & (boxes[:, 0] < last_row)]
         boxes[:, 0] -= first_row
-    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes)
+    severity = group["severity"][sl] if "severity" in group else None
+    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes, severity)

@@ -42,6 +42,8 @@ class MetricInputs:
     labels: torch.Tensor  # (n,) ground-truth classes
     ids: list[str]
     masks: torch.Tensor | None = None  # (n, H, W) bool object masks, when the dataset has them
+    # (n, H, W) per-pixel severity scores, when the dataset has them (attrflow.data.regression)
+    severity: torch.Tensor | None = None
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     method: str = ""  # config entry name of the method that produced the maps
     method_fn: str = ""
@@ -100,7 +102,7 @@ class MetricInfo:
 METRICS: Registry[MetricInfo] = Registry("metric")
 
 
-REQUIREMENTS = ("masks",)
+REQUIREMENTS = ("masks", "severity")
 
 
 def register_metric(
@@ -113,7 +115,8 @@ def register_metric(
 ) -> Callable[[Callable[..., MetricOutput]], Callable[..., MetricOutput]]:
     """Register ``fn`` under ``name``.
 
-    ``requires`` lists what the dataset must provide (``"masks"``: ground-truth object masks);
+    ``requires`` lists what the dataset must provide (``"masks"``: ground-truth object masks;
+    ``"severity"``: per-pixel severity maps);
     the config check refuses such a metric on a dataset kind that cannot provide it.
     """
     if kind not in KINDS:
