@@ -8,7 +8,7 @@ A config entry names its `kind` and that kind's options:
 * ``synthetic_severity`` — the embedded regression task (`attrflow.data.regression`): scenes
   whose label is a total severity score 0–18 (six zones scored 0–3, BrixIA-like), with per-pixel
   severity maps, lesion masks and lesion boxes; ``n_train`` (default 4000), ``n_test`` (default
-  256), ``size`` (default 64, at least 32), ``seed``. Models trained on it are regression models.
+  256), ``size`` (default 64, at least 48), ``seed``. Models trained on it are regression models.
 * ``image_folder`` — images on disk (`attrflow.data.image_folder`): ``root`` (required),
   ``labels_file``, ``classes`` (``imagenet`` or a mapping name → index; sorted names by default),
   ``resize`` (256), ``crop`` (224), ``n`` (first n images; all by default), ``train_root`` (same

@@ -35,13 +35,13 @@ MAX_ZONE_SCORE = 3
 MAX_TOTAL = ZONE_ROWS * ZONE_COLUMNS * MAX_ZONE_SCORE  # 18, as BrixIA's
 SPLIT_CODES = {"train": 0, "test": 1}
 STREAM = 18  # keeps these scenes' random streams apart from the classification shapes'
-LESION_RADIUS = (0.045, 0.07)  # fraction of the image side: 2.9–4.5 px at 64
+LESION_RADIUS = (0.04, 0.06)  # fraction of the image side: 2.6–3.8 px at 64 (fits a slot, below)
 LESION_CONTRAST = 0.5  # RGB distance of a lesion's colour from both background colours
 BACKGROUND_CONTRAST = (0.15, 0.4)
 NOISE_GRID = 6
 COLOUR_NOISE = 0.08
 MAX_DRAWS = 1000
-MIN_SIZE = 32
+MIN_SIZE = 48  # three lesions, 2 px apart, must fit in a zone of a sixth of the image
 
 
 def _upsampling(size: int, grid: int) -> np.ndarray:
@@ -82,18 +82,17 @@ def _scene(rng: np.random.Generator, size: int, zones: list[tuple[int, int, int,
     boxes = []
     for (top, bottom, left, right), score in zip(zones, scores.tolist()):
         severity[top:bottom, left:right] = score
+        # A zone is cut into MAX_ZONE_SCORE vertical slots and each lesion gets its own slot,
+        # at least 1 px inside it: lesions of a zone (and of neighbouring zones) are then at least
+        # 2 px apart, never 8-neighbours, so each is one component with its own box.
         placed: list[tuple[float, float, float]] = []
-        for _ in range(MAX_DRAWS):
-            if len(placed) == score:
-                break
+        slot_width = (right - left) / MAX_ZONE_SCORE
+        for slot in sorted(rng.choice(MAX_ZONE_SCORE, size=score, replace=False).tolist()):
             radius = rng.uniform(*LESION_RADIUS) * size
+            slot_left = left + slot * slot_width
             cy = rng.uniform(top + radius + 1, bottom - radius - 1)
-            cx = rng.uniform(left + radius + 1, right - radius - 1)
-            if any((cy - y) ** 2 + (cx - x) ** 2 < (radius + r + 1) ** 2 for y, x, r in placed):
-                continue  # lesions never touch: each is one component with its own box
+            cx = rng.uniform(slot_left + radius + 1, slot_left + slot_width - radius - 1)
             placed.append((cy, cx, radius))
-        if len(placed) < score:
-            raise RuntimeError(f"could not place {score} lesions in the zone {top}:{bottom}, {left}:{right}")
         for cy, cx, radius in placed:
             for _ in range(MAX_DRAWS):
                 colour = rng.uniform(0.0, 1.0, 3)
