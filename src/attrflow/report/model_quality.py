@@ -40,8 +40,11 @@ def card_classes(models_dir: str | Path) -> dict[str, int]:
     found = {}
     for card in Path(models_dir).glob("*/card.json"):
         try:
-            found[card.parent.name] = int(json.loads(card.read_text())["num_classes"])
-        except (OSError, ValueError, KeyError, TypeError):
+            content = json.loads(card.read_text())
+            if content.get("task") == "regression":  # a score, no classes: no chance level
+                continue
+            found[card.parent.name] = int(content["num_classes"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return found
 
