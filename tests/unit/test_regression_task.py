@@ -138,3 +138,26 @@ def test_a_trained_model_of_the_task_is_a_regression_model_end_to_end(tmp_path):
     )
     out = call_metric(get_metric("severity_correlation"), inputs, {})
     assert all(s in ("ok", "nan") for s in out.status) and np.isfinite(out.values[np.array(out.status) == "ok"]).all()
+
+
+def test_the_accuracy_report_gives_a_regression_model_no_chance_level(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from attrflow.report.model_quality import accuracy_table, card_classes, model_accuracy
+
+    for name, card in {"cls": {"num_classes": 4}, "reg": {"num_classes": 1, "task": "regression"}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text(json.dumps(card))
+    classes = card_classes(tmp_path)
+    assert classes == {"cls": 4}
+    scores = pd.DataFrame(
+        {"dataset": "d", "model": ["cls", "cls", "reg", "reg"], "sample_id": ["a", "b", "a", "b"],
+         "label": [1, 2, 7, 9], "correct": [True, True, True, False]}
+    )
+    accuracy = model_accuracy(scores, classes)
+    regression = accuracy[accuracy.model == "reg"].iloc[0]
+    assert regression.accuracy == 0.5 and np.isnan(regression.chance) and not regression.at_chance
+    table = accuracy_table(accuracy)
+    assert "| reg |" in table and "n/a (no chance level" in table.split("| reg |")[1]

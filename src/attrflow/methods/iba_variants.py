@@ -51,11 +51,16 @@ Defaults and their source:
   runs IBA at β = 10 and the inverse mask at β = 30 (``reverse_mask_beta=30``). Maximising the
   output term rewards opening λ more than minimising it does (a deleted feature can raise the
   CE far above its clean value, by more than the ln-probability a kept one can save), so the
-  information term needs a stronger weight to keep λ closed on what does not matter;
+  information term needs a stronger weight to keep λ closed on what does not matter. Measured
+  on the embedded small CNN (6 test shapes, stage2): under Z_inv the target's probability falls
+  to 0.60 at β = 30 (0.17 at β = 10, 0.97 at β = 100, where almost nothing is marked), with the
+  same share of the map's mass on the object (0.36) at 10 and 30;
 * Regression IBA ``beta=10`` (IBA's; the code's default for the regression losses too), and
   ``loss="deviation"``, the variant the paper shows on its regression model (Fig. 3a);
 * Multi-layer IBA ``layers=[stage1, stage2, stage3]`` — the paper's DenseBlock 1, 2, 3 of a
-  DenseNet-121 (the first three of four stages), ``beta=10``.
+  DenseNet-121 (the first three of four stages), ``beta=10``. On the embedded small CNN the
+  intersection at threshold 0.5 keeps 0.2–2.6 % of the pixels (6 test shapes), 42 % of them on
+  the object (IBA at stage2: 38 % of its mass); lower the threshold for larger regions.
 
 Cost: one forward per image per layer to record R (plus one for Φ(X) with ``deviation``), then
 ``steps`` × ``copies`` forward + backward passes per image per layer.

@@ -60,6 +60,8 @@ def accuracy_table(accuracy: pd.DataFrame) -> str:
             if row.at_chance
             else f"yes (p = {row.p_above_chance:.2g})"
         )
+        if row.chance != row.chance:  # NaN: no class count, e.g. a regression model (rounded score = label)
+            verdict = "n/a (no chance level: not a classifier, or no class count)"
         lines.append(
             f"| {row.dataset} | {row.model} | {row.n} | {row.accuracy:.1%} ({row.correct}/{row.n}) | "
             f"{row.chance:.1%} | {verdict} |"
