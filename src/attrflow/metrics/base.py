@@ -42,8 +42,6 @@ class MetricInputs:
     labels: torch.Tensor  # (n,) ground-truth classes
     ids: list[str]
     masks: torch.Tensor | None = None  # (n, H, W) bool object masks, when the dataset has them
-    # (n, H, W) per-pixel severity scores, when the dataset has them (attrflow.data.regression)
-    severity: torch.Tensor | None = None
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     method: str = ""  # config entry name of the method that produced the maps
     method_fn: str = ""
@@ -55,6 +53,8 @@ class MetricInputs:
     # The job's seed, for randomness several metrics must share (the attack of attack_spearman
     # and attack_topk); each metric's own randomness comes from its `generator`.
     seed: int = 0
+    # (n, H, W) per-pixel severity scores, when the dataset has them (attrflow.data.regression)
+    severity: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
