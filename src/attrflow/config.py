@@ -50,6 +50,8 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         return provided - {"train_split"} if spec.get("train") == "none" else provided
     if kind == "synthetic_shapes":
         return {"masks", "train_split", "concepts"}
+    if kind == "synthetic_severity":  # the embedded regression task (attrflow.data.regression)
+        return {"masks", "train_split", "severity"}
     if kind == "cifar":
         return {"train_split"}
     if kind == "broden":
@@ -452,6 +454,8 @@ def dataset_label_space(spec: dict, datasets: dict) -> tuple[int | None, bool, s
         return dataset_label_space(base, datasets)
     if kind == "synthetic_shapes":
         return int(spec.get("classes", 8)), True, "synthetic shape classes"
+    if kind == "synthetic_severity":
+        return 1, True, "a regression task: one output, the total severity"
     if kind == "cifar":
         return (100 if spec.get("variant") == "cifar100" else 10), True, f"{spec.get('variant', 'cifar10')} classes"
     from attrflow.data.image_folder import ImageFolderError, resolve_classes

@@ -36,6 +36,12 @@ def method_params(entry: dict[str, Any]) -> dict[str, Any]:
 
 @torch.no_grad()
 def choose_targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mode: str, max_batch: int) -> torch.Tensor:
+    """The output each map explains: the predicted class or the label; for a regression model
+    (one output, its labels are scores) always output 0, whatever the mode."""
+    from attrflow.models.wrapper import is_regression
+
+    if is_regression(model):
+        return torch.zeros_like(labels)
     if mode == "label":
         return labels
     if mode != "predicted":

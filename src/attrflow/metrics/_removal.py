@@ -144,8 +144,17 @@ def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> tor
 
 def select_output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
     """The target's softmax probability or logit, or top-1 correctness (1.0 when the argmax is the
-    target, ties going to the lower class index), in float64."""
+    target, ties going to the lower class index), in float64.
+
+    A model with a single output (a regression model's score) has no class probability — its
+    softmax is 1 whatever the input — and no top-1 choice: those are refused, naming ``logit``.
+    """
     logits = logits.double()
+    if logits.shape[1] == 1 and output in ("prob", "top1"):
+        raise ValueError(
+            f"output {output!r} needs class probabilities, but the model has a single output (a "
+            "regression model's score); set the metric's output: logit to score that output"
+        )
     if output == "top1":
         return (logits.argmax(dim=1) == targets.view(-1).long()).double()
     if output == "prob":

@@ -344,6 +344,10 @@ def _prepare_trained(
         raise ValueError(f"model {name!r}: unknown arch {settings['arch']!r}; known: {list(TRAINED_ARCHS)}")
     if dataset_store is None:
         raise ValueError(f"model {name!r}: kind 'trained' needs a dataset to train on (key 'dataset')")
+    if read_attrs(dataset_store).get("task") == "regression":  # its labels are scores: one output
+        from attrflow.models.regression import prepare_trained_regressor
+
+        return prepare_trained_regressor(name, dict(spec), dataset_store, seed, threads, log, device)
     train = read_samples(dataset_store, "train")
     evaluation = read_samples(dataset_store, "eval")
     num_classes = _num_classes(dataset_store, train, evaluation)
@@ -756,6 +760,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
         cam_layer=card["cam_layer"],
         is_x_dnn=card["is_x_dnn"],
         name=card["name"],
+        task=card.get("task", "classification"),  # regression models: attrflow.models.regression
     )
     model.eval().requires_grad_(False)
     return model.to(device)
