@@ -69,16 +69,23 @@ Cost: one forward per image per layer to record R (plus one for Φ(X) with ``dev
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
+    ActiveThreshold,
+    BottleneckLayer,
+    Copies,
+    InitialAlpha,
+    LearningRate,
+    MinStd,
+    SmoothSigma,
     BottleneckSettings,
     FeatureBottleneck,
     FeatureFit,
     OutputObjective,
-    check_settings,
     draw_seeds,
     fit_feature_bottleneck,
     information_map,
@@ -86,6 +93,7 @@ from attrflow.methods._bottleneck import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.models.wrapper import is_regression
+from attrflow.params import Doc, Ge, Le, MinLen
 
 REGRESSION_LOSSES = ("mse", "maximisation", "deviation")
 
@@ -104,7 +112,7 @@ def _fit_layer(
     generator: torch.Generator | None,
     max_batch: int,
     objective: OutputObjective | None = None,
-    inverse: bool = False,
+    inverse: Annotated[bool, Doc("play the deletion game on the inverse mask (Inverse IBA)")] = False,
 ) -> FeatureFit:
     """One layer's fitted bottleneck, in eval mode, with the hook removed afterwards."""
     _, module, stats = layer_statistics(references, model, layer, method)
@@ -126,36 +134,23 @@ def _bits(fit: FeatureFit) -> torch.Tensor:
 # Inverse IBA
 
 
-@register_method(
-    "inverse_iba",
-    params={
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "beta": {"type": "number", "minimum": 0, "default": 30.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 10},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("inverse_iba", channel_free=True, references="feature_stats")
 def inverse_iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "stage2",
-    beta: float = 30.0,
-    steps: int = 10,
-    lr: float = 1.0,
-    copies: int = 10,
-    initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    layer: BottleneckLayer = "stage2",
+    beta: Annotated[
+        float, Ge(0), Doc("weight β of the information loss (not stated by Khakzar et al., 2021; the authors' code: 30)")
+    ] = 30.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -172,7 +167,6 @@ def inverse_iba(
             "regression_iba with inverse: true"
         )
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("inverse_iba", settings, min_std=min_std)
     fit = _fit_layer(
         "inverse_iba", model, x, target, layer=layer, settings=settings, min_std=min_std,
         active_threshold=active_threshold, references=references, generator=generator,
@@ -222,46 +216,30 @@ def _clean_scores(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
     return torch.cat(parts).gather(1, target.unsqueeze(1)).squeeze(1)
 
 
-@register_method(
-    "regression_iba",
-    params={
-        "loss": {"enum": ["mse", "maximisation", "deviation"], "default": "deviation"},
-        "inverse": {"type": "boolean", "default": False},
-        "target_score": {
-            "type": "number",
-            "default": 0.0,
-            "description": "y of the mse loss: the score the bottleneck should keep the output at",
-        },
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "beta": {"type": "number", "minimum": 0, "default": 10.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 10},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("regression_iba", channel_free=True, references="feature_stats")
 def regression_iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    loss: str = "deviation",
-    inverse: bool = False,
-    target_score: float = 0.0,
-    layer: str = "stage2",
-    beta: float = 10.0,
-    steps: int = 10,
-    lr: float = 1.0,
-    copies: int = 10,
-    initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    loss: Annotated[
+        Literal["mse", "maximisation", "deviation"],
+        Doc("the output term replacing cross-entropy: squared error to target_score, maximised output, or deviation from the clean output"),
+    ] = "deviation",
+    inverse: Annotated[bool, Doc("play the deletion game on the inverse mask (Inverse IBA)")] = False,
+    target_score: Annotated[
+        float,
+        Doc("y of the mse loss: the score the bottleneck should keep the output at"),
+    ] = 0.0,
+    layer: BottleneckLayer = "stage2",
+    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -276,7 +254,6 @@ def regression_iba(
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("regression_iba", settings, min_std=min_std)
     with evaluation_mode(model):
         clean = _clean_scores(model, x, target, max_batch)
     objective = regression_objective(loss, target, target_score=target_score, clean_scores=clean)
@@ -312,49 +289,29 @@ def intersect_thresholded(maps: list[torch.Tensor], threshold: float) -> torch.T
     return selected.to(maps[0].dtype)
 
 
-@register_method(
-    "multi_layer_iba",
-    params={
-        "layers": {
-            "type": "array",
-            "items": {"type": "string", "minLength": 1},
-            "minItems": 1,
-            "default": ["stage1", "stage2", "stage3"],
-        },
-        "threshold": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.5,
-            "description": "each layer's map is binarised at threshold × its maximum",
-        },
-        "beta": {"type": "number", "minimum": 0, "default": 10.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 10},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("multi_layer_iba", channel_free=True, references="feature_stats")
 def multi_layer_iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layers: list[str] = ["stage1", "stage2", "stage3"],  # noqa: B006 - never mutated; a literal the registry reads
-    threshold: float = 0.5,
-    beta: float = 10.0,
-    steps: int = 10,
-    lr: float = 1.0,
-    copies: int = 10,
-    initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    layers: Annotated[
+        list[Annotated[str, MinLen(1)]], MinLen(1), Doc("the layers whose binarised IBA maps are intersected")
+    ] = ["stage1", "stage2", "stage3"],  # noqa: B006 - never mutated
+    threshold: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc("each layer's map is binarised at threshold × its maximum"),
+    ] = 0.5,
+    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -371,7 +328,6 @@ def multi_layer_iba(
     if not 0.0 <= threshold <= 1.0 or not math.isfinite(threshold):
         raise ValueError(f"multi_layer_iba: parameter threshold must lie in [0, 1]; got {threshold!r}")
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("multi_layer_iba", settings, min_std=min_std)
     objective = None
     if is_regression(model):
         with evaluation_mode(model):

@@ -21,12 +21,15 @@ constant map or an empty mask is NaN with its reason. The connected components c
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 from scipy import ndimage
 
 from attrflow.metrics._removal import NONFINITE_MAP, checked_maps
 from attrflow.metrics.base import NAN, OK, MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.localisation import CONSTANT_MAP, EMPTY_REGION, NO_HEAT, NO_HEAT_ABSOLUTE, no_masks_reason
+from attrflow.params import Doc, Ge, Le
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -59,23 +62,15 @@ def box_iou_value(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@register_metric(
-    "box_iou",
-    kind="map",
-    direction="higher",
-    requires=["masks"],
-    params={
-        "threshold": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.2,
-            "description": "keep heat >= threshold x max before boxing the largest region (CAM: 0.2)",
-        },
-        "absolute": {"type": "boolean", "default": False, "description": "heat = |A| instead of max(A, 0)"},
-    },
-)
-def box_iou(inputs: MetricInputs, *, threshold: float = 0.2, absolute: bool = False) -> MetricOutput:
+@register_metric("box_iou", kind="map", direction="higher", requires=["masks"])
+def box_iou(
+    inputs: MetricInputs,
+    *,
+    threshold: Annotated[
+        float, Ge(0), Le(1), Doc("keep heat >= threshold × max before boxing the largest region (CAM: 0.2)")
+    ] = 0.2,
+    absolute: Annotated[bool, Doc("heat = |A| instead of max(A, 0)")] = False,
+) -> MetricOutput:
     """IoU of the box around the map's largest hot region with the best-matching object box."""
     if inputs.masks is None:
         return MetricOutput.skipped(inputs.n, no_masks_reason("box_iou", inputs.method))

@@ -17,11 +17,14 @@ the two agree).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, checked_maps
 from attrflow.metrics.base import NAN, OK, MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc
 
 CONSTANT_ATTRIBUTION = "the attribution map is constant: it has no correlation"
 CONSTANT_SEVERITY = "the severity map is constant (one score everywhere): no correlation is defined"
@@ -44,14 +47,10 @@ def pearson_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, r.clamp(-1.0, 1.0), torch.full_like(r, float("nan")))
 
 
-@register_metric(
-    "severity_correlation",
-    kind="map",
-    direction="higher",
-    requires=["severity"],
-    params={"absolute": {"type": "boolean", "default": False, "description": "correlate |A| instead of A"}},
-)
-def severity_correlation(inputs: MetricInputs, *, absolute: bool = False) -> MetricOutput:
+@register_metric("severity_correlation", kind="map", direction="higher", requires=["severity"])
+def severity_correlation(
+    inputs: MetricInputs, *, absolute: Annotated[bool, Doc("correlate |A| instead of A")] = False
+) -> MetricOutput:
     """Pearson's r of the flattened map with the flattened severity map. Requires severity maps."""
     if inputs.severity is None:
         return MetricOutput.skipped(inputs.n, no_severity_reason(inputs.method))
