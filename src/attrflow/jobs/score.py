@@ -80,7 +80,7 @@ def score_shard(
     a job re-run because another metric was added or changed computes only what is new.
     """
     from attrflow.cache import ResultCache
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     shards = ShardMaps(maps_path)

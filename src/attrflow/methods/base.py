@@ -110,7 +110,7 @@ def register_method(
         in_signature = {
             k: v for k, v in signature_params(fn, positional=3).items() if k not in RUNTIME_KWARGS
         }
-        _check_declared(name, declared, in_signature)
+        check_declared(name, declared, in_signature)
         info = MethodInfo(
             name, fn, declared, completeness, channel_free, fn.__module__, references,
             differentiable,
@@ -121,7 +121,7 @@ def register_method(
     return decorate
 
 
-def _check_declared(name: str, declared: dict[str, dict], in_signature: dict[str, object]) -> None:
+def check_declared(name: str, declared: dict[str, dict], in_signature: dict[str, object]) -> None:
     if set(declared) != set(in_signature):
         raise TypeError(
             f"{name}: declared params {sorted(declared)} differ from the signature's "

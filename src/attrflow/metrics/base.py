@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrflow.methods.base import RUNTIME_KWARGS, _check_declared
+from attrflow.methods.base import RUNTIME_KWARGS, check_declared
 from attrflow.registry import Registry, signature_params
 
 KINDS = ("map", "explainer", "diagnostic", "retraining")
@@ -129,7 +129,7 @@ def register_metric(
         in_signature = {
             k: v for k, v in signature_params(fn, positional=1).items() if k not in RUNTIME_KWARGS
         }
-        _check_declared(name, declared, in_signature)
+        check_declared(name, declared, in_signature)
         info = MetricInfo(name, fn, declared, kind, direction, fn.__module__, tuple(requires or ()))
         METRICS.add(name, info)
         return fn

@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import torch
 
-from attrflow.metrics._removal import NONFINITE_MAP, fill_image, with_reasons
+from attrflow.metrics._removal import NONFINITE_MAP, fill_image, finite_maps, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
     CONSTANT_OUTPUT,
-    _finite_maps,
     correlate_removals,
     draw_index_subsets,
     grid_cells,
@@ -85,7 +84,7 @@ def sensitivity_n(
         raise ValueError(f"sensitivity_n: subsets must be >= 2 to correlate, got {subsets}")
     if not n:
         raise ValueError("sensitivity_n: n must list at least one subset size")
-    maps, finite = _finite_maps(inputs, "sensitivity_n")
+    maps, finite = finite_maps(inputs, "sensitivity_n")
     h, w = maps.shape[1:]
     if grid is None:
         cells_of_pixels, cells, unit = None, h * w, f"pixels ({h}x{w})"
