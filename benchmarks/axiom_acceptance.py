@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     model = load_model(args.model_dir).eval().requires_grad_(False)
     config = yaml.safe_load((ROOT / args.config).read_text())
