@@ -1,6 +1,6 @@
 """What a job pays before its work starts: interpreter, Snakemake's script preamble, imports.
 
-    .venv/bin/python benchmarks/job_startup.py [--repeat 5] [--run-dir DIR]
+    .venv/bin/python benchmarks/job_startup.py [--repeat 5] [--run-dir DIR] [--baseline OTHER/src]
 
 Part 1 times, each in a fresh interpreter (best of `--repeat`, so a busy machine inflates it
 least), the start-up pieces every job pays: the bare interpreter, the imports of Snakemake's
@@ -23,6 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+# The model loader, in this tree or (for a before/after comparison) one from before models/
+# was split by job.
+LOADER = "try:\n    import attrflow.models.cards, attrflow.models.preparation\nexcept ImportError:\n    import attrflow.models.loading\n"
 # What each piece imports; the job entries are what the workflow scripts import before the
 # job's code is ready (`mark_ready`), then what the job's function imports when it runs.
 PIECES = {
@@ -30,42 +33,48 @@ PIECES = {
     "Snakemake script preamble": "import pickle; from snakemake.logging import logger; "
     "from snakemake.iocontainers import Snakemake; import snakemake.script",
     "torch": "import torch",
-    "attribute job (module + model loader + gradient)": "import attrflow.jobs.attribute, attrflow.models.cards; "
+    "attribute job (module + model loader + gradient)": LOADER + "import attrflow.jobs.attribute; "
     "from attrflow.methods import get_method; get_method('gradient')",
-    "attribute job, DeepLIFT": "import attrflow.jobs.attribute, attrflow.models.cards; "
+    "attribute job, DeepLIFT": LOADER + "import attrflow.jobs.attribute; "
     "from attrflow.methods import get_method; get_method('deeplift')",
-    "attribute job, Guided Backprop (captum)": "import attrflow.jobs.attribute, attrflow.models.cards; "
+    "attribute job, Guided Backprop (captum)": LOADER + "import attrflow.jobs.attribute; "
     "from attrflow.methods import get_method; get_method('guided_backprop'); import captum.attr",
-    "score job (module + model loader + deletion)": "import attrflow.jobs.score, attrflow.models.cards; "
+    "score job (module + model loader + deletion)": LOADER + "import attrflow.jobs.score; "
     "from attrflow.metrics import get_metric; get_metric('deletion')",
-    "axiom attribution job": "import attrflow.jobs.axioms, attrflow.models.cards",
-    "references job": "import attrflow.jobs.references, attrflow.models.cards",
-    "prepare_model job (trained model)": "import attrflow.jobs.prepare, attrflow.models.preparation, attrflow.models.cards",
+    "axiom attribution job": LOADER + "import attrflow.jobs.axioms",
+    "references job": LOADER + "import attrflow.jobs.references",
+    "prepare_model job (trained model)": LOADER + "import attrflow.jobs.prepare",
     "aggregate job": "import attrflow.report.aggregate, attrflow.report.costs",
     "evidence job": "import attrflow.report.evidence",
     "report job": "import attrflow.report.html, attrflow.report.tables",
 }
 
 
-def best_wall(code: str, repeat: int) -> float:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-    times = []
+def best_walls(code: str, repeat: int, sources: list[Path]) -> list[float]:
+    """Best wall time of `code` per source tree, the trees taking turns (each sees the same load)."""
+    times: list[list[float]] = [[] for _ in sources]
     for _ in range(repeat):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, env=env, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for i, src in enumerate(sources):
+            env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, env=env, stdout=subprocess.DEVNULL)
+            times[i].append(time.perf_counter() - started)
+    return [min(t) for t in times]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout's src/ to time alongside this tree's, alternately (same machine load)")
     args = parser.parse_args()
-    print(f"| start-up piece (fresh interpreter, best of {args.repeat}) | wall s |")
-    print("|---|---|")
+    sources = [REPO / "src"] if args.baseline is None else [args.baseline, REPO / "src"]
+    names = ["wall s"] if args.baseline is None else ["baseline s", "this tree s"]
+    print(f"| start-up piece (fresh interpreter, best of {args.repeat}) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
     for label, code in PIECES.items():
-        print(f"| {label} | {best_wall(code, args.repeat):.2f} |", flush=True)
+        walls = best_walls(code, args.repeat, sources)
+        print(f"| {label} | " + " | ".join(f"{w:.2f}" for w in walls) + " |", flush=True)
     if args.run_dir is not None:
         from workflow_timing import per_rule
 

@@ -38,6 +38,9 @@ def model_card(
     accuracy: float | None,
     dataset_store: Path | None,
 ) -> dict[str, Any]:
+    """The card of a prepared model: what rebuilds it (`architecture`), how it is used (classes,
+    normalisation, CAM layer, X-DNN flag), which dataset it belongs to and its accuracy there.
+    `save_model` adds the weights' fingerprint and the library versions."""
     dataset_fingerprint = read_attrs(dataset_store).get("fingerprint") if dataset_store is not None else None
     return {
         "format": CARD_FORMAT,

@@ -180,6 +180,8 @@ def _prepare_trained(
 
 
 def dataset_num_classes(dataset_store: Path, *splits: SampleSet) -> int:
+    """Classes of a dataset store: its declared ``num_classes``, checked against the labels of
+    `splits`, or one more than the largest label when it declares none."""
     declared = read_attrs(dataset_store).get("num_classes")
     observed = max(int(s.labels.max()) for s in splits if len(s)) + 1
     if declared is None:
