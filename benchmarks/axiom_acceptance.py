@@ -92,7 +92,7 @@ def main() -> None:
                         help="seed each scenario as the synthesize_axioms job does (the config's seed, the model, the entry): the samples `make run` gets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     model = load_model(args.model_dir).eval().requires_grad_(False)
     config = yaml.safe_load((ROOT / args.config).read_text())

@@ -8,7 +8,7 @@ first 16 test scenes with every method of the study (feature statistics from 100
 import sys
 import numpy as np, torch
 from torch import nn
-from attrflow.models.loading import load_model
+from attrflow.models.cards import load_model
 from attrflow.data.sample_store import read_samples
 from attrflow.methods import call_method, get_method
 from attrflow.methods.references import build_feature_statistics

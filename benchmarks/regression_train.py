@@ -8,7 +8,8 @@ import sys, time, json
 from pathlib import Path
 from attrflow.data.adapters import prepare_dataset
 from attrflow.data.sample_store import write_sample_store
-from attrflow.models.loading import prepare_model, save_model, load_model
+from attrflow.models.cards import load_model, save_model
+from attrflow.models.preparation import prepare_model
 out = Path(sys.argv[1])
 t = time.time()
 ev, tr, attrs = prepare_dataset("severity", {"kind": "synthetic_severity", "n_train": int(sys.argv[2]) if len(sys.argv) > 2 else 4000, "n_test": 64}, 0)

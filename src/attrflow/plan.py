@@ -32,7 +32,7 @@ SCORE_METRIC_JOB = ("attrflow.jobs.score", "score_metric")
 PREPARE_DATASET_JOB = ("attrflow.jobs.prepare", "prepare_dataset_store")
 PREPARE_EVAL_SHARD_JOB = ("attrflow.jobs.prepare", "prepare_eval_shard")
 PREPARE_MODEL_JOB = ("attrflow.jobs.prepare", "prepare_model_files")
-REFERENCES_JOB = ("attrflow.jobs.references", "prepare_references_store")
+REFERENCES_JOB = ("attrflow.jobs.references", "prepare_reference_store")
 DISSECT_JOB = ("attrflow.dissection.job", "dissect_layer")
 SEMANTIC_FN = "semantic_attribution"
 

@@ -109,7 +109,8 @@ def test_a_trained_model_of_the_task_is_a_regression_model_end_to_end(tmp_path):
     from attrflow.metrics import MetricInputs, call_metric, get_metric
     from attrflow.methods import call_method, get_method
     from attrflow.methods.references import build_feature_statistics
-    from attrflow.models.loading import load_model, prepare_model, save_model
+    from attrflow.models.cards import load_model, save_model
+    from attrflow.models.preparation import prepare_model
     from tests.unit.test_methods_iba import as_references
 
     spec = {"kind": "synthetic_severity", "n_train": 48, "n_test": 4, "size": 48}

@@ -76,7 +76,7 @@ def attribute_shard(
     whose key is already there (a config that came back) links that result instead of computing.
     """
     from attrflow.cache import ResultCache
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
     from attrflow.store import content_key, read_attrs
 
     started = time.perf_counter()

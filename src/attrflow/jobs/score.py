@@ -87,7 +87,7 @@ def score_shard(
     entry's planned setting (entry and code), which only makes its changes re-plan this job.
     """
     from attrflow.cache import ResultCache
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     shards = ShardMaps(maps_path)

@@ -155,17 +155,19 @@ def prepare_trained_regressor(
 ) -> tuple[WrappedModel, dict[str, Any]]:
     """`kind: trained` on a regression dataset: the entry's architecture with one output."""
     from attrflow.data.sample_store import read_samples
-    from attrflow.models import loading
+    from attrflow.models.architectures import TRAINED_ARCHS, default_cam_layer, trainable_network
+    from attrflow.models.cards import model_card
+    from attrflow.models.preparation import TRAINED_DEFAULTS
 
-    settings = {**loading.TRAINED_DEFAULTS, **spec}
-    if settings["arch"] not in loading.TRAINED_ARCHS:
-        raise ValueError(f"model {name!r}: unknown arch {settings['arch']!r}; known: {list(loading.TRAINED_ARCHS)}")
+    settings = {**TRAINED_DEFAULTS, **spec}
+    if settings["arch"] not in TRAINED_ARCHS:
+        raise ValueError(f"model {name!r}: unknown arch {settings['arch']!r}; known: {list(TRAINED_ARCHS)}")
     if settings["x_dnn"]:
         raise ValueError(f"model {name!r}: the regression task trains no X-variant (x_dnn must be false)")
     train = read_samples(dataset_store, "train")
     evaluation = read_samples(dataset_store, "eval")
     torch.manual_seed(seed)
-    net = loading.trainable_network(settings["arch"], 1, in_channels=train.images.shape[1], width=int(settings["width"]))
+    net = trainable_network(settings["arch"], 1, in_channels=train.images.shape[1], width=int(settings["width"]))
     head = getattr(net, "classifier", None)
     if isinstance(head, nn.Linear) and head.bias is not None:
         with torch.no_grad():
@@ -173,7 +175,7 @@ def prepare_trained_regressor(
     # standardised with the train split's per-channel statistics, as the classifiers are
     mean = train.images.mean(axis=(0, 2, 3), dtype=np.float64)
     std = np.maximum(train.images.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
-    cam_layer = spec.get("cam_layer") or loading.default_cam_layer(net)
+    cam_layer = spec.get("cam_layer") or default_cam_layer(net)
     model = WrappedModel(
         net, num_classes=1, mean=[round(float(v), 6) for v in mean], std=[round(float(v), 6) for v in std],
         cam_layer=cam_layer, name=name, task=TASK,
@@ -185,7 +187,7 @@ def prepare_trained_regressor(
         lr=float(settings["lr"]), seed=seed, threads=threads, log=log, device=device,
     )
     architecture = {"library": "attrflow", "name": settings["arch"], "kwargs": net.architecture_kwargs(), "x_dnn": False}
-    card = loading._card(name, spec, model, architecture, metrics["test_rounded_accuracy"], dataset_store)
+    card = model_card(name, spec, model, architecture, metrics["test_rounded_accuracy"], dataset_store)
     card["task"] = TASK
     card["regression_quality"] = {k.removeprefix("test_"): metrics[k] for k in ("test_mse", "test_mae", "test_r2", "test_pearson")}
     card["training"] = metrics
