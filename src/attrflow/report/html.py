@@ -47,7 +47,7 @@ def _inches(fig, left: float, right: float, bottom: float, top: float, wspace: f
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace, hspace=hspace)
 
 
-def _name(*parts: str) -> str:
+def figure_name(*parts: str) -> str:
     return FIGURE_PREFIX + "-".join(_SAFE.sub("_", p) for p in parts) + ".png"
 
 
@@ -166,7 +166,7 @@ def _cd_diagrams(page: Page, ranks: pd.DataFrame) -> None:
             ax.axis("off")
         for ax, metric in zip(axes.ravel(), metrics):
             _cd_axis(ax, part[(part["metric"] == metric) & part["avg_rank"].notna()], metric)
-        page.figure(fig, _name("cd", dataset, model), f"Critical-difference diagrams, {model} on {dataset}")
+        page.figure(fig, figure_name("cd", dataset, model), f"Critical-difference diagrams, {model} on {dataset}")
 
 
 def _cd_axis(ax, g: pd.DataFrame, metric: str) -> None:
@@ -232,7 +232,7 @@ def _rank_heatmaps(page: Page, ranks: pd.DataFrame) -> None:
                 if text:
                     ax.text(j, i, text, ha="center", va="center", fontsize=6, color="w")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("ranks", dataset, model), f"Average ranks, {model} on {dataset}")
+        page.figure(fig, figure_name("ranks", dataset, model), f"Average ranks, {model} on {dataset}")
 
 
 def _agreement(page: Page, agreement: pd.DataFrame, quality: pd.DataFrame) -> None:
@@ -264,7 +264,7 @@ def _agreement(page: Page, agreement: pd.DataFrame, quality: pd.DataFrame) -> No
         ax.set_yticks(range(len(metrics)), metrics, fontsize=6)
         fig.colorbar(im, ax=ax, shrink=0.7, label="Kendall τ")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("agreement", dataset, model), f"Metric agreement, {model} on {dataset}")
+        page.figure(fig, figure_name("agreement", dataset, model), f"Metric agreement, {model} on {dataset}")
 
 
 def _mufidelity_draws(page: Page, ranks: pd.DataFrame, scores_fn: dict[str, str]) -> None:
@@ -328,17 +328,17 @@ def _galleries(page: Page, sample_stores: Iterable[str], attribution_stores: Ite
         names = sorted(maps)
         panels = []
         for r, sid in enumerate(chosen):
-            panels.append((sid, _image_rgb(images[r], [] if masks is None else [masks[r]])))
-            panels += [(method, _map_rgb(maps[method][sid])) for method in names]
+            panels.append((sid, image_rgb(images[r], [] if masks is None else [masks[r]])))
+            panels += [(method, map_rgb(maps[method][sid])) for method in names]
             panels += [None] * (-len(panels) % min(WRAP, 1 + len(names)))  # each sample starts a row
-        fig = _mosaic(panels, min(WRAP, 1 + len(names)))
-        page.figure(fig, _name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
+        fig = mosaic(panels, min(WRAP, 1 + len(names)))
+        page.figure(fig, figure_name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
 
 
 OUTLINE_COLOURS = ((0.0, 1.0, 0.0), (1.0, 0.55, 0.0))  # green, orange: first and second patch
 
 
-def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = (), colours: Iterable[tuple[float, float, float]] | None = None) -> np.ndarray:
+def image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = (), colours: Iterable[tuple[float, float, float]] | None = None) -> np.ndarray:
     """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted (green unless
     ``colours`` gives one per mask)."""
     img = np.clip(np.moveaxis(np.asarray(image, dtype=np.float64), 0, -1), 0, 1)
@@ -356,7 +356,7 @@ def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = (), colours: 
     return rgb
 
 
-def _map_rgb(m: np.ndarray) -> np.ndarray:
+def map_rgb(m: np.ndarray) -> np.ndarray:
     """(H, W, 3): red positive, blue negative, scaled to the map's own largest magnitude."""
     from matplotlib import colormaps
 
@@ -368,7 +368,7 @@ def _map_rgb(m: np.ndarray) -> np.ndarray:
     return colormaps["bwr"]((m / scale + 1) / 2)[..., :3]
 
 
-def _mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
+def mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
     """One figure, one image: panels laid out `cols` to a row with their titles above them (far
     cheaper to draw than an axes per panel); None leaves a panel blank."""
     plt = _plt()
@@ -424,7 +424,7 @@ def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int
         for ax in axes[0]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=5, loc="best")
-        page.figure(fig, _name("curves", dataset, model), f"Curves, {model} on {dataset}")
+        page.figure(fig, figure_name("curves", dataset, model), f"Curves, {model} on {dataset}")
 
 
 def _curve_axis(ax, part: pd.DataFrame, ranks: pd.DataFrame, max_methods: int) -> None:
@@ -467,7 +467,7 @@ def _quality_vs_cost(page: Page, ranks: pd.DataFrame, costs: pd.DataFrame | None
         ax.set_xlabel("ms per image")
         ax.set_ylabel("mean relative rank (lower = better)")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("cost", dataset, model), f"Quality against cost, {model} on {dataset}")
+        page.figure(fig, figure_name("cost", dataset, model), f"Quality against cost, {model} on {dataset}")
 
 
 def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
@@ -517,12 +517,12 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
             colours = [OUTLINE_COLOURS[i % len(OUTLINE_COLOURS)] for i in range(len(outlines))]
             for target, label in ((0, "a"), (1, "b")):
                 cls = f" = {int(targets[si][target])}" if targets is not None else ""
-                panels.append((f"#{accepted[si]} → {label}{cls}", _image_rgb(images[si], outlines, colours)))
+                panels.append((f"#{accepted[si]} → {label}{cls}", image_rgb(images[si], outlines, colours)))
                 for method, (ma, mb, mids) in sorted(method_maps.items()):
                     if sid in mids:
-                        panels.append((f"{method} ({label})", _map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
-        fig = _mosaic(panels, 1 + len(method_maps))
-        page.figure(fig, _name("axioms", model, entry), f"{entry} on {model}")
+                        panels.append((f"{method} ({label})", map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
+        fig = mosaic(panels, 1 + len(method_maps))
+        page.figure(fig, figure_name("axioms", model, entry), f"{entry} on {model}")
 
 
 def _dissection(page: Page, outputs: Iterable[str], attribution_stores: Iterable[str], sample_stores: Iterable[str], max_samples: int) -> None:
@@ -571,7 +571,7 @@ def _probes(page: Page, probe_outputs: Iterable[str]) -> None:
             ax.set_title(metric, fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=5)
-        page.figure(fig, _name("probes", model), f"Loss on corrupted inputs per corruption family, {model}")
+        page.figure(fig, figure_name("probes", model), f"Loss on corrupted inputs per corruption family, {model}")
 
 
 def write_report(
