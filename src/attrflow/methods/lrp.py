@@ -153,8 +153,12 @@ def lrp(
             "for CNNs (epsilon_plus[_flat], epsilon_alpha2_beta1[_flat], epsilon_gamma_box)"
         ),
     ] = "epsilon_plus_flat",
-    epsilon: Annotated[float, Gt(0), Doc("stabiliser ε of the ε rule (zennit's default 1e-6)")] = ZENNIT_EPSILON,
-    gamma: Annotated[float, Ge(0), Doc("γ of the γ rule (epsilon_gamma_box only; zennit's default)")] = ZENNIT_GAMMA,
+    epsilon: Annotated[
+        float, Gt(0), Doc("stabiliser ε of the ε rule (zennit's default 1e-6)")
+    ] = ZENNIT_EPSILON,
+    gamma: Annotated[
+        float, Ge(0), Doc("γ of the γ rule (epsilon_gamma_box only; zennit's default 0.25)")
+    ] = ZENNIT_GAMMA,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """(n, C, H, W) LRP relevance of the target logit, in pixel space (module doc)."""
