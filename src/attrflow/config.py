@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from attrflow.catalog import catalog
-from attrflow.params import object_schema, validator
+from attrflow.params import METHOD_ENTRY_FORMAT, object_schema, validator
 
 # Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
 SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
@@ -185,7 +185,7 @@ def _check_peer_entries(config: dict) -> None:
     for metric in config["run"]["metrics"]:
         entry = config["metrics"][metric]
         for key, schema in registered[entry["fn"]].params.items():
-            if schema.get("format") != "method-entry":
+            if schema.get("format") != METHOD_ENTRY_FORMAT:
                 continue
             named = entry.get(key, schema.get("default"))
             if named not in config["methods"]:

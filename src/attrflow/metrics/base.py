@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from attrflow.methods.base import RUNTIME_KWARGS, bound_function, refuse_old_style
-from attrflow.params import check_params, parameter_schemas
+from attrflow.params import METHOD_ENTRY_FORMAT, check_params, parameter_schemas
 from attrflow.registry import Registry, signature_params
 
 KINDS = ("map", "explainer", "diagnostic", "retraining")
@@ -51,7 +51,7 @@ class PeerMaps:
 
 def peer_parameters(params: dict[str, dict]) -> list[str]:
     """The parameters of a metric that name another method entry (``"format": "method-entry"``)."""
-    return sorted(k for k, schema in params.items() if schema.get("format") == "method-entry")
+    return sorted(k for k, schema in params.items() if schema.get("format") == METHOD_ENTRY_FORMAT)
 
 
 @dataclass
