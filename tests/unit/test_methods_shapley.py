@@ -10,7 +10,7 @@ from torch import nn
 from tiny_models import images, regular_cnn, targets  # noqa: E402
 
 from attrflow.methods import call_method, get_method
-from attrflow.methods._superpixels import grid_segments
+from attrflow.methods.superpixels import grid_segments
 from attrflow.methods.shapley import MAX_COALITIONS, exact_shapley, shapley_from_worths
 from attrflow.models import WrappedModel
 

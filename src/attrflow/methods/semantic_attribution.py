@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
-from attrflow.methods.pathway_grad import _Sites, _target_logits, neuron_intgrad, pathway_modules
+from attrflow.methods.pathway_grad import ActivationSites, target_logits, neuron_intgrad, pathway_modules
 from attrflow.params import Doc, Ge, MinLen
 
 
@@ -115,9 +115,9 @@ def normalise_unit_maps(maps: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def layer_gap(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, modules) -> torch.Tensor:
     """f(x) − f(a ← 0): the target logit minus its value with the layer's output set to zero."""
-    sites = _Sites(modules)
+    sites = ActivationSites(modules)
     with sites.attached():
-        full = _target_logits(sites.run(model, x), target)
+        full = target_logits(sites.run(model, x), target)
         sites.transform = lambda index, output: torch.zeros_like(output)
-        zeroed = _target_logits(sites.run(model, x), target)
+        zeroed = target_logits(sites.run(model, x), target)
     return full - zeroed

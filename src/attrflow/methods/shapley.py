@@ -32,7 +32,7 @@ import torch
 
 from attrflow.methods._baselines import make_baseline
 from attrflow.methods._batching import check_max_batch, evaluate_outputs, validate_batch
-from attrflow.methods._superpixels import RemovedFill, grid_segments
+from attrflow.methods.superpixels import RemovedFill, grid_segments
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.params import Doc, Ge, Le
 

@@ -37,7 +37,7 @@ import torch
 
 from attrflow.methods._baselines import make_baseline
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
-from attrflow.methods._superpixels import RemovedFill, Segmentation, segment_images
+from attrflow.methods.superpixels import RemovedFill, Segmentation, segment_images
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.params import Doc, Ge, Gt
 

@@ -87,8 +87,7 @@ def pathway_jaccard(
     if inputs.method_fn != PATHWAY_FN:
         return MetricOutput.skipped(inputs.n, f"pathway_jaccard applies to {PATHWAY_FN} methods only; {_who(inputs)} is not one")
     from attrflow.methods import get_method
-    from attrflow.methods._batching import evaluation_mode
-    from attrflow.methods.pathway_grad import neuron_intgrad, neuron_mct, pathway_modules, select_pathway
+    from attrflow.methods.pathway_grad import evaluation_mode, neuron_intgrad, neuron_mct, pathway_modules, select_pathway
 
     defaults = {k: v.get("default") for k, v in get_method(PATHWAY_FN).params.items()}
     own = {**defaults, **inputs.method_params}

@@ -27,7 +27,7 @@ from typing import Annotated, Literal
 import numpy as np
 from scipy.stats import spearmanr
 
-from attrflow.methods._superpixels import grid_segments, pool_segments
+from attrflow.methods.superpixels import grid_segments, pool_segments
 from attrflow.metrics._removal import checked_maps
 from attrflow.metrics.base import NAN, OK, SKIPPED, MetricInputs, MetricOutput, register_metric
 from attrflow.params import Doc, Ge, MethodEntry
