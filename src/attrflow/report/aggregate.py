@@ -1,4 +1,14 @@
-"""Concatenate per-job score files and summarise them per (dataset, model, method, metric)."""
+"""Concatenate per-job score files and summarise them per (dataset, model, method, metric).
+
+The score files form a hive-partitioned dataset
+(``results/scores/dataset=…/model=…/method=…/shard-k.parquet``) that DuckDB and
+``pyarrow.dataset`` read directly. `aggregate` streams over it one partition at a time — one
+(dataset, model, method), all its shards — so its memory is bounded by the largest partition,
+not by the study: at 50,000 images × 22 metrics a partition is ≈ 1.1 M rows, while the whole long
+table of a LATEC-sized study has hundreds of millions. `scores.parquet` is written in the same
+pass (one row group per (dataset, model, method, metric), so readers that filter on a metric
+skip the rest by row-group statistics) and `summary.parquet` from the per-group statistics.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from attrflow.report.schema import SCORES, SUMMARY, write_table
@@ -97,13 +108,71 @@ def only_correct(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("reason"), "reason", reason)
 
 
-def aggregate(
-    score_paths: Iterable[str | Path], scores_out: str | Path, summary_out: str | Path, sample_filter: str = "all"
-) -> pd.DataFrame:
-    table = concat_scores(score_paths)
+def partitions(paths: Iterable[str | Path]) -> list[list[Path]]:
+    """Score files grouped by their folder (one hive partition: dataset, model, method), in the
+    order the folders first appear, each folder's files in the order given (shard order)."""
+    groups: dict[Path, list[Path]] = {}
+    for path in map(Path, paths):
+        groups.setdefault(path.parent, []).append(path)
+    return list(groups.values())
+
+
+def _read_partition(files: list[Path], sample_filter: str) -> pa.Table:
+    table = concat_scores(files)
     if sample_filter == "correct":
         table = only_correct(table)
-    write_table(table, scores_out)
-    summary = summarise(table.to_pandas())
+    if not table.num_rows:
+        return table
+    # Stable: within a metric the rows keep the shards' order, so every statistic sees its values
+    # in the order a whole-table group-by would.
+    order = pc.sort_indices(table, sort_keys=[("dataset", "ascending"), ("model", "ascending"), ("method", "ascending"), ("metric", "ascending")])
+    return table.take(order)
+
+
+def aggregate(
+    score_paths: Iterable[str | Path],
+    scores_out: str | Path,
+    summary_out: str | Path,
+    sample_filter: str = "all",
+) -> pd.DataFrame:
+    """scores.parquet and summary.parquet from the score files, one partition in memory at a time.
+
+    Gives the same summary as `summarise` over the concatenated table (same values in the same
+    order per group); a group may not span two folders (each score file's folder is its
+    (dataset, model, method) partition; an axiom score file is a partition of its own).
+    """
+    import os
+
+    scores_out = Path(scores_out)
+    tmp = scores_out.with_name(scores_out.name + f".tmp-{os.getpid()}")
+    parts, seen = [], {}
+    try:
+        with pq.ParquetWriter(tmp, SCORES) as writer:
+            for files in partitions(score_paths):
+                table = _read_partition(files, sample_filter)
+                if not table.num_rows:
+                    continue
+                slim = table.select(["dataset", "model", "method", "metric", "value", "status", "direction"]).to_pandas()
+                part = summarise(slim)
+                for key in part[GROUP].itertuples(index=False, name=None):
+                    if key in seen:
+                        raise ValueError(f"scores of {key} are in {seen[key]} and {files[0].parent}: one group per folder")
+                    seen[key] = files[0].parent
+                parts.append(part.drop(columns="rank"))
+                # One row group per (dataset, model, method, metric).
+                keys = pc.binary_join_element_wise(table["dataset"], table["model"], table["method"], table["metric"], "\x1f")
+                bounds = np.flatnonzero(np.r_[True, keys.to_numpy(zero_copy_only=False)[1:] != keys.to_numpy(zero_copy_only=False)[:-1], True])
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    writer.write_table(table.slice(start, stop - start), row_group_size=int(stop - start))
+        if not parts:
+            with pq.ParquetWriter(tmp, SCORES) as writer:
+                writer.write_table(SCORES.empty_table())
+        os.replace(tmp, scores_out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    columns = [f.name for f in SUMMARY if f.name != "rank"]
+    summary = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    summary = summary.sort_values(GROUP, kind="stable", ignore_index=True)
+    summary["rank"] = _ranks(summary)
     write_table(pa.Table.from_pandas(summary, schema=SUMMARY, preserve_index=False), summary_out)
     return summary
