@@ -12,6 +12,7 @@ skip the rest by row-group statistics) and `summary.parquet` from the per-group 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,6 +38,7 @@ def concat_scores(paths: Iterable[str | Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else SCORES.empty_table()
 
 
+@functools.lru_cache(maxsize=4096)
 def _t_quantile_975(dof: int) -> float:
     """Two-sided 95 % Student-t quantile (scipy is optional here, so fall back to a table)."""
     try:
@@ -57,28 +59,50 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for key, group in scores.groupby(GROUP, sort=True):
-        ok = group.loc[group["status"] == "ok", "value"].to_numpy(dtype=np.float64)
-        n = int(ok.size)
-        mean = float(ok.mean()) if n else math.nan
-        std = float(ok.std(ddof=1)) if n > 1 else (0.0 if n == 1 else math.nan)
-        half = _t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-        rows.append(
-            dict(
-                zip(GROUP, key),
-                direction=str(group["direction"].iloc[0]),
-                n=n,
-                n_nan=int((group["status"] == "nan").sum()),
-                n_skipped=int((group["status"] == "skipped").sum()),
-                mean=mean,
-                std=std,
-                ci95_low=mean - half,
-                ci95_high=mean + half,
-                median=float(np.median(ok)) if n else math.nan,
-            )
-        )
+        rows.append(_group_row(key, str(group["direction"].iloc[0]), group["value"].to_numpy(dtype=np.float64), group["status"].to_numpy()))
     summary = pd.DataFrame(rows, columns=[f.name for f in SUMMARY if f.name != "rank"])
     summary["rank"] = _ranks(summary)
     return summary
+
+
+def _group_row(key: tuple, direction: str, values: np.ndarray, status: np.ndarray) -> dict:
+    """One summary row from a group's values and statuses (in the group's row order)."""
+    ok = values[status == "ok"]
+    n = int(ok.size)
+    mean = float(ok.mean()) if n else math.nan
+    std = float(ok.std(ddof=1)) if n > 1 else (0.0 if n == 1 else math.nan)
+    half = _t_quantile_975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return dict(
+        zip(GROUP, key),
+        direction=direction,
+        n=n,
+        n_nan=int((status == "nan").sum()),
+        n_skipped=int((status == "skipped").sum()),
+        mean=mean,
+        std=std,
+        ci95_low=mean - half,
+        ci95_high=mean + half,
+        median=float(np.median(ok)) if n else math.nan,
+    )
+
+
+def _summarise_sorted(table: pa.Table) -> tuple[pd.DataFrame, list[int]]:
+    """`summarise` without rank of a table sorted by the group columns (numpy per group slice),
+    and the row bounds of its groups."""
+    keys = [table[name].to_numpy(zero_copy_only=False) for name in GROUP]
+    change = np.zeros(table.num_rows, dtype=bool)
+    change[0] = True
+    for column in keys:
+        change[1:] |= column[1:] != column[:-1]
+    bounds = [*np.flatnonzero(change), table.num_rows]
+    values = table["value"].to_numpy(zero_copy_only=False).astype(np.float64)
+    status = table["status"].to_numpy(zero_copy_only=False)
+    direction = table["direction"].to_numpy(zero_copy_only=False)
+    rows = [
+        _group_row(tuple(str(c[a]) for c in keys), str(direction[a]), values[a:b], status[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return pd.DataFrame(rows, columns=[f.name for f in SUMMARY if f.name != "rank"]), bounds
 
 
 def _ranks(summary: pd.DataFrame) -> pd.Series:
@@ -152,21 +176,15 @@ def aggregate(
                 table = _read_partition(files, sample_filter)
                 if not table.num_rows:
                     continue
-                slim = table.select(["dataset", "model", "method", "metric", "value", "status", "direction"]).to_pandas()
-                part = summarise(slim)
+                part, bounds = _summarise_sorted(table)
                 for key in part[GROUP].itertuples(index=False, name=None):
                     if key in seen:
                         raise ValueError(f"scores of {key} are in {seen[key]} and {files[0].parent}: one group per folder")
                     seen[key] = files[0].parent
-                parts.append(part.drop(columns="rank"))
+                parts.append(part)
                 # One row group per (dataset, model, method, metric).
-                keys = pc.binary_join_element_wise(table["dataset"], table["model"], table["method"], table["metric"], "\x1f")
-                bounds = np.flatnonzero(np.r_[True, keys.to_numpy(zero_copy_only=False)[1:] != keys.to_numpy(zero_copy_only=False)[:-1], True])
                 for start, stop in zip(bounds[:-1], bounds[1:]):
                     writer.write_table(table.slice(start, stop - start), row_group_size=int(stop - start))
-        if not parts:
-            with pq.ParquetWriter(tmp, SCORES) as writer:
-                writer.write_table(SCORES.empty_table())
         os.replace(tmp, scores_out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -641,26 +641,55 @@ def read_scores(path) -> pa.Table:
     return pq.read_table(path, columns=[c for c in [*COLUMNS, "value_retest"] if c in names])
 
 
-def family_keys(path) -> list[tuple[str, str, str]]:
-    """The (dataset, model, metric) families of a scores file, sorted, read by DuckDB in a
-    streaming aggregation (the file is never loaded whole)."""
-    import duckdb
+class FamilyIndex:
+    """Which row groups of a scores file hold which (dataset, model, metric), from the row-group
+    statistics: `aggregate` writes one row group per (dataset, model, method, metric), so one
+    family's rows are read without touching the others. A row group holding several families
+    (a file written otherwise) is read with every family it may hold and filtered."""
 
-    with duckdb.connect() as con:
-        rows = con.execute("SELECT DISTINCT dataset, model, metric FROM read_parquet(?) ORDER BY ALL", [str(path)]).fetchall()
-    return [tuple(map(str, r)) for r in rows]
+    KEY = ("dataset", "model", "metric")
 
+    def __init__(self, path):
+        import pyarrow.parquet as pq
 
-def read_family(path, key: tuple[str, str, str]) -> pd.DataFrame:
-    """The rows of one (dataset, model, metric) with the columns the statistics read; row groups
-    of other families are skipped by their statistics (aggregate writes one per group)."""
-    import pyarrow.dataset as ds
+        self.file = pq.ParquetFile(path)
+        names = self.file.schema_arrow.names
+        self.columns = [c for c in [*COLUMNS, "value_retest"] if c in names]
+        meta = self.file.metadata
+        position = {name: meta.schema.to_arrow_schema().get_field_index(name) for name in self.KEY}
+        self.groups: dict[tuple[str, str, str], list[int]] = {}
+        self.mixed: list[int] = []
+        for i in range(meta.num_row_groups):
+            key = []
+            for name in self.KEY:
+                stats = meta.row_group(i).column(position[name]).statistics
+                if stats is None or not stats.has_min_max or stats.min != stats.max:
+                    break
+                key.append(str(stats.min))
+            if len(key) == len(self.KEY) and meta.row_group(i).num_rows:
+                self.groups.setdefault(tuple(key), []).append(i)
+            elif meta.row_group(i).num_rows:
+                self.mixed.append(i)
+        for i in self.mixed:
+            keys = self.file.read_row_group(i, columns=list(self.KEY)).group_by(list(self.KEY)).aggregate([])
+            for key in zip(*(keys[name].to_pylist() for name in self.KEY)):
+                self.groups.setdefault(tuple(map(str, key)), [])
 
-    data = ds.dataset(str(path), format="parquet")
-    names = data.schema.names
-    dataset, model, metric = key
-    where = (ds.field("dataset") == dataset) & (ds.field("model") == model) & (ds.field("metric") == metric)
-    return data.to_table(columns=[c for c in [*COLUMNS, "value_retest"] if c in names], filter=where).to_pandas()
+    def keys(self) -> list[tuple[str, str, str]]:
+        return sorted(self.groups)
+
+    def read(self, key: tuple[str, str, str]) -> pd.DataFrame:
+        import pyarrow.compute as pc
+
+        mixed = [i for i in self.mixed]
+        table = self.file.read_row_groups(sorted(self.groups[key] + mixed), columns=self.columns)
+        if mixed:
+            keep = None
+            for name, value in zip(self.KEY, key):
+                cond = pc.equal(table[name], value)
+                keep = cond if keep is None else pc.and_(keep, cond)
+            table = table.filter(keep)
+        return table.to_pandas()
 
 
 def stream_evidence(scores_path, draws: int = BOOTSTRAP) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -669,8 +698,9 @@ def stream_evidence(scores_path, draws: int = BOOTSTRAP) -> tuple[pd.DataFrame, 
     whole table: each family's statistics read only that family's rows (samples and methods are
     ordered by name, bootstrap generators seeded by the family's name)."""
     comparisons, ranks, quality = [], [], []
-    for key in family_keys(scores_path):
-        df = read_family(scores_path, key)
+    index = FamilyIndex(scores_path)
+    for key in index.keys():
+        df = index.read(key)
         has_retest = "value_retest" in df.columns
         retests = {f.key: f for f in families(df, value="value_retest")} if has_retest else {}
         for family in families(df):
