@@ -146,15 +146,38 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
-def price(config_path: Path, costs_path: Path, forward_ms: dict[str, float], default_ms: float = 1.0, workdir: Path | None = None) -> dict:
-    """Everything `main` prints, as data: jobs per rule, the compute table, storage."""
+def shard_sizes(compute_table, target_minutes: float) -> dict[str, int]:
+    """Shard sizes from the cost model for attribution jobs of about ``target_minutes``:
+    `costliest` keeps every method's jobs within the target, `median` the median method's (the
+    costliest methods' jobs then run longer). Larger shards mean fewer jobs: less start-up,
+    scheduling and planning per image."""
+    seconds_per_image = (compute_table["gpu_hours"] * 3600 / compute_table["images"]).dropna()
+    seconds_per_image = seconds_per_image[seconds_per_image > 0]
+    if seconds_per_image.empty:
+        return {}
+    target = 60 * target_minutes
+    return {
+        "costliest": max(1, int(target // seconds_per_image.max())),
+        "median": max(1, int(target // seconds_per_image.median())),
+    }
+
+
+def price(config_path: Path, costs_path: Path, forward_ms: dict[str, float], default_ms: float = 1.0, workdir: Path | None = None, target_minutes: float | None = None) -> dict:
+    """Everything `main` prints, as data: jobs per rule, the compute table, storage and, with
+    ``target_minutes``, shard sizes from the cost model with the job count each would plan."""
     import pandas as pd
 
     config = yaml.safe_load(Path(config_path).read_text())
     checked = validate_config(config, workdir=workdir or Path.cwd())
     plan = Plan(checked, workdir=str(workdir or Path.cwd()))
     costs = pd.read_parquet(costs_path)
-    return {"jobs": job_counts(plan), "compute": compute(plan, costs, forward_ms, default_ms), "storage": storage(plan)}
+    table = compute(plan, costs, forward_ms, default_ms)
+    result = {"jobs": job_counts(plan), "compute": table, "storage": storage(plan), "shard_sizes": {}, "shard_size": checked["shard_size"]}
+    if target_minutes:
+        for name, size in shard_sizes(table, target_minutes).items():
+            resized = Plan({**checked, "shard_size": size}, workdir=str(workdir or Path.cwd()))
+            result["shard_sizes"][name] = (size, sum(job_counts(resized).values()))
+    return result
 
 
 def _forward_ms(values: list[str]) -> dict[str, float]:
@@ -176,11 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--forward-ms", nargs="*", default=[], metavar="MODEL=MS",
                         help="forward time per image of a model on the target GPU, at batch (an assumption you give)")
     parser.add_argument("--default-forward-ms", type=float, default=1.0, help="for models not named in --forward-ms")
+    parser.add_argument("--target-job-minutes", type=float, default=None,
+                        help="also suggest shard sizes whose attribution jobs take about this long")
     args = parser.parse_args(argv)
     if not args.costs.exists():
         raise SystemExit(f"{args.costs} not found: run a small study first (make run) or pass --costs")
     try:
-        result = price(args.configfile, args.costs, _forward_ms(args.forward_ms), args.default_forward_ms)
+        result = price(args.configfile, args.costs, _forward_ms(args.forward_ms), args.default_forward_ms, target_minutes=args.target_job_minutes)
     except (ConfigError, NotImplementedError) as err:
         raise SystemExit(str(err)) from None
     jobs, compute_table, store = result["jobs"], result["compute"], result["storage"]
@@ -205,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {key:<12} {_size(store[key])}")
     print(f"  {'total':<12} {_size(sum(store[k] for k in ['samples', 'eval_shards', 'maps', 'scores']))}")
     print(f"  score rows   {store['score_rows']:,}")
+    if args.target_job_minutes:
+        print(f"\nshard_size for attribution jobs of ~{args.target_job_minutes:g} min (now {result['shard_size']}, {sum(jobs.values()):,} jobs):")
+        for name, (size, total_jobs) in result["shard_sizes"].items():
+            what = "every method within the target" if name == "costliest" else "the median method at the target"
+            print(f"  {size:>7,}  ({what}): {total_jobs:,} jobs")
 
 
 if __name__ == "__main__":

@@ -138,3 +138,24 @@ def test_settings_differ_fallback_is_flagged(tmp_path):
     compute = price(path, costs, {}, workdir=tmp_path)["compute"].set_index("method")
     assert compute.loc["ig", "passes_source"] == "same entry name, OTHER settings"
     assert math.isnan(compute.loc["gradient", "gpu_hours"])
+
+
+def test_shard_size_from_the_cost_model(tmp_path):
+    path = _small(tmp_path)
+    costs = _costs(
+        tmp_path / "costs.parquet",
+        [
+            dict(method="gradient", method_fn="gradient", n=64, forward_per_image=1.0, backward_per_image=1.0, params=_params(path, tmp_path, "gradient"), image_size=32),
+            dict(method="ig", method_fn="integrated_gradients", n=64, forward_per_image=9.0, backward_per_image=8.0, params=_params(path, tmp_path, "ig"), image_size=32),
+        ],
+    )
+    # at 1000 ms per forward: gradient 3 s per image, IG 25 s; a 1-minute target → 2 (IG) and
+    # 60 / median(3, 25) = 60 / 14 → 4 images per job
+    result = price(path, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=1.0)
+    (costliest, jobs_costliest), (median, jobs_median) = result["shard_sizes"]["costliest"], result["shard_sizes"]["median"]
+    assert (costliest, median) == (2, 4)
+    # shard 2: 6 eval shards, gradient 6 + IG (10 images) 5 attribute and score jobs; + dataset,
+    # model, aggregate, evidence, report
+    assert jobs_costliest == 6 + 2 * (6 + 5) + 5
+    # shard 4: 3 eval shards, gradient 3 + IG 3 (10 images: 4, 4, 2)
+    assert jobs_median == 3 + 2 * (3 + 3) + 5
