@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  {'total':<20} {sum(jobs.values()):>9,}\n")
     by_method = compute_table.groupby("method", sort=False).agg(
         images=("images", "sum"), forward_per_image=("forward_per_image", "first"),
-        backward_per_image=("backward_per_image", "first"), gpu_hours=("gpu_hours", "sum"), source=("passes_source", "first"))
+        backward_per_image=("backward_per_image", "first"), gpu_hours=("gpu_hours", lambda h: h.sum(min_count=1)),
+        source=("passes_source", "first"))
     print("attribution compute (passes per image from costs.parquet × images; a backward = 2 forwards):")
     print(by_method.sort_values("gpu_hours", ascending=False).to_string(float_format=lambda v: f"{v:,.2f}"))
     unknown = compute_table.loc[compute_table["gpu_hours"].isna(), "method"].unique()
