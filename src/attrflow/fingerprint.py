@@ -47,6 +47,7 @@ NON_COMPUTE_MODULES = frozenset(
         "attrflow.content",
         "attrflow.fingerprint",
         "attrflow.plan",
+        "attrflow.price",
         "attrflow.registry",
     }
 )
