@@ -54,7 +54,17 @@ def resnet18() -> tuple[WrappedModel, int, str]:
     return model.eval().requires_grad_(False), 224, "random weights"
 
 
-MODELS = {"embedded_cnn": embedded_cnn, "resnet18": resnet18}
+def resnet50() -> tuple[WrappedModel, int, str]:
+    """timm resnet50 at 224², random weights (the GPU benchmarks' model)."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet50", pretrained=False, num_classes=1000)
+    model = WrappedModel(net, num_classes=1000, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return model.eval().requires_grad_(False), 224, "random weights"
+
+
+MODELS = {"embedded_cnn": embedded_cnn, "resnet18": resnet18, "resnet50": resnet50}
 
 
 def images_for(origin: str, n: int, side: int, split: str = "eval", seed: int = 0) -> torch.Tensor:

@@ -53,6 +53,7 @@ NON_COMPUTE_MODULES = frozenset(
         "attrflow.fingerprint",
         "attrflow.params",
         "attrflow.plan",
+        "attrflow.price",
         "attrflow.registry",
     }
 )
@@ -249,7 +250,24 @@ def _references(node: ast.AST, index: ModuleIndex) -> tuple[set[Symbol], set[tup
 def _symbol_dump(module: str, name: str, index_id: int) -> str:
     """The normalised dump of one definition, computed once per parse of its module."""
     del index_id  # part of the cache key only: a re-parsed (edited) module is dumped again
-    return normalised_dump(module_index(module).symbols[name])
+    # The index owns its parse, so docstrings are stripped in place (once: a second pass would
+    # take a following string statement for a docstring) instead of on a deep copy, the larger
+    # part of planning's fixed cost.
+    node = module_index(module).symbols[name]
+    if not getattr(node, "_attrflow_docstrings_stripped", False):
+        _strip_docstrings(node)
+        node._attrflow_docstrings_stripped = True
+    return ast.dump(node, annotate_fields=False, include_attributes=False)
+
+
+@lru_cache(maxsize=None)
+def _symbol_references(module: str, name: str, index_id: int) -> tuple[frozenset[Symbol], frozenset[tuple[str, str]]]:
+    """`_references` of one definition, computed once per parse of its module: planning asks
+    for the closures of dozens of methods and metrics that share most of their symbols."""
+    del index_id  # part of the cache key only: a re-parsed (edited) module is walked again
+    index = module_index(module)
+    used, dispatched = _references(index.symbols[name], index)
+    return frozenset(used), frozenset(dispatched)
 
 
 def registered_symbol(family: str, fn: str) -> Symbol:
@@ -295,13 +313,12 @@ def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
             elif name == "*":  # a whole module used as a value
                 todo.extend((module, n) for n in index.symbols)
             continue
-        node = index.symbols[name]
         seen[(module, name)] = _symbol_dump(module, name, id(index))
         if module not in residues:
             residues.add(module)
             for i, dump in enumerate(index.residue):
                 seen[(module, f"<module statement {i}>")] = dump
-        used, dispatched = _references(node, index)
+        used, dispatched = _symbol_references(module, name, id(index))
         todo.extend(used)
         for family, fn in dispatched:
             if fn in catalog(family):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +12,19 @@ import pyarrow as pa
 
 from attrflow.report.schema import COSTS, write_table
 from attrflow.store import read_attrs
+
+
+def params_json(params: dict) -> str:
+    """A method's parameters as canonical JSON (sorted keys): equal settings, equal strings."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def image_size(dataset_spec: dict) -> int | None:
+    """The side of the square images a dataset entry yields (a corrupted entry: its base's)."""
+    while dataset_spec.get("kind") == "corrupted" and isinstance(dataset_spec.get("of"), dict):
+        dataset_spec = dataset_spec["of"]
+    side = dataset_spec.get("crop") or dataset_spec.get("size") or dataset_spec.get("resize")
+    return int(side) if side else None
 
 
 def collect_costs(store_paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -38,6 +52,8 @@ def collect_costs(store_paths: Iterable[str | Path]) -> pd.DataFrame:
                 "backward_per_image": sum(a.get("backward_samples", 0) for a in shards) / n if n else float("nan"),
                 "peak_memory_mb": max(a.get("peak_memory_bytes", -1) for a in shards) / 2**20,
                 "device": shards[0].get("device", ""),
+                "params": params_json(shards[0].get("params", {})),
+                "image_size": image_size(shards[0].get("dataset_spec", {})),
             }
         )
     return pd.DataFrame(rows, columns=COSTS.names)

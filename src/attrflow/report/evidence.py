@@ -580,18 +580,30 @@ def metric_quality(scores: pd.DataFrame | pa.Table, comparisons: pd.DataFrame, r
     if agreement is None:
         agreement = metric_agreement(ranks)
     rank_groups = dict(tuple(ranks.groupby(FAMILY, sort=False)))
-    rows = []
-    for family in families(df):
-        fr = rank_groups[family.key].reset_index(drop=True)
-        row = dict(zip(FAMILY, family.key), direction=family.direction, k_methods=int(fr["k_methods"].iloc[0]), n_common=int(fr["n_common"].iloc[0]))
-        row.update(_separation(family, fr))
-        row.update(_retest(family, retests.get(family.key)))
-        dataset, model, metric = family.key
-        taus = agreement[(agreement["dataset"] == dataset) & (agreement["model"] == model) & ((agreement["metric_a"] == metric) | (agreement["metric_b"] == metric))]["kendall_tau"]
-        row["mean_kendall_tau"] = float(taus.mean()) if taus.notna().any() else math.nan
-        row.update(_sample_size(family, fr))
-        rows.append(row)
-    return pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    rows = [_quality_row(family, retests.get(family.key), rank_groups[family.key], has_retest) for family in families(df)]
+    quality = pd.DataFrame(rows, columns=QUALITY_COLUMNS)
+    return _with_kendall(quality, agreement)
+
+
+def _quality_row(family: Family, retest: Family | None, family_ranks: pd.DataFrame, has_retest: bool = True) -> dict:
+    """A family's metric-quality row, all but ``mean_kendall_tau`` (which needs every metric)."""
+    fr = family_ranks.reset_index(drop=True)
+    row = dict(zip(FAMILY, family.key), direction=family.direction, k_methods=int(fr["k_methods"].iloc[0]), n_common=int(fr["n_common"].iloc[0]))
+    row.update(_separation(family, fr))
+    row.update(_retest(family, retest if has_retest else None))
+    row["mean_kendall_tau"] = math.nan
+    row.update(_sample_size(family, fr))
+    return row
+
+
+def _with_kendall(quality: pd.DataFrame, agreement: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``mean_kendall_tau``: the mean τ of a metric with every other on its (dataset, model)."""
+    taus = []
+    for row in quality.itertuples(index=False):
+        sel = agreement[(agreement["dataset"] == row.dataset) & (agreement["model"] == row.model) & ((agreement["metric_a"] == row.metric) | (agreement["metric_b"] == row.metric))]["kendall_tau"]
+        taus.append(float(sel.mean()) if sel.notna().any() else math.nan)
+    quality["mean_kendall_tau"] = taus
+    return quality
 
 
 def _separation(family: Family, fr: pd.DataFrame) -> dict:
@@ -629,14 +641,87 @@ def read_scores(path) -> pa.Table:
     return pq.read_table(path, columns=[c for c in [*COLUMNS, "value_retest"] if c in names])
 
 
+class FamilyIndex:
+    """Which row groups of a scores file hold which (dataset, model, metric), from the row-group
+    statistics: `aggregate` writes one row group per (dataset, model, method, metric), so one
+    family's rows are read without touching the others. A row group holding several families
+    (a file written otherwise) is read with every family it may hold and filtered."""
+
+    KEY = ("dataset", "model", "metric")
+
+    def __init__(self, path):
+        import pyarrow.parquet as pq
+
+        self.file = pq.ParquetFile(path)
+        names = self.file.schema_arrow.names
+        self.columns = [c for c in [*COLUMNS, "value_retest"] if c in names]
+        meta = self.file.metadata
+        position = {name: meta.schema.to_arrow_schema().get_field_index(name) for name in self.KEY}
+        self.groups: dict[tuple[str, str, str], list[int]] = {}
+        self.mixed: list[int] = []
+        for i in range(meta.num_row_groups):
+            key = []
+            for name in self.KEY:
+                stats = meta.row_group(i).column(position[name]).statistics
+                if stats is None or not stats.has_min_max or stats.min != stats.max:
+                    break
+                key.append(str(stats.min))
+            if len(key) == len(self.KEY) and meta.row_group(i).num_rows:
+                self.groups.setdefault(tuple(key), []).append(i)
+            elif meta.row_group(i).num_rows:
+                self.mixed.append(i)
+        for i in self.mixed:
+            keys = self.file.read_row_group(i, columns=list(self.KEY)).group_by(list(self.KEY)).aggregate([])
+            for key in zip(*(keys[name].to_pylist() for name in self.KEY)):
+                self.groups.setdefault(tuple(map(str, key)), [])
+
+    def keys(self) -> list[tuple[str, str, str]]:
+        return sorted(self.groups)
+
+    def read(self, key: tuple[str, str, str]) -> pd.DataFrame:
+        import pyarrow.compute as pc
+
+        mixed = [i for i in self.mixed]
+        table = self.file.read_row_groups(sorted(self.groups[key] + mixed), columns=self.columns)
+        if mixed:
+            keep = None
+            for name, value in zip(self.KEY, key):
+                cond = pc.equal(table[name], value)
+                keep = cond if keep is None else pc.and_(keep, cond)
+            table = table.filter(keep)
+        return table.to_pandas()
+
+
+def stream_evidence(scores_path, draws: int = BOOTSTRAP) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(comparisons, ranks, metric_quality, metric_agreement) of a scores file, one family in
+    memory at a time. The same tables as `evidence` + `metric_agreement` + `metric_quality` on the
+    whole table: each family's statistics read only that family's rows (samples and methods are
+    ordered by name, bootstrap generators seeded by the family's name)."""
+    comparisons, ranks, quality = [], [], []
+    index = FamilyIndex(scores_path)
+    for key in index.keys():
+        df = index.read(key)
+        has_retest = "value_retest" in df.columns
+        retests = {f.key: f for f in families(df, value="value_retest")} if has_retest else {}
+        for family in families(df):
+            pairs = compare_family(family, draws)
+            fr = rank_family(family, pairs, draws)
+            comparisons.append(pairs)
+            ranks.append(fr)
+            quality.append(_quality_row(family, retests.get(family.key), fr, has_retest))
+    comp = pd.concat(comparisons, ignore_index=True) if comparisons else pd.DataFrame(columns=COMPARISON_COLUMNS)
+    rank = pd.concat(ranks, ignore_index=True) if ranks else pd.DataFrame(columns=RANK_COLUMNS)
+    agreement = metric_agreement(rank)
+    qual = _with_kendall(pd.DataFrame(quality, columns=QUALITY_COLUMNS), agreement)
+    return comp, rank, qual, agreement
+
+
 def write_evidence(scores_path, comparisons_out, ranks_out, quality_out, agreement_out, draws: int = BOOTSTRAP) -> None:
-    """comparisons, ranks, metric_quality and metric_agreement Parquet files from a scores file."""
+    """comparisons, ranks, metric_quality and metric_agreement Parquet files from a scores file,
+    streamed one (dataset, model, metric) at a time (`stream_evidence`)."""
     from attrflow.report.schema import COMPARISONS, METRIC_AGREEMENT, METRIC_QUALITY, RANKS, write_table
 
-    scores = read_scores(scores_path).to_pandas()
-    comparisons, ranks = evidence(scores, draws)
-    agreement = metric_agreement(ranks)
-    quality = metric_quality(scores, comparisons, ranks, agreement)
+    comparisons, ranks, quality, agreement = stream_evidence(scores_path, draws)
     for frame, schema, out in [
         (comparisons, COMPARISONS, comparisons_out),
         (ranks, RANKS, ranks_out),

@@ -397,29 +397,55 @@ def mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
     return fig
 
 
-def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int) -> None:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def _curve_families(scores_path: Path) -> list[tuple[str, str, str]]:
+    """(dataset, model, metric) with curves of more than two points, by a streaming DuckDB query."""
+    import duckdb
 
-    plt = _plt()
-    table = pq.read_table(scores_path, columns=["dataset", "model", "method", "metric", "sample_id", "status", "curve"])
+    query = (
+        "SELECT DISTINCT dataset, model, metric FROM read_parquet(?) "
+        "WHERE status = 'ok' AND curve IS NOT NULL AND len(curve) > 2 ORDER BY ALL"
+    )
+    with duckdb.connect() as con:
+        return [tuple(map(str, r)) for r in con.execute(query, [str(scores_path)]).fetchall()]
+
+
+def _plotted_methods(ranks: pd.DataFrame, max_methods: int) -> list[str]:
+    ordered = ranks.sort_values("avg_rank", kind="stable")
+    return list(ordered.loc[~ordered["is_random"], "method"][:max_methods]) + list(ordered.loc[ordered["is_random"], "method"])
+
+
+def _read_curves(scores_path: Path, key: tuple[str, str, str], methods: list[str]) -> pd.DataFrame:
+    """The ok curves (> 2 points) of the plotted methods of one (dataset, model, metric) only."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset, model, metric = key
+    where = (ds.field("dataset") == dataset) & (ds.field("model") == model) & (ds.field("metric") == metric) & ds.field("method").isin(methods)
+    table = ds.dataset(str(scores_path), format="parquet").to_table(columns=["method", "sample_id", "status", "curve"], filter=where)
     table = table.filter(pc.and_(pc.is_valid(table["curve"]), pc.equal(table["status"], "ok")))
-    lengths = pc.list_value_length(table["curve"])
-    table = table.filter(pc.greater(lengths, 2))
-    if not table.num_rows:
+    return table.filter(pc.greater(pc.list_value_length(table["curve"]), 2)).to_pandas()
+
+
+def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int) -> None:
+    keys = _curve_families(scores_path)
+    if not keys:
         return
-    df = table.to_pandas()
+    plt = _plt()
     page.h(2, "Curves")
     page.p(
         f"Mean curve over the samples every method shares, with its 95 % confidence band (Student t), for the "
         f"{max_methods} best methods by average rank and the random control (dashed)."
     )
-    for (dataset, model), part in df.groupby(["dataset", "model"], sort=True):
-        metrics = sorted(part["metric"].unique())
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for dataset, model, metric in keys:
+        by_pair.setdefault((dataset, model), []).append(metric)
+    for (dataset, model), metrics in by_pair.items():
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 2.8), squeeze=False)
         _inches(fig, 0.45, 0.15, 0.5, 0.3, wspace=0.25)
         for ax, metric in zip(axes[0], metrics):
-            _curve_axis(ax, part[part["metric"] == metric], ranks[(ranks["dataset"] == dataset) & (ranks["model"] == model) & (ranks["metric"] == metric)], max_methods)
+            family_ranks = ranks[(ranks["dataset"] == dataset) & (ranks["model"] == model) & (ranks["metric"] == metric)]
+            part = _read_curves(scores_path, (dataset, model, metric), _plotted_methods(family_ranks, max_methods))
+            _curve_axis(ax, part, family_ranks, max_methods)
             ax.set_title(metric, fontsize=8)
         for ax in axes[0]:
             if ax.get_legend_handles_labels()[0]:
@@ -430,8 +456,7 @@ def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int
 def _curve_axis(ax, part: pd.DataFrame, ranks: pd.DataFrame, max_methods: int) -> None:
     from scipy.stats import t
 
-    ordered = ranks.sort_values("avg_rank", kind="stable")
-    methods = list(ordered.loc[~ordered["is_random"], "method"][:max_methods]) + list(ordered.loc[ordered["is_random"], "method"])
+    methods = _plotted_methods(ranks, max_methods)
     shared = set.intersection(*(set(part.loc[part["method"] == m, "sample_id"]) for m in methods)) if methods else set()
     for method in methods:
         rows = part[(part["method"] == method) & part["sample_id"].isin(shared)]
@@ -596,19 +621,18 @@ def write_report(
     quality = pd.read_parquet(reports / "metric_quality.parquet")
     agreement = pd.read_parquet(reports / "metric_agreement.parquet")
     costs = pd.read_parquet(reports / "costs.parquet") if (reports / "costs.parquet").exists() else None
-    import pyarrow.parquet as pq
+    from attrflow.report.model_quality import distinct_rows
 
-    fns = pq.read_table(reports / "scores.parquet", columns=["metric", "metric_fn"]).to_pandas().drop_duplicates()
+    fns = distinct_rows(reports / "scores.parquet", ["metric", "metric_fn"])
     page.p(
         "Every comparison is paired and made on the samples the compared methods share; significance is "
         "judged with the Wilcoxon signed-rank test, Holm-corrected within each (dataset, model, metric), and "
         "the Friedman test with Nemenyi critical differences (Demšar 2006). The tables behind this page are "
         "comparisons.parquet, ranks.parquet, metric_quality.parquet and metric_agreement.parquet."
     )
-    from attrflow.report.model_quality import card_classes, model_accuracy
+    from attrflow.report.model_quality import card_classes, model_accuracy, sample_labels
 
-    labels = pq.read_table(reports / "scores.parquet", columns=["dataset", "model", "sample_id", "label", "correct"])
-    accuracy = model_accuracy(labels.to_pandas(), card_classes(reports.resolve().parent / "models"))
+    accuracy = model_accuracy(sample_labels(reports / "scores.parquet"), card_classes(reports.resolve().parent / "models"))
     _what_ran(page, summary, ranks, costs, accuracy)
     _cd_diagrams(page, ranks)
     _rank_heatmaps(page, ranks)

@@ -35,6 +35,28 @@ def model_accuracy(scores: pd.DataFrame, num_classes: dict[str, int]) -> pd.Data
     return pd.DataFrame(rows, columns=columns)
 
 
+def sample_labels(scores_path: str | Path) -> pd.DataFrame:
+    """One row per (dataset, model, sample_id) with its label and whether the model predicts it,
+    from a scores file by a streaming DuckDB query (the long table is never loaded)."""
+    import duckdb
+
+    query = (
+        "SELECT DISTINCT ON (dataset, model, sample_id) dataset, model, sample_id, label, correct "
+        "FROM read_parquet(?) WHERE label IS NOT NULL AND correct IS NOT NULL ORDER BY dataset, model, sample_id"
+    )
+    with duckdb.connect() as con:
+        return con.execute(query, [str(scores_path)]).df()
+
+
+def distinct_rows(scores_path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """The distinct values of a few columns of a scores file (streamed by DuckDB)."""
+    import duckdb
+
+    names = ", ".join(f'"{c}"' for c in columns)
+    with duckdb.connect() as con:
+        return con.execute(f"SELECT DISTINCT {names} FROM read_parquet(?) ORDER BY ALL", [str(scores_path)]).df()
+
+
 def card_classes(models_dir: str | Path) -> dict[str, int]:
     """Class counts from the model cards under ``results/models``."""
     found = {}

@@ -83,6 +83,10 @@ COSTS = pa.schema(
         ("backward_per_image", pa.float64()),  # backward samples (gradient evaluations) per image
         ("peak_memory_mb", pa.float64()),  # the largest of the shards' peaks
         ("device", pa.string()),
+        # The method's parameters (canonical JSON) and the image side it ran at: what its passes
+        # per image depend on, so `attrflow.price` can tell a cost measured at a study's settings.
+        ("params", pa.string()),
+        ("image_size", pa.int64()),
     ]
 )
 

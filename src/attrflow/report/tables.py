@@ -165,7 +165,7 @@ def write_markdown(
 ) -> None:
     import os
 
-    from attrflow.report.model_quality import card_classes, model_accuracy
+    from attrflow.report.model_quality import card_classes, model_accuracy, sample_labels
 
     summary = pd.read_parquet(summary_path)
     costs = pd.read_parquet(costs_path) if costs_path else None
@@ -176,7 +176,6 @@ def write_markdown(
     synthesis = read_synthesis(Path(summary_path).resolve().parents[1] / "axioms")
     accuracy = None
     if scores_path is not None:
-        scores = pd.read_parquet(scores_path, columns=["dataset", "model", "sample_id", "label", "correct"])
-        accuracy = model_accuracy(scores, card_classes(Path(summary_path).resolve().parents[1] / "models"))
+        accuracy = model_accuracy(sample_labels(scores_path), card_classes(Path(summary_path).resolve().parents[1] / "models"))
     tmp.write_text(render_markdown(summary, costs, ranks, synthesis, accuracy))
     os.replace(tmp, out_path)
