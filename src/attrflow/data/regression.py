@@ -132,7 +132,7 @@ def generate_severity_scenes(split: str, n: int, *, seed: int, size: int = 64, s
         boxes.extend((row, *box) for box in lesion_boxes)
     ids = [f"{split}-{i:06d}" for i in range(start, n)]
     box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-    return SampleSet(images, labels, ids, masks, box_array, severity)
+    return SampleSet(images, labels, ids, masks, box_array, severity=severity)
 
 
 def describe() -> dict:
