@@ -59,7 +59,18 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
 class ConfigError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.key_path = path
+        self.detail = message
         super().__init__(f"config error at '{path}': {message}" if path else f"config error: {message}")
+
+
+class ParameterError(ConfigError):
+    """A method's or metric's parameters given in Python (`attrflow.explain`, `attrflow.score`)
+    fail the check a config entry gets (`check_function_params`); same key path, same message."""
+
+    def __init__(self, path: str, message: str) -> None:
+        ValueError.__init__(self, f"invalid parameter at '{path}': {message}")
+        self.key_path = path
+        self.detail = message
 
 
 def _key_path(parts: Any) -> str:
@@ -102,14 +113,32 @@ def _params_schema(params: dict[str, dict], generic: set[str]) -> dict:
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
-def _check_entries(config: dict, family: str, generic: set[str]) -> None:
+def check_function_params(
+    family: str, entry: dict, where: list[str], generic: set[str] = frozenset(), error: type[ConfigError] = ConfigError
+) -> dict:
+    """Check an entry (``{"fn": name, **params}``) against its registered function's parameter
+    schema, filling in defaults (in place); raise `error` naming the key path otherwise.
+
+    The one check of a method's or metric's parameters: config entries and the Python API
+    (`attrflow.api`) both come here, so both say the same thing about the same mistake.
+    """
     registered = catalog(family)
+    fn = entry["fn"]
+    if fn not in registered:
+        known = ", ".join(sorted(registered)) or "(none)"
+        raise error(_key_path([*where, "fn"]), f"unknown function {fn!r}; registered: {known}")
+    try:
+        _check(entry, _params_schema(registered[fn].params, {"fn", *generic}), where)
+    except ConfigError as err:
+        if error is ConfigError:
+            raise
+        raise error(err.key_path, err.detail) from None
+    return entry
+
+
+def _check_entries(config: dict, family: str, generic: set[str]) -> None:
     for entry_name, entry in config[family].items():
-        fn = entry["fn"]
-        if fn not in registered:
-            known = ", ".join(sorted(registered)) or "(none)"
-            raise ConfigError(f"{family}.{entry_name}.fn", f"unknown function {fn!r}; registered: {known}")
-        _check(entry, _params_schema(registered[fn].params, generic), [family, entry_name])
+        check_function_params(family, entry, [family, entry_name], generic)
 
 
 def _check_selection(config: dict) -> None:
