@@ -170,11 +170,11 @@ def check_images(x: Any, *, name: str = "x", device: torch.device | None = None)
             f"{name} is {x.dtype}, not floating point: integer pixels (0–255, as decoded images come)? "
             f"attrflow takes pixel-space images in [0, 1]: pass {name}.float() / 255"
         )
-    finite = torch.isfinite(x).flatten(1).all(dim=1)
-    if not bool(finite.all()):
-        sample = int((~finite).nonzero()[0, 0])
+    low_t, high_t = torch.aminmax(x.detach())  # one pass; NaN and inf show in the extremes
+    low, high = float(low_t), float(high_t)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        sample = int((~torch.isfinite(x).flatten(1).all(dim=1)).nonzero()[0, 0])
         raise ValueError(f"{name}: sample {sample} holds a non-finite value (NaN or inf)")
-    low, high = float(x.min()), float(x.max())
     if low < -PIXEL_TOLERANCE:
         raise ValueError(
             f"{name} holds values down to {low:.3g}, below 0: it looks already normalised (mean subtracted, "
@@ -426,17 +426,10 @@ def score(
     context = ScoringContext(
         model=wrapped, images=x, maps=maps_tensor, targets=targets, labels=label_tensor, masks=mask_tensor,
         diagnostics=dict(diagnostics), ids=shards.ids, method=bound.fn if bound else "", shards=shards,
-        explainer=bound if bound is not None else _no_explainer(wrapped), max_batch=max_batch, seed=int(seed),
+        explainer=bound, max_batch=max_batch, seed=int(seed),
     )  # fmt: skip
     metric_params = {k: v for k, v in entry.items() if k not in GENERIC_METRIC_KEYS}
     return score_batches(context, n, info, metric_params, int(seed))
-
-
-def _no_explainer(model: WrappedModel) -> Any:
-    def refuse(*_: Any, **__: Any) -> torch.Tensor:
-        raise ValueError("this metric re-runs the method: pass method= to attrflow.score")
-
-    return refuse
 
 
 # ------------------------------------------------------------------------------------- compare

@@ -20,6 +20,7 @@ Only stdlib, yaml and jsonschema are imported: the Snakefile calls this on every
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,13 @@ def _key_path(parts: Any) -> str:
 
 def _validator(schema: dict) -> Any:
     """A Draft 2020-12 validator that also fills `default:` values into the instance."""
+    return _filling_validator()(schema)
+
+
+@lru_cache(maxsize=None)
+def _filling_validator() -> Any:
+    """The validator class, built once: building it costs more than checking an entry, and the
+    Python API checks a method's parameters on every call."""
     import jsonschema
 
     base = jsonschema.Draft202012Validator
@@ -90,8 +98,7 @@ def _validator(schema: dict) -> Any:
                     instance[key] = copy.deepcopy(sub["default"])
         yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
 
-    filling = jsonschema.validators.extend(base, {"properties": set_defaults})
-    return filling(schema)
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
 
 
 def _check(instance: dict, schema: dict, where: list[str]) -> None:

@@ -188,21 +188,23 @@ def test_score_of_a_map_metric_equals_the_workflow(workflow, plain):
 
 def test_explainer_metric_through_score_takes_a_method_name_or_an_explanation(plain, workflow):
     x = workflow["images"][:2]
-    e = attrflow.explain(plain, x, "predicted", "integrated_gradients", steps=4, seed=5)
-    from_explanation = attrflow.score(plain, x, e, "randomization_sanity", seed=1)
+    e = attrflow.explain(plain, x, "predicted", "smoothgrad", n=2, seed=5)
+    from_explanation = attrflow.score(plain, x, e, "randomization_sanity", seed=5)
     by_name = attrflow.score(
-        plain, x, e.maps, "randomization_sanity", target=e.targets, method="integrated_gradients",
-        method_params={"steps": 4}, seed=5,
+        plain, x, e.maps, "randomization_sanity", target=e.targets, method="smoothgrad", method_params={"n": 2}, seed=5,
     )  # fmt: skip
     assert from_explanation.status == ["ok"] * 2
     np.testing.assert_allclose(from_explanation.values, by_name.values, rtol=1e-6)
     with pytest.raises(ValueError, match="explainer metric: it re-runs the method"):
         attrflow.score(plain, x, e.maps, "randomization_sanity", target=e.targets)
-    with pytest.raises(ParameterError, match=r"integrated_gradients\.steps"):
-        attrflow.score(plain, x, e.maps, "randomization_sanity", target=e.targets, method="integrated_gradients",
-                       method_params={"steps": -1})  # fmt: skip
-    diagnostic = attrflow.score(plain, x, e, "completeness")  # reads the Explanation's diagnostics
-    assert np.isfinite(diagnostic.values).all()
+    with pytest.raises(ParameterError, match=r"smoothgrad\.n"):
+        attrflow.score(plain, x, e.maps, "randomization_sanity", target=e.targets, method="smoothgrad",
+                       method_params={"n": 0})  # fmt: skip
+    ig = attrflow.explain(plain, x, "predicted", "integrated_gradients", steps=4)
+    diagnostic = attrflow.score(plain, x, ig, "completeness")  # reads the Explanation's diagnostics
+    assert diagnostic.status == ["ok"] * 2 and np.isfinite(diagnostic.values).all()
+    bare = attrflow.score(plain, x, ig.maps, "completeness", target=ig.targets)  # maps of no known method
+    assert bare.status == ["skipped"] * 2 and "does not claim completeness" in bare.reasons[0]
 
 
 # ----------------------------------------------------------------------------- parameters and inputs
@@ -238,7 +240,9 @@ def test_a_wrong_parameter_gets_the_config_message(plain, family, entry):
         else:
             attrflow.score(plain, x, torch.rand(2, 32, 32), entry["fn"], target=0, **params)
     assert caught.value.detail == expected.detail
-    assert expected.key_path == f"{family}.probe." + caught.value.key_path.split(".", 1)[1]
+    # the same place: the config's 'methods.probe[.key]' is the API's '<fn>[.key]'
+    assert expected.key_path.split(".")[2:] == caught.value.key_path.split(".")[1:]
+    assert caught.value.key_path.split(".")[0] == entry["fn"]
 
 
 @pytest.mark.parametrize(

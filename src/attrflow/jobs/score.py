@@ -248,7 +248,7 @@ class ScoringContext:
     ids: list[str]
     method: str
     shards: ShardMaps
-    explainer: Explainer  # the method that made the maps, for explainer metrics
+    explainer: Explainer | None  # the method that made the maps, for explainer metrics
     max_batch: int
     seed: int
 
@@ -266,7 +266,7 @@ class ScoringContext:
             method_fn=self.shards.method_fn,
             method_claims_completeness=self.shards.claims_completeness,
             explain=self.explainer,
-            method_params=dict(self.explainer.params),
+            method_params=dict(self.explainer.params) if self.explainer is not None else {},
             seed=self.seed,
         )
 
