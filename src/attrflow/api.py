@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,9 @@ if TYPE_CHECKING:
 
     from attrflow.metrics import MetricOutput
 
-# Plain modules wrapped implicitly by `explain`/`score`/`compare`, so repeated calls reuse one
-# wrapper (and its pass counters) instead of re-inspecting the module.
-_WRAPPED: weakref.WeakKeyDictionary[nn.Module, WrappedModel] = weakref.WeakKeyDictionary()
+# Where a plain module given to `explain`/`score`/`compare` keeps the wrapper made for it, so
+# repeated calls reuse one wrapper (and its pass counters) instead of re-inspecting the module.
+_WRAPPER_ATTRIBUTE = "_attrflow_wrapped"
 # Tolerance of the [0, 1] check: images that went through a float conversion may be off by an ulp.
 PIXEL_TOLERANCE = 1e-6
 
@@ -83,7 +82,8 @@ def wrap(
     ``num_classes`` or the output size of its last linear layer; ``cam_layer`` to the layer the
     workflow picks (a ResNet's ``layer4``, else the last convolution). ``x_dnn`` declares a
     bias-free, nonnegatively homogeneous network (X-Gradient); it is checked. The module is put
-    in eval mode, as the workflow's models are.
+    in eval mode, as the workflow's models are, and remembers its wrapper: passing the plain
+    module to `explain`, `score` or `compare` afterwards uses this normalisation.
     """
     if isinstance(model, WrappedModel):
         return model
@@ -111,7 +111,10 @@ def wrap(
         model, num_classes=classes, mean=list(mean), std=list(std), cam_layer=cam_layer, is_x_dnn=x_dnn,
         name=name or type(model).__name__,
     )  # fmt: skip
-    return wrapped.to(device).eval()
+    wrapped = wrapped.to(device).eval()
+    # Said once: the plain module, given later to explain/score/compare, reuses this wrapper.
+    object.__setattr__(model, _WRAPPER_ATTRIBUTE, wrapped)
+    return wrapped
 
 
 def _default_normalisation(model: nn.Module) -> tuple[list[float], list[float]]:
@@ -141,12 +144,18 @@ def _num_outputs(model: nn.Module) -> int:
 
 
 def as_wrapped(model: nn.Module) -> WrappedModel:
-    """``model`` wrapped with `wrap`'s defaults (once per module), or itself if already wrapped."""
+    """``model`` wrapped with `wrap`'s defaults (once per module), or itself if already wrapped.
+
+    The wrapper is kept in the module's ``__dict__`` (not as a submodule: its parameters and
+    state dict are untouched), so repeated calls reuse it and it is freed with the module."""
     if isinstance(model, WrappedModel):
         return model
-    if model not in _WRAPPED:
-        _WRAPPED[model] = wrap(model)
-    return _WRAPPED[model]
+    wrapped = model.__dict__.get(_WRAPPER_ATTRIBUTE)
+    if not isinstance(wrapped, WrappedModel):
+        wrapped = wrap(model)
+        object.__setattr__(model, _WRAPPER_ATTRIBUTE, wrapped)
+    device = next((p.device for p in model.parameters()), wrapped.device)
+    return wrapped if device == wrapped.device else wrapped.to(device)  # the module moved since
 
 
 # ------------------------------------------------------------------------------------- inputs

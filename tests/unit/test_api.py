@@ -278,6 +278,15 @@ def test_wrap_reads_a_timm_models_normalisation_and_refuses_to_guess_torchvision
         attrflow.explain(torchvision.models.resnet18(num_classes=3), torch.rand(1, 3, 32, 32), 0, "gradient")
 
 
+def test_a_module_remembers_its_normalisation_and_its_device():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.Flatten(), torch.nn.LazyLinear(3))
+    net(torch.rand(1, 3, 4, 4))
+    wrapped = attrflow.wrap(net, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    e = attrflow.explain(net, torch.rand(2, 3, 4, 4), 1, "gradient")  # the plain module again
+    assert e.explainer.model is wrapped and wrapped.std.flatten().tolist() == pytest.approx([0.2] * 3)
+    assert "_attrflow_wrapped" not in dict(net.named_modules()) and not any("wrapped" in k for k in net.state_dict())
+
+
 def test_explain_is_deterministic_in_its_seed(plain):
     x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     first = attrflow.explain(plain, x, 1, "smoothgrad", n=2, seed=7).maps
