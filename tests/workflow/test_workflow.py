@@ -108,7 +108,9 @@ def test_a3_the_python_api_gives_the_runs_table(finished_run: Workflow):
     for model_name in config["run"]["models"]:
         loaded = load_model(results / "models" / model_name)
         net = loaded.net  # the plain network, as a notebook would hold it
-        model = attrflow.wrap(net, mean=loaded.mean.flatten().tolist(), std=loaded.std.flatten().tolist(), x_dnn=loaded.is_x_dnn)
+        model = attrflow.wrap(
+            net, mean=loaded.mean.flatten().tolist(), std=loaded.std.flatten().tolist(), x_dnn=loaded.is_x_dnn, name=model_name
+        )  # the name is in the reasons of skipped rows
         torch.set_num_threads(1)
         table = attrflow.compare(
             model, samples.images, config["target"] if "target" in config else "predicted", labels=samples.labels,
