@@ -30,6 +30,7 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(PY) -m attrflow.catalog --check
 	$(SNAKEMAKE) --lint
 
 format: $(STAMP)

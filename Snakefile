@@ -21,6 +21,7 @@ include: "rules/axioms.smk"
 include: "rules/report.smk"
 include: "rules/roar.smk"
 include: "rules/probes.smk"
+include: "rules/dissection.smk"
 
 
 rule all:

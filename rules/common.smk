@@ -56,6 +56,7 @@ def final_outputs():
         *PLAN.attribution_stores(RESULTS),
         *PLAN.roar_outputs(RESULTS),
         *PLAN.axiom_stores(RESULTS),
+        *PLAN.dissection_outputs(RESULTS),
     ]
 
 
@@ -154,8 +155,17 @@ def score_inputs(wildcards):
         if kind
         else {}
     )
+    # Stored maps of other method entries that metrics compare against (exact Shapley values).
+    peers = PLAN.peer_stores(
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.method,
+        int(wildcards.shard),
+        RESULTS,
+    )
     return {
         **extra,
+        **{f"peer_{name}": path for name, path in peers.items()},
         "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
         **model_files(wildcards.model),
         "maps": f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{wildcards.shard}.zarr",
@@ -232,3 +242,8 @@ def score_axioms_params(wildcards):
         },
         "metric_code": PLAN.axioms_code["metrics"],
     }
+
+
+# Network Dissection (rules/dissection.smk)
+def dissection_params(wildcards):
+    return PLAN.dissection_setting(wildcards.dataset, wildcards.model, wildcards.layer)

@@ -51,6 +51,7 @@ rule report:
         axioms=PLAN.axiom_stores(RESULTS),
         roar=PLAN.roar_outputs(RESULTS),
         probes=probe_report_outputs(),
+        dissection=PLAN.dissection_outputs(RESULTS),
     output:
         markdown=f"{RESULTS}/reports/summary.md",
         # its figures go to reports/figures/report-*.png (beside the ROAR figures, not declared)

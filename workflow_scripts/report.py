@@ -25,4 +25,5 @@ with job_log(snakemake.log[0]):
         axiom_stores=snakemake.input.axioms,
         roar_outputs=snakemake.input.roar,
         probe_outputs=snakemake.input.probes,
+        dissection_outputs=snakemake.input.dissection,
     )

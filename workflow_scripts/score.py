@@ -14,6 +14,11 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         model_dir=Path(snakemake.input.card).parent,
         maps_path=snakemake.input.maps,
         references_path=snakemake.input.get("references"),
+        peer_paths={
+            key.removeprefix("peer_"): path
+            for key, path in snakemake.input.items()
+            if key.startswith("peer_")
+        },
         out_path=snakemake.output[0],
         **dict(snakemake.params.setting),
     )

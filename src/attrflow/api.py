@@ -2,7 +2,7 @@
 
 The notebook face of the registry the workflow uses. A prototype here gives the numbers a
 workflow run gives for the same samples, parameters and seed, because both call the same code:
-parameters are checked by the config's own check (`attrflow.config.check_function_params`), maps
+parameters are checked by the config's own check (`attrflow.config.check_entry`), maps
 are made by the same bound `attrflow.explainer.Explainer`, scores by the score job's own
 `attrflow.jobs.score.score_metric`, and the statistics by `attrflow.report.evidence`.
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attrflow.config import GENERIC_METHOD_KEYS, GENERIC_METRIC_KEYS, ParameterError, check_function_params
+from attrflow.config import GENERIC_METRIC_KEYS, ConfigError, ParameterError, check_entry
 from attrflow.explainer import Explainer
 from attrflow.methods.base import DEFAULT_MAX_BATCH
 from attrflow.models.wrapper import WrappedModel
@@ -253,23 +253,25 @@ def _references(references: Any, device: torch.device) -> tuple[Any, torch.Tenso
     return pool, torch.full((pool.shape[0],), 1.0 / pool.shape[0], device=device, dtype=pool.dtype)
 
 
+def _checked(family: str, entry: dict) -> dict:
+    """``entry`` checked as a config entry of ``family`` is (`attrflow.config.check_entry`),
+    defaults filled in; the error is the config's, its key path ``<fn>.<key>``."""
+    try:
+        return check_entry(family, str(entry.get("fn")), entry)
+    except ConfigError as err:
+        raise ParameterError(err.key_path.split(".", 1)[1], err.detail) from None
+
+
 def _method_entry(method: str | Mapping[str, Any], params: Mapping[str, Any], keep_channels: bool | None = None) -> dict:
     """A checked method entry (defaults filled) from a function name and its parameters."""
-    if isinstance(method, Mapping):
-        entry = {**method, **params}
-        where = str(method["fn"])
-    else:
-        entry = {"fn": method, **params}
-        where = str(method)
+    entry = {**method, **params} if isinstance(method, Mapping) else {"fn": method, **params}
     if keep_channels is not None:
         entry["keep_channels"] = bool(keep_channels)
-    return check_function_params("methods", entry, [where], GENERIC_METHOD_KEYS, ParameterError)
+    return _checked("methods", entry)
 
 
 def _metric_entry(metric: str | Mapping[str, Any], params: Mapping[str, Any]) -> dict:
-    entry = {**metric, **params} if isinstance(metric, Mapping) else {"fn": metric, **params}
-    where = str(entry["fn"])
-    return check_function_params("metrics", entry, [where], GENERIC_METRIC_KEYS, ParameterError)
+    return _checked("metrics", {**metric, **params} if isinstance(metric, Mapping) else {"fn": metric, **params})
 
 
 # ------------------------------------------------------------------------------------- explain

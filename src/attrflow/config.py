@@ -5,7 +5,8 @@ Checks, in order, each failing with a `ConfigError` that names the key path:
 1. the JSON schema (`attrflow/schemas/config.schema.yaml`, shipped inside the package): structure, types, ranges, unknown keys;
 2. the selection (`run:`) names entries that exist, and models name datasets that exist;
 3. each method/metric entry's `fn` is registered, and its other keys are that function's
-   parameters with valid values (the schema each function registers, read by `attrflow.catalog`);
+   parameters with valid values (the schema its typed signature declares, `attrflow.params`,
+   read from `attrflow.catalog` without importing torch);
 4. files the selected entries point to exist;
 5. image folders: their classes resolve (``classes: imagenet`` needs WordNet-id names), ``n``
    does not exceed the images there, no file looks like a mistyped image (other files are
@@ -20,7 +21,6 @@ Only stdlib, yaml and jsonschema are imported: the Snakefile calls this on every
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from attrflow.catalog import catalog
+from attrflow.params import object_schema, validator
 
 # Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
 SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
@@ -48,9 +49,11 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         provided = dataset_provides(base, datasets)
         return provided - {"train_split"} if spec.get("train") == "none" else provided
     if kind == "synthetic_shapes":
-        return {"masks", "train_split"}
+        return {"masks", "train_split", "concepts"}
     if kind == "cifar":
         return {"train_split"}
+    if kind == "broden":
+        return {"concepts"}
     provided = {"train_split"} if spec.get("train_root") else set()
     if spec.get("masks_root") is not None or spec.get("boxes") is not None:
         provided.add("masks")
@@ -66,7 +69,7 @@ class ConfigError(ValueError):
 
 class ParameterError(ConfigError):
     """A method's or metric's parameters given in Python (`attrflow.explain`, `attrflow.score`)
-    fail the check a config entry gets (`check_function_params`); same key path, same message."""
+    fail the check a config entry gets (`check_entry`); same message, key path `<fn>.<key>`."""
 
     def __init__(self, path: str, message: str) -> None:
         ValueError.__init__(self, f"invalid parameter at '{path}': {message}")
@@ -79,26 +82,8 @@ def _key_path(parts: Any) -> str:
 
 
 def _validator(schema: dict) -> Any:
-    """A Draft 2020-12 validator that also fills `default:` values into the instance."""
-    return _filling_validator()(schema)
-
-
-@lru_cache(maxsize=None)
-def _filling_validator() -> Any:
-    """The validator class, built once: building it costs more than checking an entry, and the
-    Python API checks a method's parameters on every call."""
-    import jsonschema
-
-    base = jsonschema.Draft202012Validator
-
-    def set_defaults(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for key, sub in properties.items():
-                if isinstance(sub, dict) and "default" in sub and key not in instance:
-                    instance[key] = copy.deepcopy(sub["default"])
-        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
+    """A Draft 2020-12 validator (numbers finite) that also fills `default:` values into the instance."""
+    return validator(schema, fill_defaults=True)
 
 
 def _check(instance: dict, schema: dict, where: list[str]) -> None:
@@ -114,38 +99,26 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def _params_schema(params: dict[str, dict], generic: set[str]) -> dict:
-    props: dict[str, Any] = {key: True for key in generic}
-    props.update(params)
-    return {"type": "object", "properties": props, "additionalProperties": False}
+GENERIC_KEYS = {"methods": GENERIC_METHOD_KEYS, "metrics": GENERIC_METRIC_KEYS}
 
 
-def check_function_params(
-    family: str, entry: dict, where: list[str], generic: set[str] = frozenset(), error: type[ConfigError] = ConfigError
-) -> dict:
-    """Check an entry (``{"fn": name, **params}``) against its registered function's parameter
-    schema, filling in defaults (in place); raise `error` naming the key path otherwise.
-
-    The one check of a method's or metric's parameters: config entries and the Python API
-    (`attrflow.api`) both come here, so both say the same thing about the same mistake.
-    """
+def check_entry(family: str, entry_name: str, entry: dict) -> dict:
+    """Check one method or metric entry (``{"fn": ..., **params}``) against the parameters its
+    function declares (`attrflow.params`); return it with defaults filled in. Errors name
+    ``family.entry_name.key``."""
     registered = catalog(family)
-    fn = entry["fn"]
+    fn = entry.get("fn")
     if fn not in registered:
         known = ", ".join(sorted(registered)) or "(none)"
-        raise error(_key_path([*where, "fn"]), f"unknown function {fn!r}; registered: {known}")
-    try:
-        _check(entry, _params_schema(registered[fn].params, {"fn", *generic}), where)
-    except ConfigError as err:
-        if error is ConfigError:
-            raise
-        raise error(err.key_path, err.detail) from None
-    return entry
+        raise ConfigError(f"{family}.{entry_name}.fn", f"unknown function {fn!r}; registered: {known}")
+    checked = copy.deepcopy(entry)
+    _check(checked, object_schema(registered[fn].params, sorted(GENERIC_KEYS[family])), [family, entry_name])
+    return checked
 
 
-def _check_entries(config: dict, family: str, generic: set[str]) -> None:
-    for entry_name, entry in config[family].items():
-        check_function_params(family, entry, [family, entry_name], generic)
+def _check_entries(config: dict, family: str) -> None:
+    for entry_name in config[family]:
+        config[family][entry_name] = check_entry(family, entry_name, config[family][entry_name])
 
 
 def _check_selection(config: dict) -> None:
@@ -214,6 +187,24 @@ def _check_requirements(config: dict) -> None:
                 )
 
 
+def _check_peer_entries(config: dict) -> None:
+    """A selected metric parameter that names a method entry (``"format": "method-entry"``,
+    e.g. the exact Shapley values `shapley_spearman` compares with) must name one that exists."""
+    registered = catalog("metrics")
+    for metric in config["run"]["metrics"]:
+        entry = config["metrics"][metric]
+        for key, schema in registered[entry["fn"]].params.items():
+            if schema.get("format") != "method-entry":
+                continue
+            named = entry.get(key, schema.get("default"))
+            if named not in config["methods"]:
+                raise ConfigError(
+                    f"metrics.{metric}.{key}",
+                    f"{named!r} is not an entry of 'methods'; it must name the method entry whose "
+                    f"stored maps metric {metric!r} compares with",
+                )
+
+
 def _check_lpi_layout(config: dict) -> None:
     """An `lpi` entry reads its references in blocks of `sub_clusters`: both settings must agree."""
     built = config.get("references", {}).get("lpi", {}).get("sub_clusters", 20)
@@ -272,6 +263,29 @@ def _check_roar(config: dict) -> None:
             raise ConfigError(f"roar.fractions[{i}]", f"{roar['fractions'][i]} equals an earlier fraction to 6 decimals")
 
 
+def _check_dissection(config: dict) -> None:
+    """Network Dissection names model entries and datasets with concept labels. Without
+    `dissection.datasets`, the selected datasets that have concept labels are dissected (none: no job)."""
+    section = config.get("dissection")
+    if not section:
+        return
+    for i, model in enumerate(section.get("models", [])):
+        if model not in config["models"]:
+            known = ", ".join(sorted(config["models"]))
+            raise ConfigError(f"dissection.models[{i}]", f"{model!r} is not an entry of 'models' (have: {known})")
+    for i, dataset in enumerate(section.get("datasets", [])):
+        if dataset not in config["datasets"]:
+            known = ", ".join(sorted(config["datasets"]))
+            raise ConfigError(f"dissection.datasets[{i}]", f"{dataset!r} is not an entry of 'datasets' (have: {known})")
+        spec = config["datasets"][dataset]
+        if "concepts" not in dataset_provides(spec, config["datasets"]):
+            raise ConfigError(
+                f"dissection.datasets[{i}]",
+                f"dataset {dataset!r} (kind {spec['kind']}) has no per-pixel concept labels; Network Dissection "
+                "needs them (the embedded synthetic_shapes has them; see README, Network Dissection)",
+            )
+
+
 def _check_axioms(config: dict) -> None:
     """Axiom entries must be able to run on every selected model (two classes, patches that fit)."""
     from attrflow.axioms.settings import axiom_problems
@@ -283,6 +297,7 @@ def _check_axioms(config: dict) -> None:
 def _check_paths(config: dict, workdir: Path) -> None:
     run = config["run"]
     datasets = set(run["datasets"])
+    datasets.update((config.get("dissection") or {}).get("datasets", []))  # e.g. Broden, dissection only
     for name in run["models"]:
         spec = config["models"][name]
         if spec.get("dataset"):
@@ -522,12 +537,14 @@ def validate_config(config: dict, workdir: Path | None = None, schema_path: Path
     _check(checked, load_schema(schema_path), [])
     _check_selection(checked)
     _check_corrupted_datasets(checked)
-    _check_entries(checked, "methods", GENERIC_METHOD_KEYS)
-    _check_entries(checked, "metrics", GENERIC_METRIC_KEYS)
+    _check_entries(checked, "methods")
+    _check_entries(checked, "metrics")
     _check_requirements(checked)
+    _check_peer_entries(checked)
     _check_lpi_layout(checked)
     _check_axioms(checked)
     _check_roar(checked)
+    _check_dissection(checked)
     _check_paths(checked, Path(workdir) if workdir else Path.cwd())
     _check_image_folders(checked, Path(workdir) if workdir else Path.cwd())
     _check_label_spaces(checked, Path(workdir) if workdir else Path.cwd())

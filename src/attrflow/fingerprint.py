@@ -10,7 +10,8 @@ A job's code fingerprint covers what its result depends on, and nothing else:
   edited function, and a real change to a shared helper (`methods/_batching.py`) changes the
   fingerprint of exactly the functions that reach it.
 * **What the code does, not how it is written.** Each definition is hashed as its AST dump
-  without docstrings, line numbers, comments or formatting.
+  without docstrings, function annotations (a parameter's bounds and description are checked at
+  validation, they compute nothing), line numbers, comments or formatting.
 * **Computation only.** Planning, configuration and registry modules (`NON_COMPUTE_MODULES`)
   decide which jobs exist and with which parameters; those parameters reach the jobs' params
   themselves, so these modules belong to no fingerprint.
@@ -18,6 +19,9 @@ A job's code fingerprint covers what its result depends on, and nothing else:
   ``get_method(IG_FN)`` (a module-level string constant) adds the registered function it names;
   the caller (`attrflow.plan`) adds functions named by an entry's parameters (SmoothGrad's
   ``of: gradient``).
+* **Families.** A family registers one function under several names in a loop (KPM, KNM, …);
+  each variant's fingerprint covers that function and the constants the variant binds, as the
+  catalogue records them (`registered_symbols`).
 
 Module-level statements that are neither definitions nor imports (a registration loop, a
 ``torch.backends`` setting) run whenever the module is imported, so they count for every symbol
@@ -29,6 +33,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +51,7 @@ NON_COMPUTE_MODULES = frozenset(
         "attrflow.config",
         "attrflow.content",
         "attrflow.fingerprint",
+        "attrflow.params",
         "attrflow.plan",
         "attrflow.registry",
     }
@@ -96,9 +102,24 @@ def _strip_docstrings(node: ast.AST) -> ast.AST:
     return node
 
 
+def _strip_annotations(node: ast.AST) -> ast.AST:
+    """Drop function annotations: they declare parameters (bounds, choices, descriptions checked
+    when a config is validated) and types, and compute nothing (`from __future__ import
+    annotations` leaves them unevaluated). Defaults stay: they are values the code runs with."""
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            sub.returns = None
+            signature = sub.args
+            for arg in [*signature.posonlyargs, *signature.args, *signature.kwonlyargs, signature.vararg, signature.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
+    return node
+
+
 def normalised_dump(node: ast.AST) -> str:
-    """The AST of a definition without docstrings, positions, comments or formatting."""
-    return ast.dump(_strip_docstrings(copy.deepcopy(node)), annotate_fields=False, include_attributes=False)
+    """The AST of a definition without docstrings, annotations, positions, comments or formatting."""
+    stripped = _strip_annotations(_strip_docstrings(copy.deepcopy(node)))
+    return ast.dump(stripped, annotate_fields=False, include_attributes=False)
 
 
 def _import_targets(node: ast.AST, package: str) -> dict[str, tuple[str, str | None]]:
@@ -237,6 +258,21 @@ def registered_symbol(family: str, fn: str) -> Symbol:
     return module_name(entry.module), entry.function
 
 
+# Pseudo-module of the symbols that stand for a family variant's constants (see below).
+VARIANT_CONSTANTS = "<variant constants>"
+
+
+def registered_symbols(family: str, fn: str) -> list[Symbol]:
+    """What a registered method or metric runs: its function and, for a variant of a family that
+    registers one function under several names, the constants the variant binds (KPM's order and
+    kept end, insertion's direction), which live in the registration loop rather than in code."""
+    entry = catalog(family)[fn]
+    symbols = [registered_symbol(family, fn)]
+    if entry.constants:
+        symbols.append((VARIANT_CONSTANTS, f"{family}.{fn}={json.dumps(entry.constants, sort_keys=True)}"))
+    return symbols
+
+
 def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
     """Every symbol ``roots`` reach, each with the normalised dump of its definition."""
     seen: dict[Symbol, str] = {}
@@ -245,6 +281,9 @@ def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
     while todo:
         module, name = todo.pop()
         if (module, name) in seen or module in NON_COMPUTE_MODULES:
+            continue
+        if module == VARIANT_CONSTANTS:
+            seen[(module, name)] = name
             continue
         index = module_index(module)
         if index is None:
@@ -266,7 +305,7 @@ def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
         todo.extend(used)
         for family, fn in dispatched:
             if fn in catalog(family):
-                todo.append(registered_symbol(family, fn))
+                todo.extend(registered_symbols(family, fn))
     return seen
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attrflow.catalog import PACKAGE_DIR, catalog
-from attrflow.fingerprint import canonical, code_fingerprint, registered_symbol, symbols_fingerprint
+from attrflow.fingerprint import canonical, code_fingerprint, registered_symbols, symbols_fingerprint
 
 # Keys of a dataset entry that only say how many evaluation samples to use. Sample i does not
 # depend on them (adapters are prefix-stable), so they are left out of the spec each shard job
@@ -33,6 +33,8 @@ PREPARE_DATASET_JOB = ("attrflow.jobs.prepare", "prepare_dataset_store")
 PREPARE_EVAL_SHARD_JOB = ("attrflow.jobs.prepare", "prepare_eval_shard")
 PREPARE_MODEL_JOB = ("attrflow.jobs.prepare", "prepare_model_files")
 REFERENCES_JOB = ("attrflow.jobs.references", "prepare_references_store")
+DISSECT_JOB = ("attrflow.dissection.job", "dissect_layer")
+SEMANTIC_FN = "semantic_attribution"
 
 
 @dataclass(frozen=True)
@@ -270,6 +272,35 @@ class Plan:
             },
         )
 
+    def metric_peers(self, method: str) -> list[str]:
+        """Method entries whose stored maps the metrics scoring ``method`` read (parameters with
+        ``"format": "method-entry"``, e.g. the exact Shapley values of `shapley_spearman`)."""
+        registered = catalog("metrics")
+
+        def named() -> list[str]:
+            found = set()
+            for entry in self.metric_entries(method).values():
+                params = registered[entry["fn"]].params
+                for key, schema in params.items():
+                    if schema.get("format") == "method-entry":
+                        found.add(entry.get(key, schema.get("default")))
+            return sorted(found)
+
+        return self._memoised(("metric_peers", method), named)
+
+    def peer_stores(
+        self, dataset: str, model: str, method: str, shard: int, results: str = "results"
+    ) -> dict[str, str]:
+        """The attribution shard of each `metric_peers` entry that covers shard ``shard`` of
+        ``method`` (same shard index: shards start at the same samples), where it runs."""
+        return {
+            peer: f"{results}/attributions/{dataset}/{model}/{peer}/shard-{shard}.zarr"
+            for peer in self.metric_peers(method)
+            if peer in self.config["methods"]
+            and self.runs_on(peer, model, dataset)
+            and shard in self.shards(dataset, peer)
+        }
+
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
         """The code each metric's scores depend on: the per-metric scoring step, the registered
         metric function and what they use (an explainer metric's method code is the method's)."""
@@ -332,7 +363,16 @@ class Plan:
                 **self.runtime(),
             },
         )
-        return {**shared, "sample_range": self.shard_range(dataset, shard, method)}
+        # The entries whose maps this shard's metrics read (only when there are any, so other
+        # jobs' params stay as they were; only those covering this shard, so a changed entry
+        # re-plans exactly the score jobs that read it).
+        peers = self.peer_stores(dataset, model, method, shard)
+        extra = (
+            {"peers": {p: {"entry": self.method_entry(p), "code": self.method_fingerprint(p)} for p in sorted(peers)}}
+            if peers
+            else {}
+        )
+        return {**shared, **extra, "sample_range": self.shard_range(dataset, shard, method)}
 
     def scored_samples(self, dataset: str, method: str, metric: str) -> int:
         """Rows a score file holds: the method's samples, cut to the metric's limit if it has one."""
@@ -402,6 +442,66 @@ class Plan:
     def axiom_score_files(self, results: str = "results") -> list[str]:
         """One `score_axioms` file per model: every method on every entry (scoring reads maps only)."""
         return [f"{results}/axioms/{m}/scores.parquet" for m in self.axiom_models()]
+
+    # ---------------------------------------------------------------- Network Dissection
+    @property
+    def dissection(self) -> dict:
+        """The `dissection:` section ({} when absent)."""
+        return self.config.get("dissection") or {}
+
+    def dissection_layers(self) -> list[str]:
+        """Layers to dissect: `dissection.layers`, then the layers of the selected
+        semantic_attribution entries (so their top units can be named)."""
+        layers = list(self.dissection.get("layers", []))
+        for method in self.run["methods"]:
+            entry = self.config["methods"][method]
+            if entry["fn"] == SEMANTIC_FN:
+                layers.append(entry.get("layer", "default"))
+        return list(dict.fromkeys(layers))
+
+    def dissection_datasets(self) -> list[str]:
+        from attrflow.config import dataset_provides
+
+        if "datasets" in self.dissection:
+            return list(self.dissection["datasets"])
+        return [
+            d for d in self.run["datasets"]
+            if "concepts" in dataset_provides(self.config["datasets"][d], self.config["datasets"])
+        ]  # fmt: skip
+
+    def dissection_jobs(self) -> list[tuple[str, str, str]]:
+        """(dataset, model, layer) of every `dissect` job."""
+        models = self.dissection.get("models", self.run["models"])
+        return [(d, m, layer) for d in self.dissection_datasets() for m in models for layer in self.dissection_layers()]
+
+    def dissection_tables(self, results: str = "results") -> list[str]:
+        return [f"{results}/dissection/{d}/{m}/{layer}.parquet" for d, m, layer in self.dissection_jobs()]
+
+    def dissection_outputs(self, results: str = "results") -> list[str]:
+        """The dissection reports `all` and the HTML report ask for; none without a dissect job."""
+        if not self.dissection_jobs():
+            return []
+        return [
+            f"{results}/reports/{name}" for name in ("dissection_counts.parquet", "dissection_units.parquet", "dissection.md")
+        ]
+
+    def dissection_setting(self, dataset: str, model: str, layer: str) -> dict:
+        """Params of a `dissect` job: what its table depends on."""
+        return {
+            "dataset": dataset,
+            "model": model,
+            "layer": layer,
+            "quantile": float(self.dissection.get("quantile", 0.005)),
+            "iou_threshold": float(self.dissection.get("iou_threshold", 0.04)),
+            "dataset_spec": self.dataset_spec(dataset),
+            "code": self.dissection_code,
+            "device": self.config["device"],
+            "max_batch": self.config["max_batch"],
+        }
+
+    @cached_property
+    def dissection_code(self) -> str:
+        return symbols_fingerprint([DISSECT_JOB])
 
     # ---------------------------------------------------------------- ROAR and DiffROAR
     @property
@@ -528,13 +628,14 @@ def _method_code(fn: str, entry_json: str) -> str:
 
     registered = catalog("methods")
     named = [v for v in _strings(json.loads(entry_json)) if v in registered]
-    roots = [ATTRIBUTE_JOB, registered_symbol("methods", fn), *(registered_symbol("methods", v) for v in named)]
+    roots = [ATTRIBUTE_JOB, *registered_symbols("methods", fn)]
+    roots += [symbol for v in named for symbol in registered_symbols("methods", v)]
     return symbols_fingerprint(roots)
 
 
 @lru_cache(maxsize=None)
 def _metric_code_cached(fn: str) -> str:
-    return symbols_fingerprint([SCORE_METRIC_JOB, registered_symbol("metrics", fn)])
+    return symbols_fingerprint([SCORE_METRIC_JOB, *registered_symbols("metrics", fn)])
 
 
 def method_code_fingerprint(entry: dict) -> str:

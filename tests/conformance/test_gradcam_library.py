@@ -26,9 +26,13 @@ pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam import FullGrad, GradCAM, GradCAMPlusPlus  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
-from attrflow.methods.cam import fullgrad, gradcam, gradcampp  # noqa: E402
+from attrflow.methods import get_method  # noqa: E402
+from attrflow.methods.cam import fullgrad  # noqa: E402
 from attrflow.models import WrappedModel  # noqa: E402
 from attrflow.models.small_cnn import SmallCNN  # noqa: E402
+
+gradcam = get_method("gradcam").fn
+gradcampp = get_method("gradcampp").fn
 
 torch.set_num_threads(1)
 ATOL = 2e-4

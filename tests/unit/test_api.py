@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import attrflow
-from attrflow.config import ConfigError, ParameterError, check_function_params, validate_config
+from attrflow.config import ConfigError, ParameterError, check_entry, validate_config
 from attrflow.data.sample_store import SampleSet, write_sample_store
 from attrflow.jobs.attribute import attribute_shard
 from attrflow.jobs.runtime import derive_seed
@@ -55,8 +55,7 @@ COMPARED = ["dataset", "model", "method", "metric", "sample_id", "target", "labe
 
 
 def _filled(family: str, entries: dict) -> dict:
-    generic = {"keep_channels", "samples", "models", "datasets"} if family == "methods" else {"samples", "retest", "methods"}
-    return {name: check_function_params(family, dict(e), [family, name], generic) for name, e in entries.items()}
+    return {name: check_entry(family, name, dict(e)) for name, e in entries.items()}
 
 
 def _network() -> torch.nn.Module:

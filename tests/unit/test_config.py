@@ -110,5 +110,7 @@ def test_imagenet_config_is_valid_once_its_folders_exist(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / key / "n01440764" / "a.JPEG")
         config["datasets"]["imagenet_val"][key] = str(tmp_path / key)
     config["datasets"]["imagenet_val"]["n"] = 1  # n may not exceed the folder's images
+    (tmp_path / "broden").mkdir()  # Network Dissection's Broden folder
+    config["datasets"]["broden"]["root"] = str(tmp_path / "broden")
     checked = validate_config(config, workdir=tmp_path)
     assert checked["methods"]["ig_black"]["steps"] == 128

@@ -12,6 +12,7 @@ from attrflow.fingerprint import (
     code_fingerprint,
     normalised_dump,
     registered_symbol,
+    registered_symbols,
     symbol_closure,
     symbols_fingerprint,
 )
@@ -79,3 +80,25 @@ def test_touching_a_file_changes_nothing():
     assert symbols_fingerprint([registered_symbol("methods", "gradient")]) != symbols_fingerprint(
         [registered_symbol("methods", "random_attribution")]
     )
+
+
+def test_parameter_declarations_do_not_count_but_defaults_do():
+    # bounds and descriptions are checked when the config is validated; they compute nothing
+    a = 'def f(x, *, steps: Annotated[int, Ge(1), Doc("old words")] = 3) -> int:\n    return x * steps\n'
+    b = "def f(x, *, steps: int = 3):\n    return x * steps\n"
+    c = "def f(x, *, steps: int = 4):\n    return x * steps\n"
+    dump = lambda src: normalised_dump(ast.parse(src).body[0])  # noqa: E731
+    assert dump(a) == dump(b) != dump(c)
+
+
+def test_family_variants_share_their_function_and_differ_by_their_constants():
+    kpm, knm = registered_symbols("metrics", "kpm"), registered_symbols("metrics", "knm")
+    assert kpm[0] == knm[0] == ("attrflow.metrics.keep_remove_mask", "keep_remove_curve")
+    assert symbols_fingerprint(kpm) != symbols_fingerprint(knm)
+    assert ("attrflow.metrics.keep_remove_mask", "keep_remove_curve") in symbol_closure(kpm)
+    # a function registered once has no constants to add
+    assert registered_symbols("methods", "gradient") == [registered_symbol("methods", "gradient")]
+    from attrflow.plan import _metric_code_cached  # what the plan gives each score job
+
+    assert _metric_code_cached("deletion") != _metric_code_cached("insertion")
+

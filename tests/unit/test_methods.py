@@ -365,12 +365,14 @@ def test_x_gradient_rejects_non_finite_input():
 
 def test_bad_parameters_are_named():
     model, x, target = regular_cnn(), images(), targets()
-    with pytest.raises(ValueError, match="parameter steps"):
-        integrated_gradients(model, x, target, steps=0)
-    with pytest.raises(ValueError, match="parameter rule"):
-        integrated_gradients(model, x, target, rule="middle")
-    with pytest.raises(ValueError, match="parameter baseline"):
-        integrated_gradients(model, x, target, baseline="grey")
+    # checked against the signature's declarations, with the config's message and key path
+    ig = get_method("integrated_gradients")
+    with pytest.raises(ValueError, match=r"'integrated_gradients\.steps'"):
+        call_method(ig, model, x, target, {"steps": 0})
+    with pytest.raises(ValueError, match=r"'integrated_gradients\.rule'"):
+        call_method(ig, model, x, target, {"rule": "middle"})
+    with pytest.raises(ValueError, match=r"'integrated_gradients\.baseline'"):
+        call_method(ig, model, x, target, {"baseline": "grey"})
     with pytest.raises(ValueError, match="parameter max_batch"):
         gradient(model, x, target, max_batch=0)
 

@@ -8,12 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from attrflow.methods import MethodNotApplicable, call_method, get_method
-from attrflow.methods.cam import _layer_activations_and_gradients, fullgrad, gradcam, gradcampp
+from attrflow.methods.cam import _layer_activations_and_gradients, fullgrad
 from attrflow.methods.gradient import x_gradient
 from attrflow.models import WrappedModel
 from attrflow.models.layers import resolve_layer
 from attrflow.models.small_cnn import SmallCNN
 from tiny_models import images, regular_cnn, targets, x_cnn
+
+# One function registered per variant: the registered callables have the variant bound.
+gradcam = get_method("gradcam").fn
+gradcampp = get_method("gradcampp").fn
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -348,5 +352,5 @@ def test_bad_layers_are_named():
         gradcam(model, x, target, layer="no_such_layer")
     with pytest.raises(MethodNotApplicable, match="'8'"):  # the Linear head: no spatial map
         gradcampp(model, x, target, layer="8")
-    with pytest.raises(ValueError, match="normalise"):
-        fullgrad(model, x, target, normalise="per_pixel")
+    with pytest.raises(ValueError, match="fullgrad.normalise"):  # declared in the signature
+        call_method(get_method("fullgrad"), model, x, target, {"normalise": "per_pixel"})

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import tiny_models
-from attrflow.methods import get_method
+from attrflow.methods import call_method, get_method
 from attrflow.methods.extremal_perturbation import (
     SmoothMaskGenerator,
     _reward,
@@ -124,9 +124,9 @@ def test_reference_and_rewards_by_hand():
 
 def test_bad_parameters_and_registration():
     model, x, target = tiny_models.regular_cnn(), tiny_models.images(1), tiny_models.targets(1)
-    with pytest.raises(ValueError, match="area"):
-        extremal_perturbation(model, x, target, area=1.0)
-    with pytest.raises(ValueError, match="iterations"):
-        extremal_perturbation(model, x, target, iterations=0)
     info = get_method("extremal_perturbation")
+    with pytest.raises(ValueError, match=r"'extremal_perturbation\.area'"):
+        call_method(info, model, x, target, {"area": 1.0})
+    with pytest.raises(ValueError, match=r"'extremal_perturbation\.iterations'"):
+        call_method(info, model, x, target, {"iterations": 0})
     assert info.channel_free and info.params["area"]["default"] == 0.1

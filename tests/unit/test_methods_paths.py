@@ -289,8 +289,8 @@ def test_blur_ig_bad_parameters_are_named():
         ({"grad_step": -1.0}, "grad_step"),
         ({"spacing": "log"}, "spacing"),
     ]:
-        with pytest.raises(ValueError, match=f"parameter {name}"):
-            blur_ig(model, x, target, **params)
+        with pytest.raises(ValueError, match=rf"'blur_ig\.{name}'"):
+            call_method(get_method("blur_ig"), model, x, target, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,8 +406,8 @@ def test_guided_ig_bad_parameters_are_named():
         ({"steps": 0}, "steps"),
         ({"baseline": "grey"}, "baseline"),
     ]:
-        with pytest.raises(ValueError, match=f"parameter {name}"):
-            guided_ig(model, x, target, **params)
+        with pytest.raises(ValueError, match=rf"'guided_ig\.{name}'"):
+            call_method(get_method("guided_ig"), model, x, target, params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,15 +523,16 @@ def test_smoothgrad_reads_its_config_and_names_bad_parameters():
         generator=seeded(1),
     )
     assert torch.equal(via_config.maps, direct.maps)
-    for params, name in [
-        ({"of": "saliency"}, "of"),
-        ({"of_params": {"steps": 3}}, "of_params"),
-        ({"n": 0}, "n"),
-        ({"sigma": -0.1}, "sigma"),
-        ({"variant": "median"}, "variant"),
+    for params, pattern in [
+        ({"of": "saliency"}, r"parameter of: unknown"),  # checked when called: it names a method
+        ({"of_params": {"steps": 3}}, r"'smoothgrad\.of_params'.*'steps' was unexpected"),
+        ({"of": "integrated_gradients", "of_params": {"steps": 0}}, r"'smoothgrad\.of_params\.steps'"),
+        ({"n": 0}, r"'smoothgrad\.n'"),
+        ({"sigma": -0.1}, r"'smoothgrad\.sigma'"),
+        ({"variant": "median"}, r"'smoothgrad\.variant'"),
     ]:
-        with pytest.raises(ValueError, match=f"parameter {name}"):
-            smoothgrad(model, x, target, **params)
+        with pytest.raises(ValueError, match=pattern):
+            call_method(info, model, x, target, params, generator=seeded(1))
     channel_free = smoothgrad(model, x, target, of="random_attribution", n=3, generator=seeded())
     assert channel_free.maps.shape == (4, SIZE, SIZE)
     assert not torch.equal(channel_free.maps, random_attribution(model, x, target).maps)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import tiny_models
-from attrflow.methods import MethodNotApplicable, get_method
+from attrflow.methods import MethodNotApplicable, call_method, get_method
 from attrflow.methods.gradient import gradient
 from attrflow.methods.pathway_grad import (
     neuron_intgrad,
@@ -185,8 +185,8 @@ def test_layer_names_and_refusals():
     no_relu(x)
     with pytest.raises(MethodNotApplicable, match="no nn.ReLU"):
         pathway_grad(no_relu, x, torch.tensor([0]))
-    with pytest.raises(ValueError, match="sparsity"):
-        pathway_grad(model, x, target, sparsity=1.5)
+    with pytest.raises(ValueError, match=r"'pathway_grad\.sparsity'"):
+        call_method(get_method("pathway_grad"), model, x, target, {"sparsity": 1.5})
 
 
 def test_registered():

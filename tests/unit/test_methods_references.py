@@ -323,7 +323,7 @@ def test_eg_through_the_registry_with_runtime_references(cnn_setup):
 @pytest.mark.parametrize(
     "change,culprit",
     [
-        ({"k": 0}, "parameter k"),
+        ({"k": 0}, r"'expected_gradients\.k'"),  # the signature's declaration, as in the config
         ({"references": torch.zeros(3, 3, 5, 5, dtype=F64)}, "parameter references must be"),
         ({"references": torch.full((2, 3, 10, 10), float("nan"), dtype=F64)}, "reference 0 of parameter references"),
         ({"reference_weights": torch.tensor([0.5, 0.6], dtype=F64)}, "reference_weights sums to"),
@@ -336,8 +336,9 @@ def test_eg_bad_input_errors_name_the_parameter(cnn_setup, change, culprit):
     model, x, target = cnn_setup
     kwargs = {"k": 2, "references": images(2, seed=9, dtype=F64), "reference_weights": uniform(2), **change}
     target = kwargs.pop("target", target)
+    runtime = {key: kwargs.pop(key) for key in ("references", "reference_weights")}
     with pytest.raises(ValueError, match=culprit):
-        expected_gradients(model, x, target, generator=seeded(), **kwargs)
+        call_method(get_method("expected_gradients"), model, x, target, kwargs, generator=seeded(), **runtime)
 
 
 def test_methods_leave_the_model_as_they_found_it(cnn_setup):
@@ -474,7 +475,7 @@ def test_lpi_is_deterministic_and_independent_of_max_batch(cnn_setup):
     "change,culprit",
     [
         ({"sub_clusters": 4}, "parameter sub_clusters is 4 but the reference set holds 6 rows"),
-        ({"samples_per_reference": 0}, "samples_per_reference"),
+        ({"samples_per_reference": 0}, r"'lpi\.samples_per_reference'"),
         ({"reference_weights": None}, "reference_weights is missing"),
         ({"reference_weights": torch.tensor([0, 0, 0, 0.5, 0.25, 0.25], dtype=F64)}, "cluster 0"),
     ],
@@ -482,8 +483,9 @@ def test_lpi_is_deterministic_and_independent_of_max_batch(cnn_setup):
 def test_lpi_bad_input_errors_name_the_parameter(cnn_setup, change, culprit):
     model, x, target = cnn_setup
     kwargs = {"sub_clusters": 3, "references": images(6, seed=9, dtype=F64), "reference_weights": uniform(6), **change}
+    runtime = {key: kwargs.pop(key) for key in ("references", "reference_weights")}
     with pytest.raises(ValueError, match=culprit):
-        lpi(model, x, target, generator=seeded(), **kwargs)
+        call_method(get_method("lpi"), model, x, target, kwargs, generator=seeded(), **runtime)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,12 +584,12 @@ def test_agi_is_deterministic_and_independent_of_max_batch(cnn_setup):
     "change,culprit",
     [
         ({"false_classes": CLASSES}, "parameter false_classes is 5 but the model has only 4"),
-        ({"steps": 0}, "parameter steps"),
-        ({"epsilon": 0.0}, "parameter epsilon"),
-        ({"output": "softmax"}, "parameter output"),
+        ({"steps": 0}, r"'agi\.steps'"),
+        ({"epsilon": 0.0}, r"'agi\.epsilon'"),
+        ({"output": "softmax"}, r"'agi\.output'"),
     ],
 )
 def test_agi_bad_input_errors_name_the_parameter(cnn_setup, change, culprit):
     model, x, target = cnn_setup
     with pytest.raises(ValueError, match=culprit):
-        agi(model, x, target, **change)
+        call_method(get_method("agi"), model, x, target, change)

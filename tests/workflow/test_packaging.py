@@ -29,6 +29,7 @@ def test_pip_install_validates_and_plans_from_another_directory(tmp_path):
         check=True, capture_output=True, text=True,
     )
     assert (target / "attrflow" / "schemas" / "config.schema.yaml").is_file()
+    assert (target / "attrflow" / "schemas" / "catalog.json").is_file()  # what planning reads
     elsewhere = tmp_path / "project"
     elsewhere.mkdir()
     shutil.copy2(REPO / "config" / "test.yaml", elsewhere / "config.yaml")

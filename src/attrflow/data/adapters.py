@@ -13,6 +13,9 @@ A config entry names its `kind` and that kind's options:
 * ``cifar`` — local CIFAR python batches (`attrflow.data.cifar`): ``root`` (required),
   ``variant`` (cifar10 | cifar100), ``n`` (first n test images; all 10 000 by default),
   ``n_train`` (first n train images; all by default; 0 for no train split).
+* ``broden`` — the Broden dataset of Bau et al., 2017 (`attrflow.data.broden`): ``root``
+  (required), ``split`` (train | val; all rows by default), ``n`` (first n rows), ``categories``
+  (default all six). Images with per-pixel concept labels for Network Dissection; no classes.
 * ``corrupted`` — an ImageNet-C corruption of another entry (`attrflow.data.corruptions`):
   ``of`` (required: that entry's spec, resolved from its name by the planner; not itself
   corrupted), ``corruption`` (required: brightness, saturate or saturation, gaussian_blur,
@@ -59,6 +62,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "cifar": {"root": REQUIRED, "variant": "cifar10", "n": None, "n_train": None, "seed": None},
     "corrupted": {"of": REQUIRED, "corruption": REQUIRED, "severity": REQUIRED, "train": "clean", "seed": None},
+    "broden": {"root": REQUIRED, "split": None, "n": None, "categories": None, "seed": None},
 }
 INTEGER_OPTIONS = {
     "n_train": 0,
@@ -104,7 +108,9 @@ def _options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 )
         if value is not None and key in PATH_OPTIONS and not isinstance(value, str):
             raise DatasetSpecError(f"option {key!r} must be a path string, got {value!r}")
-        if key in CHOICES and value not in CHOICES[key]:
+        if kind == "broden" and key == "split" and value not in (None, "train", "val"):
+            raise DatasetSpecError(f"option 'split' must be train or val, got {value!r}")
+        if key in CHOICES and kind != "broden" and value not in CHOICES[key]:
             raise DatasetSpecError(f"option {key!r} must be one of {list(CHOICES[key])}, got {value!r}")
         options[key] = value
     if kind == "corrupted":
@@ -152,6 +158,10 @@ def count_eval_samples(spec: dict[str, Any]) -> int:
         return count_eval_samples(opt["of"])
     if kind == "synthetic_shapes":
         return opt["n_test"]
+    if kind == "broden":
+        from attrflow.data.broden import count_broden
+
+        return count_broden(opt["root"], opt["split"], opt["n"])
     if kind == "image_folder":
         from attrflow.data.image_folder import count_images
 
@@ -180,6 +190,8 @@ def prepare_dataset(
         return _corrupted(name, spec, opt, seed)
     if kind == "synthetic_shapes":
         evaluation, train, source, preprocessing, class_names = _synthetic(opt, seed)
+    elif kind == "broden":
+        evaluation, train, source, preprocessing, class_names = _broden(opt, 0, opt["n"])
     elif kind == "image_folder":
         evaluation, train, source, preprocessing, class_names = _image_folder(opt)
     else:
@@ -212,12 +224,15 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         corrupt_seed = opt["seed"] if opt["seed"] is not None else seed
         corruption = canonical_corruption(opt["corruption"])
         images = corrupt(base.images, corruption, opt["severity"], ids=base.ids, seed=corrupt_seed, stream="eval")
-        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes)
+        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes, base.concepts)
     if kind == "synthetic_shapes":
         from attrflow.data.synthetic_shapes import generate_shapes
 
         synthetic_seed = opt["seed"] if opt["seed"] is not None else seed
-        return generate_shapes("test", stop, seed=synthetic_seed, size=opt["size"], classes=opt["classes"], start=start)
+        shape = {"seed": synthetic_seed, "size": opt["size"], "classes": opt["classes"]}
+        return _with_shape_concepts(generate_shapes("test", stop, **shape, start=start), shape, start)
+    if kind == "broden":
+        return _broden(opt, start, stop)[0]
     if kind == "image_folder":
         from attrflow.data.image_folder import load_image_folder
 
@@ -249,7 +264,7 @@ def _corrupted(
 
     def corrupted(samples: SampleSet, stream: str) -> SampleSet:
         images = corrupt(samples.images, corruption, opt["severity"], ids=samples.ids, seed=seed, stream=stream)
-        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes)
+        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes, samples.concepts)
 
     height, width = evaluation.images.shape[2:]
     preprocessing = {
@@ -280,10 +295,33 @@ def _synthetic(opt: dict[str, Any], seed: int) -> tuple:
 
     seed = opt["seed"] if opt["seed"] is not None else seed
     shape = {"seed": seed, "size": opt["size"], "classes": opt["classes"]}
-    evaluation = generate_shapes("test", opt["n_test"], **shape)
+    evaluation = _with_shape_concepts(generate_shapes("test", opt["n_test"], **shape), shape, 0)
     train = generate_shapes("train", opt["n_train"], **shape) if opt["n_train"] else None
-    preprocessing = {**shape, "pixel_range": [0.0, 1.0], "masks": "object pixels"}
+    preprocessing = {
+        **shape, "pixel_range": [0.0, 1.0], "masks": "object pixels",
+        "concepts": "region, shape, colour, texture per pixel (evaluation split; attrflow.data.concepts)",
+    }  # fmt: skip
     return evaluation, train, "embedded", preprocessing, class_names(opt["classes"])
+
+
+def _with_shape_concepts(samples: SampleSet, shape: dict[str, Any], start: int) -> SampleSet:
+    """The embedded samples with their per-pixel concept labels (Network Dissection)."""
+    from attrflow.data.concepts import shape_concepts, with_concepts
+
+    concepts = shape_concepts("test", samples.masks, seed=shape["seed"], size=shape["size"], classes=shape["classes"], start=start)
+    return with_concepts(samples, concepts)
+
+
+def _broden(opt: dict[str, Any], start: int, stop: int | None) -> tuple:
+    """Broden's images with their concept labels (`attrflow.data.broden`); no train split."""
+    from attrflow.data.broden import load_broden
+
+    evaluation, class_names = load_broden(opt["root"], split=opt["split"], n=stop, start=start, categories=opt["categories"])
+    preprocessing = {
+        "pixel_range": [0.0, 1.0], "split": opt["split"], "categories": opt["categories"] or "all",
+        "concepts": "Broden label planes (R + 256·G), nearest-neighbour to the image size",
+    }  # fmt: skip
+    return evaluation, None, str(Path(opt["root"])), preprocessing, class_names
 
 
 def _image_folder_options(opt: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +373,8 @@ def class_names_of(spec: dict[str, Any]) -> list[str]:
         from attrflow.data.synthetic_shapes import class_names
 
         return class_names(opt["classes"])
+    if kind == "broden":
+        return ["unlabelled"]
     if kind == "image_folder":
         from attrflow.data.image_folder import resolve_classes
 

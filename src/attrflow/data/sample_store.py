@@ -3,7 +3,9 @@
 Root arrays are the evaluation split: ``images`` (N, C, H, W) float32
 in [0, 1], ``labels`` (N,) int64, ``ids`` (N,) str, optional ``masks`` (N, H, W) bool, and, where the masks
 were made from bounding boxes, ``boxes`` (M, 5) float64: rows ``[sample, x0, y0, x1, y1]``, the
-sample's row in this store and the box in input pixel coordinates. A
+sample's row in this store and the box in input pixel coordinates, and, where the dataset
+has per-pixel concept labels (Network Dissection), ``concept_labels`` (N, G, H, W) uint16 with
+its vocabulary (`attrflow.data.concepts`). A
 ``train`` sub-group holds the same arrays for the split that trained models learn from.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from attrflow.data.concepts import ConceptLabels, read_concepts
 from attrflow.store import open_store, write_store
 
 
@@ -26,6 +29,7 @@ class SampleSet:
     ids: list[str]
     masks: np.ndarray | None = None  # (N, H, W) bool
     boxes: np.ndarray | None = None  # (M, 5) float64: [row, x0, y0, x1, y1] in input pixels
+    concepts: ConceptLabels | None = None  # per-pixel concept labels (Network Dissection)
 
     def __post_init__(self) -> None:
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)
@@ -50,6 +54,10 @@ class SampleSet:
             rows = self.boxes[:, 0]
             if len(rows) and (rows.min() < 0 or rows.max() >= n or not np.array_equal(rows, np.round(rows))):
                 raise ValueError(f"box rows must name samples 0..{n - 1}")
+        if self.concepts is not None:
+            shape = self.concepts.labels.shape
+            if shape[0] != n or shape[2:] != self.images.shape[2:]:
+                raise ValueError(f"concept labels have shape {shape}; the images are {self.images.shape}")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -65,6 +73,8 @@ class SampleSet:
         for extra in (self.boxes, self.masks):
             if extra is not None:
                 h.update(extra.tobytes())
+        if self.concepts is not None:
+            h.update(self.concepts.fingerprint_bytes())
         return h.hexdigest()[:16]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -77,6 +87,8 @@ class SampleSet:
             out["masks"] = self.masks
         if self.boxes is not None:
             out["boxes"] = self.boxes
+        if self.concepts is not None:
+            out.update(self.concepts.arrays())
         return out
 
 
@@ -131,4 +143,5 @@ def read_samples(
         first_row, last_row = sl.indices(int(group["labels"].shape[0]))[:2]
         boxes = boxes[(boxes[:, 0] >= first_row) & (boxes[:, 0] < last_row)]
         boxes[:, 0] -= first_row
-    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes)
+    concepts = read_concepts(group, sl)
+    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes, concepts)

@@ -68,6 +68,25 @@ def _cifar_parts(spec: dict[str, Any]) -> tuple[list, list[Path]]:
     return [["files", [p.name for p in files]]], files
 
 
+def _broden_parts(spec: dict[str, Any], start: int | None, stop: int | None) -> tuple[list, list[Path]]:
+    """index.csv and label.csv, and every chosen image with its label PNGs."""
+    import csv
+
+    root = Path(spec["root"])
+    with open(root / "index.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if spec.get("split") is None or r["split"] == spec["split"]]
+    n = spec.get("n")
+    rows = rows[:n] if n is not None else rows
+    chosen = rows[start:stop] if start is not None else rows
+    files = [r["image"] for r in chosen]
+    for r in chosen:
+        for column, value in r.items():
+            if column not in ("image", "split", "ih", "iw", "sh", "sw") and value:
+                files += [s for s in value.split(";") if s and not s.isdigit()]
+    meta = [["broden", spec.get("split"), spec.get("categories"), files]]
+    return meta, [root / "index.csv", root / "label.csv", *(root / "images" / f for f in files)]
+
+
 def source_files(spec: dict[str, Any], start: int | None = None, stop: int | None = None) -> tuple[list, list[Path]]:
     """(description, files) the samples [start, stop) of the evaluation split — or, without a
     range, every split — are read from. No files for generated datasets."""
@@ -78,6 +97,8 @@ def source_files(spec: dict[str, Any], start: int | None = None, stop: int | Non
         return _image_folder_parts(spec, start, stop)
     if kind == "cifar":
         return _cifar_parts(spec)
+    if kind == "broden":
+        return _broden_parts(spec, start, stop)
     return [], []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from attrflow.data.sample_store import read_samples
 from attrflow.explainer import Explainer
 from attrflow.jobs.runtime import derive_seed, generator_for, progress, resolve_device
 from attrflow.metrics import MetricInputs, MetricOutput, call_metric, get_metric
+from attrflow.metrics.base import PeerMaps, peer_parameters
 from attrflow.registry import signature_params
 from attrflow.report.schema import SCORES, write_table
 from attrflow.store import StoreError, open_store
@@ -90,12 +91,18 @@ def score_shard(
     max_batch: int,
     target: str,
     references_path: str | Path | None = None,
+    peer_paths: dict[str, str | Path] | None = None,
+    peers: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Every selected metric on one attribution shard, into one Parquet file.
 
     Each metric's rows are memoised under a key of everything they depend on (the metric's
     entry and code, the maps' own result key, the model, the samples, the seed and runtime):
     a job re-run because another metric was added or changed computes only what is new.
+
+    ``peer_paths`` maps a method entry name to its attribution shard of the same samples, for
+    metrics whose parameters name another method entry (`peer_parameters`); ``peers`` is that
+    entry's planned setting (entry and code), which only makes its changes re-plan this job.
     """
     from attrflow.cache import ResultCache
     from attrflow.models.loading import load_model
@@ -111,6 +118,7 @@ def score_shard(
         )
     cache = ResultCache.beside(out_path)
     samples_key = _samples_key(samples_path)
+    peer_shards = {name: ShardMaps.read(path) for name, path in (peer_paths or {}).items()}
     keys = {
         metric: cache.key(
             "score",
@@ -123,6 +131,8 @@ def score_shard(
             samples=samples_key,
             sample_range=[start, stop],
             runtime=[device, seed, max_batch, target],
+            # Only metrics that read another entry's maps key on them (others keep their keys).
+            **_peer_keys(entry, peer_shards),
         )
         for metric, entry in metrics.items()
     }
@@ -141,6 +151,7 @@ def score_shard(
 
             references = load_references(references_path, dev)
         context = _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev)
+        context = replace(context, peers=_peer_maps(peer_shards, dev))
         predictions = predictions_of(net, context.images, max_batch)
         for metric in todo:
             tables[metric] = score_metric(
@@ -153,6 +164,28 @@ def score_shard(
     table = table.replace_schema_metadata({"attrflow.keys": json.dumps(keys, sort_keys=True)})
     write_table(table, out_path)
     return Path(out_path)
+
+
+def _peer_keys(entry: dict[str, Any], peer_shards: dict[str, ShardMaps]) -> dict[str, Any]:
+    """The result keys of the other entries' maps a metric entry names ({} when it names none)."""
+    params = get_metric(entry["fn"]).params
+    named = sorted({entry.get(p, params[p].get("default")) for p in peer_parameters(params)})
+    if not named:
+        return {}
+    return {"peers": {name: peer_shards[name].result_key if name in peer_shards else None for name in named}}
+
+
+def _peer_maps(peer_shards: dict[str, ShardMaps], dev: torch.device) -> dict[str, PeerMaps]:
+    return {
+        name: PeerMaps(
+            ids=shard.ids,
+            maps=torch.from_numpy(shard.maps).to(dev),
+            diagnostics={k: torch.from_numpy(v).to(dev) for k, v in shard.diagnostics.items()},
+            method_fn=shard.method_fn,
+        )
+        for name, shard in peer_shards.items()
+        if shard.applicable
+    }
 
 
 def _samples_key(samples_path: str | Path) -> str:
@@ -251,6 +284,7 @@ class ScoringContext:
     explainer: Explainer | None  # the method that made the maps, for explainer metrics
     max_batch: int
     seed: int
+    peers: dict[str, PeerMaps] = field(default_factory=dict)
 
     def inputs(self, lo: int, hi: int) -> MetricInputs:
         return MetricInputs(
@@ -268,6 +302,7 @@ class ScoringContext:
             explain=self.explainer,
             method_params=dict(self.explainer.params) if self.explainer is not None else {},
             seed=self.seed,
+            peers=self.peers,
         )
 
 

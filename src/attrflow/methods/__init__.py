@@ -18,12 +18,15 @@ from attrflow.methods.base import (
     reduce_channels,
     register_method,
 )
+from attrflow.catalog import check_current
 from attrflow.registry import import_registered
 
 
 def get_method(fn: str) -> MethodInfo:
     import_registered("methods", fn)
-    return METHODS.get(fn)
+    info = METHODS.get(fn)
+    check_current("methods", info)
+    return info
 
 
 def load_all() -> list[str]:

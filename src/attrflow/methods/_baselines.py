@@ -32,13 +32,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from attrflow.methods.base import MethodNotApplicable
 
-BASELINES = ("black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file")
+# The pixel-space references x' a path method may start from, declared once: methods annotate
+# their `baseline` parameter with `Baseline`.
+Baseline = Literal["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"]
+BASELINES = get_args(Baseline)
 PADDINGS = ("constant", "reflect")
 TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: taps out to ⌊4σ + 0.5⌋
 

@@ -23,17 +23,34 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attrflow.models.layers import prefix_tokens, resolve_layer, tokens_to_grid
+from attrflow.params import Doc, Ge, Gt, Le, MinLen
 
 # λ is kept below 1: log(1 − λ)² diverges at λ = 1, which float32 sigmoid reaches for α ≳ 17
 # (Adam at lr 1 moves α by up to 1 per step). [an inference: the papers do not say]
 MAX_LAMBDA = 1.0 - 1e-6
+
+# Parameters IBA and InputIBA share, declared once (`attrflow.params`).
+BottleneckLayer = Annotated[
+    str, MinLen(1), Doc("where the feature bottleneck sits: 'stage1'..'stage4', 'default' or a module path")
+]
+LearningRate = Annotated[float, Gt(0), Doc("Adam's learning rate for the bottleneck's α")]
+Copies = Annotated[int, Ge(1), Doc("noisy copies of each image per optimisation step")]
+InitialAlpha = Annotated[float, Doc("α at the start (λ = sigmoid(α); 5 gives λ ≈ 0.993)")]
+SmoothSigma = Annotated[float, Ge(0), Doc("σ of the Gaussian smoothing of λ; 0: none")]
+MinStd = Annotated[float, Gt(0), Doc("floor of the feature statistics' standard deviation")]
+ActiveThreshold = Annotated[
+    float,
+    Ge(0),
+    Le(1),
+    Doc("elements nonzero in at most this share of the train images are inactive, zeroed in Z"),
+]
 
 
 class LayerStatistics(NamedTuple):
@@ -58,23 +75,6 @@ class BottleneckSettings:
 class FittedBottleneck:
     alpha: torch.Tensor  # (n, *shape), the optimised logits of λ
     target_probs: torch.Tensor  # (n,) target probability under the bottleneck, last step's copies
-
-
-def check_settings(method: str, settings: BottleneckSettings, **extra: float) -> None:
-    """Errors that name the offending parameter."""
-    checks = {
-        "beta": settings.beta >= 0,
-        "steps": isinstance(settings.steps, int) and settings.steps >= 1,
-        "lr": settings.lr > 0,
-        "copies": isinstance(settings.copies, int) and settings.copies >= 1,
-        "sigma": settings.sigma >= 0,
-    }
-    for name, ok in checks.items():
-        if not ok or not math.isfinite(float(getattr(settings, name))):
-            raise ValueError(f"{method}: parameter {name} is {getattr(settings, name)!r}, out of range")
-    for name, value in extra.items():
-        if not math.isfinite(float(value)) or value <= 0:
-            raise ValueError(f"{method}: parameter {name} must be > 0; got {value!r}")
 
 
 def layer_statistics(

@@ -38,13 +38,14 @@ sum is coarse, so AGI claims no completeness).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt
 
-OUTPUTS = ("prob", "logit")
 
 
 @dataclass
@@ -68,56 +69,47 @@ def draw_false_classes(
     return scores.argsort(dim=1)[:, :count]
 
 
-@register_method(
-    "agi",
-    params={
-        "false_classes": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 1,
-            "description": "adversarial target classes per image (the LPI supplement (Yang et al., 2023): one); maps sum over them",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 20,
-            "description": "maximum adversarial steps per false class (the LPI supplement (Yang et al., 2023): 20)",
-        },
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.05,
-            "description": "L∞ step size in pixel space [0, 1] (authors' code: 0.05)",
-        },
-        "output": {
-            "type": "string",
-            "enum": ["prob", "logit"],
-            "default": "prob",
-            "description": "f: softmax probability (paper and code) or logit",
-        },
-        "restart_from_input": {
-            "type": "boolean",
-            "default": False,
-            "description": "the authors' code: every step starts from x instead of the path",
-        },
-    },
-)
+@register_method("agi")
 def agi(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    false_classes: int = 1,
-    steps: int = 20,
-    epsilon: float = 0.05,
-    output: str = "prob",
-    restart_from_input: bool = False,
+    false_classes: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "adversarial target classes per image (the LPI supplement (Yang et al., 2023): "
+            "one); maps sum over them"
+        ),
+    ] = 1,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "maximum adversarial steps per false class (the LPI supplement (Yang et al., "
+            "2023): 20)"
+        ),
+    ] = 20,
+    epsilon: Annotated[
+        float,
+        Gt(0),
+        Doc("L∞ step size in pixel space [0, 1] (authors' code: 0.05)"),
+    ] = 0.05,
+    output: Annotated[
+        Literal["prob", "logit"],
+        Doc("f: softmax probability (paper and code) or logit"),
+    ] = "prob",
+    restart_from_input: Annotated[
+        bool,
+        Doc("the authors' code: every step starts from x instead of the path"),
+    ] = False,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """AGI of the ``target`` class against ``false_classes`` randomly drawn adversarial classes."""
     x, target = validate_batch(model, x, target)
-    _check_params(int(model.num_classes), false_classes, steps, epsilon, output)
+    _check_false_classes(int(model.num_classes), false_classes)
     check_max_batch(max_batch)
     n = x.shape[0]
     adversarial = draw_false_classes(target, int(model.num_classes), false_classes, generator)
@@ -163,21 +155,12 @@ def agi(
     )
 
 
-def _check_params(num_classes: int, false_classes, steps, epsilon, output) -> None:
-    for name, value in [("false_classes", false_classes), ("steps", steps)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"agi: parameter {name} must be an integer >= 1; got {value!r}")
+def _check_false_classes(num_classes: int, false_classes: int) -> None:
+    """The one check the signature cannot declare: it depends on the model."""
     if false_classes > num_classes - 1:
         raise ValueError(
             f"agi: parameter false_classes is {false_classes} but the model has only "
             f"{num_classes - 1} classes besides the target"
-        )
-    number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-    if not number or not 0 < epsilon < float("inf"):
-        raise ValueError(f"agi: parameter epsilon must be a positive number; got {epsilon!r}")
-    if output not in OUTPUTS:
-        raise ValueError(
-            f"agi: parameter output must be one of {', '.join(OUTPUTS)}; got {output!r}"
         )
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from attrflow.methods._baselines import make_baseline
+from attrflow.methods._baselines import Baseline, make_baseline
 from attrflow.methods._batching import (
     _sums_per_sample,
     check_max_batch,
@@ -67,6 +68,7 @@ from attrflow.methods.base import (
     register_method,
 )
 from attrflow.methods.expected_gradients import check_references
+from attrflow.params import Doc, Ge
 
 # Torch functions (by name, without a trailing "_") that are nonlinear in their input. Batch norm
 # is absent on purpose: in eval mode it is affine, and every method here evaluates in eval mode.
@@ -485,48 +487,35 @@ def _completeness(maps: torch.Tensor, output_delta: torch.Tensor) -> torch.Tenso
     return (maps.flatten(1).sum(dim=1) - output_delta).abs()
 
 
-@register_method(
-    "deeplift",
-    completeness=True,
-    differentiable=True,
-    params={
-        "baseline": {
-            "type": "string",
-            "enum": ["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
-            "default": "black",
-            "description": "pixel-space reference x' (as integrated_gradients): black (0), white "
-            "(1), uniform noise U[0,1), clip(x + N(0, noise_sigma²)), x blurred with blur_sigma, "
-            "each image's mean colour, the X-DNN's homogeneity origin, or the image in "
-            "baseline_file",
-        },
-        "noise_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "std of the Gaussian noise for baseline 'gaussian' (pixel units)",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "Gaussian blur σ in pixels for baseline 'blur'",
-        },
-        "baseline_file": {
-            "type": ["string", "null"],
-            "default": None,
-            "description": "for baseline 'file': a .npy or .safetensors (C, H, W) pixel-space image",
-        },
-    },
-)
+@register_method("deeplift", completeness=True, differentiable=True)
 def deeplift(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    baseline: str = "black",
-    noise_sigma: float = 0.15,
-    blur_sigma: float = 10.0,
-    baseline_file: str | None = None,
+    baseline: Annotated[
+        Baseline,
+        Doc(
+            "pixel-space reference x' (as integrated_gradients): black (0), white (1), "
+            "uniform noise U[0,1), clip(x + N(0, noise_sigma²)), x blurred with blur_sigma, "
+            "each image's mean colour, the X-DNN's homogeneity origin, or the image in "
+            "baseline_file"
+        ),
+    ] = "black",
+    noise_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("std of the Gaussian noise for baseline 'gaussian' (pixel units)"),
+    ] = 0.15,
+    blur_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("Gaussian blur σ in pixels for baseline 'blur'"),
+    ] = 10.0,
+    baseline_file: Annotated[
+        str | None,
+        Doc("for baseline 'file': a .npy or .safetensors (C, H, W) pixel-space image"),
+    ] = None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
@@ -566,27 +555,20 @@ def deeplift(
     )
 
 
-@register_method(
-    "deepshap",
-    references="train_pool",
-    differentiable=True,  # with the drawn background held fixed
-    completeness=True,
-    params={
-        "background": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 10,
-            "description": "reference images per input drawn from the train pool (the notebook of "
-            "Khakzar, 2023 used 10); the whole pool when it holds no more",
-        },
-    },
-)
+@register_method("deepshap", references="train_pool", differentiable=True, completeness=True)
 def deepshap(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    background: int = 10,
+    background: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "reference images per input drawn from the train pool (the notebook of Khakzar, "
+            "2023 used 10); the whole pool when it holds no more"
+        ),
+    ] = 10,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     references: torch.Tensor | None = None,
@@ -606,10 +588,6 @@ def deepshap(
     the completeness metric reads ``baseline_output`` rather than evaluating F(baselines).
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(background, bool) or not isinstance(background, int) or background < 1:
-        raise ValueError(
-            f"deepshap: parameter background must be an integer >= 1; got {background!r}"
-        )
     references, weights = check_references(x, references, reference_weights, "deepshap")
     pool = references.shape[0]
     if weights is not None and not torch.allclose(weights, torch.full_like(weights, 1.0 / pool)):

@@ -22,12 +22,15 @@ context it behaves, and computes, exactly as otherwise. Inside it, `call_method`
 other method with `MapsNotDifferentiable`, so a caller cannot mistake a detached map for a
 differentiable one.
 
-It registers itself with `register_method`, whose arguments must be literals: the workflow reads
-them from the source with `attrflow.catalog` while planning, without importing torch.
+It registers itself with `register_method`; its config parameters are declared once, in its typed
+signature (`attrflow.params`). The workflow plans from `attrflow/schemas/catalog.json`, which
+`python -m attrflow.catalog --write` derives from this registry, so planning never imports torch.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 import torch
 
 from attrflow.methods._batching import maps_differentiable
+from attrflow.params import check_params, parameter_schemas
 from attrflow.registry import Registry, signature_params
 
 RUNTIME_KWARGS = ("generator", "max_batch", "references", "reference_weights")
@@ -73,13 +77,25 @@ class MapsNotDifferentiable(Exception):
 @dataclass(frozen=True)
 class MethodInfo:
     name: str
-    fn: Callable[..., Attribution]
-    params: dict[str, dict]
+    fn: Callable[..., Attribution]  # with a family variant's constants bound
+    params: dict[str, dict]  # JSON-schema fragment per config parameter, derived from the signature
     completeness: bool  # claims sum(maps) == F(x) - F(baseline), baseline stored as diagnostic
     channel_free: bool  # returns (n, H, W) maps
     module: str
     references: str | None = None  # which reference set the method needs, if any
     differentiable: bool = False  # maps carry a graph to x inside `differentiable_maps`
+    function: str = ""  # the Python name of the (shared) function in `module`
+    constants: dict[str, Any] = field(default_factory=dict)  # what a family variant fixes
+    doc: str = ""
+
+    def options(self) -> dict[str, Any]:
+        """The registration's settings as the catalogue records them."""
+        return {
+            "completeness": self.completeness,
+            "channel_free": self.channel_free,
+            "references": self.references,
+            "differentiable": self.differentiable,
+        }
 
 
 METHODS: Registry[MethodInfo] = Registry("attribution method")
@@ -88,32 +104,36 @@ METHODS: Registry[MethodInfo] = Registry("attribution method")
 def register_method(
     name: str,
     *,
-    params: dict[str, dict] | None = None,
     completeness: bool = False,
     channel_free: bool = False,
     references: str | None = None,
     differentiable: bool = False,
+    bind: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    doc: str | None = None,
+    **old_style: Any,
 ) -> Callable[[Callable[..., Attribution]], Callable[..., Attribution]]:
     """Register ``fn`` under ``name``.
 
-    ``differentiable``: the method honours `differentiable_maps` (module doc).
+    Its config parameters are its keyword parameters after (model, x, target), less the runtime
+    keywords; each is declared once, by its annotation and default (`attrflow.params`).
 
-    ``params`` maps each keyword parameter to a JSON-schema fragment (type, bounds, enum,
-    default). It must name exactly the function's keyword parameters (less the runtime ones),
-    with the same defaults; registration fails otherwise, so schema and code cannot drift.
+    ``differentiable``: the method honours `differentiable_maps` (module doc). A family registers
+    one function under several names in a loop: ``bind`` fixes parameters for a variant (they
+    stop being config parameters), ``defaults`` changes a default for it, ``doc`` describes it.
     """
+    refuse_old_style(name, "register_method", old_style)
     if references is not None and references not in REFERENCE_KINDS:
         raise ValueError(f"{name}: references must be one of {REFERENCE_KINDS}, not {references!r}")
-    declared = dict(params or {})
 
     def decorate(fn: Callable[..., Attribution]) -> Callable[..., Attribution]:
-        in_signature = {
-            k: v for k, v in signature_params(fn, positional=3).items() if k not in RUNTIME_KWARGS
-        }
-        _check_declared(name, declared, in_signature)
+        params = parameter_schemas(
+            fn, positional=3, runtime=RUNTIME_KWARGS, bound=bind, defaults=defaults, name=name
+        )
         info = MethodInfo(
-            name, fn, declared, completeness, channel_free, fn.__module__, references,
-            differentiable,
+            name, bound_function(fn, bind, defaults), params, completeness, channel_free,
+            fn.__module__, references, differentiable, fn.__name__, dict(bind or {}),
+            doc if doc is not None else inspect.getdoc(fn) or "",
         )  # fmt: skip
         METHODS.add(name, info)
         return fn
@@ -121,18 +141,23 @@ def register_method(
     return decorate
 
 
-def _check_declared(name: str, declared: dict[str, dict], in_signature: dict[str, object]) -> None:
-    if set(declared) != set(in_signature):
+def refuse_old_style(name: str, decorator: str, old_style: dict[str, Any]) -> None:
+    """A registration still written the old way (``params={...json schema...}``) fails clearly."""
+    if "params" in old_style:
         raise TypeError(
-            f"{name}: declared params {sorted(declared)} differ from the signature's "
-            f"{sorted(in_signature)}"
+            f"{decorator}({name!r}, params=...) is the old style: declare each parameter once, in the "
+            "function's signature (e.g. `steps: Annotated[int, Ge(1), Doc(\"...\")] = 32`, "
+            "`fill: Literal[\"black\", \"blur\"] = \"black\"`, vocabulary in attrflow.params), drop "
+            "params=, then run `python -m attrflow.catalog --write`"
         )
-    for key, schema in declared.items():
-        if "default" in schema and schema["default"] != in_signature[key]:
-            raise TypeError(
-                f"{name}: default of {key!r} is {schema['default']!r} in params but "
-                f"{in_signature[key]!r} in the signature"
-            )
+    if old_style:
+        raise TypeError(f"{decorator}({name!r}): unknown argument(s) {sorted(old_style)}")
+
+
+def bound_function(fn: Callable, bind: dict[str, Any] | None, defaults: dict[str, Any] | None) -> Callable:
+    """``fn`` with a variant's constants and defaults applied (itself when there are none)."""
+    fixed = {**(defaults or {}), **(bind or {})}
+    return functools.partial(fn, **fixed) if fixed else fn
 
 
 def reduce_channels(maps: torch.Tensor, how: str = "sum") -> torch.Tensor:
@@ -159,11 +184,14 @@ def call_method(
     max_batch: int = DEFAULT_MAX_BATCH,
     references: torch.Tensor | Mapping[str, Any] | None = None,
     reference_weights: torch.Tensor | None = None,
+    where: str | None = None,
 ) -> Attribution:
-    """Call a registered method with config params plus the runtime keywords it accepts."""
-    unknown = set(params) - set(info.params)
-    if unknown:
-        raise TypeError(f"{info.name}: unknown parameter(s) {sorted(unknown)}")
+    """Call a registered method with config params plus the runtime keywords it accepts.
+
+    ``params`` are checked against the schema the signature declares, as the config is; errors
+    name ``where.key`` (``where`` defaults to the method's name).
+    """
+    check_params(info.params, params, where or info.name)
     if maps_differentiable() and not info.differentiable:
         raise MapsNotDifferentiable(
             f"{info.name} cannot return maps with a graph to its input (it is not registered "

@@ -36,7 +36,7 @@ derivative to cancellation.
 
 from __future__ import annotations
 
-import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -44,31 +44,20 @@ import torch
 from attrflow.methods._baselines import apply_blur, gaussian_blur, gaussian_blur_matrices
 from attrflow.methods._batching import accumulate_gradients, evaluate_outputs, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt
 
 SPACINGS = ("linear", "sqrt")
 
 
 def blur_sigmas(max_sigma: float, steps: int, spacing: str) -> np.ndarray:
-    """σ_0 = 0 < σ_1 < … < σ_B = max_sigma (float64), PAIR's path scales."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
-    if not _positive_number(max_sigma):
-        raise ValueError(f"parameter max_sigma must be a finite number > 0; got {max_sigma!r}")
+    """σ_0 = 0 < σ_1 < … < σ_B = max_sigma (float64), PAIR's path scales (``steps`` ≥ 1 and
+    ``max_sigma`` > 0, as `blur_ig` declares)."""
     index = np.arange(steps + 1, dtype=np.float64)
     if spacing == "linear":
         return index * max_sigma / steps
     if spacing == "sqrt":
         return max_sigma * np.sqrt(index / steps)
     raise ValueError(f"parameter spacing must be one of {', '.join(SPACINGS)}; got {spacing!r}")
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 class _BlurBank:
@@ -104,47 +93,34 @@ class _BlurBank:
         return apply_blur(images, rows_step, cols_ahead) + apply_blur(images, rows_here, cols_step)
 
 
-@register_method(
-    "blur_ig",
-    completeness=True,
-    differentiable=True,
-    params={
-        "max_sigma": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 50.0,
-            "description": "largest blur σ in pixels: the path starts at x blurred this much "
-            "(PAIR default 50)",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 100,
-            "description": "path steps B, one gradient evaluation each (PAIR default 100)",
-        },
-        "grad_step": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.01,
-            "description": "σ increment of the forward difference ∂x/∂σ (PAIR default 0.01)",
-        },
-        "spacing": {
-            "type": "string",
-            "enum": ["linear", "sqrt"],
-            "default": "linear",
-            "description": "σ_i = max_sigma·i/B (PAIR default) or max_sigma·√(i/B)",
-        },
-    },
-)
+@register_method("blur_ig", completeness=True, differentiable=True)
 def blur_ig(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    max_sigma: float = 50.0,
-    steps: int = 100,
-    grad_step: float = 0.01,
-    spacing: str = "linear",
+    max_sigma: Annotated[
+        float,
+        Gt(0),
+        Doc(
+            "largest blur σ in pixels: the path starts at x blurred this much (PAIR default "
+            "50)"
+        ),
+    ] = 50.0,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("path steps B, one gradient evaluation each (PAIR default 100)"),
+    ] = 100,
+    grad_step: Annotated[
+        float,
+        Gt(0),
+        Doc("σ increment of the forward difference ∂x/∂σ (PAIR default 0.01)"),
+    ] = 0.01,
+    spacing: Annotated[
+        Literal["linear", "sqrt"],
+        Doc("σ_i = max_sigma·i/B (PAIR default) or max_sigma·√(i/B)"),
+    ] = "linear",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """Blur IG of the target logit, PAIR's quadrature, batched over images and path points.
@@ -156,8 +132,6 @@ def blur_ig(
     """
     x, target = validate_batch(model, x, target)
     sigmas = blur_sigmas(max_sigma, steps, spacing)
-    if not _positive_number(grad_step):
-        raise ValueError(f"parameter grad_step must be a finite number > 0; got {grad_step!r}")
     bank = _BlurBank(sigmas[:-1], float(grad_step), x)
     step_widths = torch.as_tensor(np.diff(sigmas), dtype=x.dtype, device=x.device)
 

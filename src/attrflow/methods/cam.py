@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,27 +39,7 @@ from attrflow.methods._batching import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.models.layers import prefix_tokens, resolve_layer, tokens_to_grid
-
-CAM_PARAMS = {
-    "layer": {
-        "type": "string",
-        "minLength": 1,
-        "default": "default",
-        "description": "'default' (the model's CAM layer), 'stage1'..'stage4', or a module path",
-    }
-}
-
-FULLGRAD_PARAMS = {
-    "normalise": {
-        "type": "string",
-        "enum": ["per_layer", "per_channel"],
-        "default": "per_layer",
-        "description": (
-            "min-max each |term| over all its channels and positions (the authors' code) or per "
-            "channel (pytorch-grad-cam)"
-        ),
-    }
-}
+from attrflow.params import Doc, MinLen
 
 # Added to (max − min) when min-max normalising a FullGrad term: the authors' code uses 1e-6,
 # pytorch-grad-cam 1e-7; each normalisation keeps its source's constant.
@@ -68,51 +49,58 @@ ChannelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(activations (n, K, h, w), gradients (n, K, h, w)) -> channel weights (n, K)."""
 
 
-@register_method("gradcam", channel_free=True, differentiable=True, params=CAM_PARAMS)
-def gradcam(
+def class_activation_map(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "default",
+    weighting: str,
+    layer: Annotated[
+        str,
+        MinLen(1),
+        Doc("'default' (the model's CAM layer), 'stage1'..'stage4', or a module path"),
+    ] = "default",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
-    """GradCAM (Selvaraju et al. 2017): ReLU(Σ_k α_k A_k), α_k = mean_ij ∂logit/∂A_k,ij.
+    """ReLU(Σ_k w_k A_k) at ``layer``, the channel weights w_k read from the gradients as
+    ``weighting`` (a key of `CHANNEL_WEIGHTS`) says. No normalisation."""
+    return Attribution(maps=_cam(model, x, target, layer, max_batch, CHANNEL_WEIGHTS[weighting]))
+
+
+# GradCAM and GradCAM++ differ only in their channel weights: one function, registered per variant.
+CAM_VARIANTS = {
+    "gradcam": """GradCAM (Selvaraju et al. 2017): ReLU(Σ_k α_k A_k), α_k = mean_ij ∂logit/∂A_k,ij.
 
     ReLU is applied to the weighted sum at the layer's resolution, before upsampling, as in the
-    paper and pytorch-grad-cam. No normalisation.
-    """
-    return Attribution(maps=_cam(model, x, target, layer, max_batch, _gradcam_weights))
-
-
-@register_method("gradcampp", channel_free=True, differentiable=True, params=CAM_PARAMS)
-def gradcampp(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    layer: str = "default",
-    max_batch: int = DEFAULT_MAX_BATCH,
-) -> Attribution:
-    """GradCAM++ (Chattopadhay et al. 2018): ReLU(Σ_k w_k A_k) with w_k = Σ_ij α_k,ij ReLU(g_k,ij).
+    paper and pytorch-grad-cam. No normalisation.""",
+    "gradcampp": """GradCAM++ (Chattopadhay et al. 2018): ReLU(Σ_k w_k A_k) with w_k = Σ_ij α_k,ij ReLU(g_k,ij).
 
     g = ∂logit/∂A. The closed-form α of the paper's Eq. 19, derived for the score exp(logit), is
     g² / (2g² + Σ_ab A_k,ab · g³) = 1 / (2 + Σ_ab A_k,ab · g) wherever g ≠ 0, and 0 where g = 0 or
     the denominator vanishes (the paper's rule; pytorch-grad-cam adds 1e-6 to the denominator
     instead). The paper's weights carry a further factor exp(logit), a positive per-sample
     constant that pytorch-grad-cam also drops (it overflows float32 for logits above ~88).
-    ReLU is applied to the weighted sum before upsampling; no normalisation.
-    """
-    return Attribution(maps=_cam(model, x, target, layer, max_batch, _gradcampp_weights))
+    ReLU is applied to the weighted sum before upsampling; no normalisation.""",
+}
+for _name, _doc in CAM_VARIANTS.items():
+    register_method(
+        _name, channel_free=True, differentiable=True, bind={"weighting": _name}, doc=_doc
+    )(class_activation_map)
 
 
-@register_method("fullgrad", channel_free=True, differentiable=True, params=FULLGRAD_PARAMS)
+@register_method("fullgrad", channel_free=True, differentiable=True)
 def fullgrad(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    normalise: str = "per_layer",
+    normalise: Annotated[
+        Literal["per_layer", "per_channel"],
+        Doc(
+            "min-max each |term| over all its channels and positions (the authors' code) or "
+            "per channel (pytorch-grad-cam)"
+        ),
+    ] = "per_layer",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """FullGrad (Srinivas & Fleuret 2019): post(z ⊙ ∇_z F) + Σ_layers post(b ⊙ ∇_b F), summed.
@@ -140,10 +128,6 @@ def fullgrad(
     bias is accounted for (it is not on GELU/softmax/LayerNorm networks such as ViTs, where
     the decomposition does not hold).
     """
-    if normalise not in NORMALISE_EPS:
-        raise ValueError(
-            f"parameter normalise must be one of {sorted(NORMALISE_EPS)}; got {normalise!r}"
-        )
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
     sites = _bias_sites(getattr(model, "net", model))
@@ -174,6 +158,9 @@ def _gradcampp_weights(activations: torch.Tensor, gradients: torch.Tensor) -> to
     defined = (gradients != 0) & (denominator != 0)
     alpha = torch.where(defined, 1.0 / torch.where(defined, denominator, 1.0), 0.0)
     return (alpha * torch.relu(gradients)).sum(dim=(2, 3))
+
+
+CHANNEL_WEIGHTS: dict[str, ChannelWeights] = {"gradcam": _gradcam_weights, "gradcampp": _gradcampp_weights}
 
 
 def _cam(

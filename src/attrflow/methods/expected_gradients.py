@@ -23,11 +23,13 @@ per point inside the weighing, before the per-sample sum.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
 from attrflow.methods._batching import accumulate_gradients, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge
 
 
 @dataclass
@@ -189,33 +191,27 @@ def draw_references(
     return torch.multinomial(probs, k, replacement=True, generator=generator)
 
 
-@register_method(
-    "expected_gradients",
-    references="train_pool",
-    differentiable=True,  # with the drawn references and α held fixed
-    params={
-        "k": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 32,
-            "description": "Monte-Carlo draws (reference, α) per image = gradient evaluations; "
-            "Hesse et al., 2021 uses 1 and 32, the LPI supplement (Yang et al., 2023) 20",
-        },
-        "endpoint_outputs": {
-            "type": "boolean",
-            "default": True,
-            "description": "evaluate F(x) and F(x') for output_delta and completeness_residual: "
-            "up to n + min(K, n·k) extra forward passes per call, which dominate at small k",
-        },
-    },
-)
+@register_method("expected_gradients", references="train_pool", differentiable=True)
 def expected_gradients(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    k: int = 32,
-    endpoint_outputs: bool = True,
+    k: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "Monte-Carlo draws (reference, α) per image = gradient evaluations; Hesse et al.,"
+            " 2021 uses 1 and 32, the LPI supplement (Yang et al., 2023) 20"
+        ),
+    ] = 32,
+    endpoint_outputs: Annotated[
+        bool,
+        Doc(
+            "evaluate F(x) and F(x') for output_delta and completeness_residual: up to n + "
+            "min(K, n·k) extra forward passes per call, which dominate at small k"
+        ),
+    ] = True,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     references: torch.Tensor | None = None,
@@ -229,8 +225,6 @@ def expected_gradients(
     on them as on its one gradient).
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"expected_gradients: parameter k must be an integer >= 1; got {k!r}")
     references, weights = check_references(x, references, reference_weights, "expected_gradients")
     n = x.shape[0]
     reference_index = draw_references(weights, references.shape[0], n, k, generator, x.device)

@@ -37,12 +37,14 @@ backward passes per image, plus one forward for the diagnostics.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._baselines import apply_blur, gaussian_blur_matrices
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt, Lt
 
 COLDNESS = 20.0  # the smooth max's inverse temperature
 SUPPORT = 2.0  # grid points farther than SUPPORT·σ from a pixel are ignored
@@ -50,95 +52,65 @@ MOMENTUM = 0.9
 DAMPENING = 0.9
 
 
-@register_method(
-    "extremal_perturbation",
-    channel_free=True,
-    params={
-        "area": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "default": 0.1,
-            "description": "target mask area a as a fraction of the image (Zhang et al., 2021: 0.1)",
-        },
-        "iterations": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 800,
-            "description": "optimisation steps (one forward and backward per image each)",
-        },
-        "learning_rate": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.01,
-            "description": "SGD learning rate (momentum 0.9, dampening 0.9)",
-        },
-        "area_weight": {
-            "type": "number",
-            "minimum": 0,
-            "default": 300.0,
-            "description": "initial weight λ of the ranking area loss",
-        },
-        "area_weight_growth": {
-            "type": "number",
-            "minimum": 1,
-            "default": 1.0035,
-            "description": "factor λ is multiplied by after every iteration",
-        },
-        "max_blur": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 20.0,
-            "description": "σ_max in pixels of the blur that replaces the unkept region",
-        },
-        "levels": {
-            "type": "integer",
-            "minimum": 2,
-            "default": 8,
-            "description": "blur pyramid levels between σ_max and the sharp image",
-        },
-        "step": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 7,
-            "description": "stride in pixels of the mask's parameter grid",
-        },
-        "smooth_sigma": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 21.0,
-            "description": "σ in pixels of the smooth-max kernel that turns parameters into a mask",
-        },
-        "jitter": {
-            "type": "boolean",
-            "default": True,
-            "description": "flip the perturbed image horizontally on every even iteration",
-        },
-        "reward": {
-            "type": "string",
-            "enum": ["logit", "contrastive"],
-            "default": "logit",
-            "description": "what the kept region preserves: the target logit, or the target "
-            "logit minus the largest other logit",
-        },
-    },
-)
+@register_method("extremal_perturbation", channel_free=True)
 def extremal_perturbation(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    area: float = 0.1,
-    iterations: int = 800,
-    learning_rate: float = 0.01,
-    area_weight: float = 300.0,
-    area_weight_growth: float = 1.0035,
-    max_blur: float = 20.0,
-    levels: int = 8,
-    step: int = 7,
-    smooth_sigma: float = 21.0,
-    jitter: bool = True,
-    reward: str = "logit",
+    area: Annotated[
+        float,
+        Gt(0),
+        Lt(1),
+        Doc("target mask area a as a fraction of the image (Zhang et al., 2021: 0.1)"),
+    ] = 0.1,
+    iterations: Annotated[
+        int,
+        Ge(1),
+        Doc("optimisation steps (one forward and backward per image each)"),
+    ] = 800,
+    learning_rate: Annotated[
+        float,
+        Gt(0),
+        Doc("SGD learning rate (momentum 0.9, dampening 0.9)"),
+    ] = 0.01,
+    area_weight: Annotated[
+        float,
+        Ge(0),
+        Doc("initial weight λ of the ranking area loss"),
+    ] = 300.0,
+    area_weight_growth: Annotated[
+        float,
+        Ge(1),
+        Doc("factor λ is multiplied by after every iteration"),
+    ] = 1.0035,
+    max_blur: Annotated[
+        float,
+        Gt(0),
+        Doc("σ_max in pixels of the blur that replaces the unkept region"),
+    ] = 20.0,
+    levels: Annotated[
+        int,
+        Ge(2),
+        Doc("blur pyramid levels between σ_max and the sharp image"),
+    ] = 8,
+    step: Annotated[int, Ge(1), Doc("stride in pixels of the mask's parameter grid")] = 7,
+    smooth_sigma: Annotated[
+        float,
+        Gt(0),
+        Doc("σ in pixels of the smooth-max kernel that turns parameters into a mask"),
+    ] = 21.0,
+    jitter: Annotated[
+        bool,
+        Doc("flip the perturbed image horizontally on every even iteration"),
+    ] = True,
+    reward: Annotated[
+        Literal["logit", "contrastive"],
+        Doc(
+            "what the kept region preserves: the target logit, or the target logit minus the "
+            "largest other logit"
+        ),
+    ] = "logit",
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """(n, H, W) masks in [0, 1] of area ≈ ``area`` that preserve the target (see module doc).
@@ -149,7 +121,6 @@ def extremal_perturbation(
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    _check_params(area, iterations, levels, step, smooth_sigma, max_blur, reward)
     height, width = x.shape[-2:]
     generator = SmoothMaskGenerator(height, width, step, smooth_sigma, device=x.device, dtype=x.dtype)
     reference = _sorted_reference(height * width, area, x)
@@ -181,21 +152,6 @@ def extremal_perturbation(
         maps=torch.cat(masks),
         diagnostics={key: torch.cat([d[key] for d in diagnostics]) for key in diagnostics[0]},
     )
-
-
-def _check_params(
-    area: float, iterations: int, levels: int, step: int, smooth_sigma: float, max_blur: float, reward: str
-) -> None:
-    if not 0 < area < 1:
-        raise ValueError(f"parameter area must lie in (0, 1); got {area!r}")
-    for name, value, least in (("iterations", iterations, 1), ("levels", levels, 2), ("step", step, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"parameter {name} must be an integer >= {least}; got {value!r}")
-    for name, value in (("smooth_sigma", smooth_sigma), ("max_blur", max_blur)):
-        if not value > 0:
-            raise ValueError(f"parameter {name} must be positive; got {value!r}")
-    if reward not in ("logit", "contrastive"):
-        raise ValueError(f"parameter reward must be 'logit' or 'contrastive'; got {reward!r}")
 
 
 class SmoothMaskGenerator:

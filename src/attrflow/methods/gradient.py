@@ -11,6 +11,8 @@ there are I×G, which carries none of IG's axioms.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
 from attrflow.methods._batching import evaluation_mode, input_gradients, validate_batch
@@ -20,25 +22,19 @@ from attrflow.methods.base import (
     MethodNotApplicable,
     register_method,
 )
+from attrflow.params import Doc
 
 
-@register_method(
-    "gradient",
-    differentiable=True,
-    params={
-        "absolute": {
-            "type": "boolean",
-            "default": False,
-            "description": "return |∇x logit|; Hesse et al., 2021, 'saliency' is the absolute gradient",
-        }
-    },
-)
+@register_method("gradient", differentiable=True)
 def gradient(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    absolute: bool = False,
+    absolute: Annotated[
+        bool,
+        Doc("return |∇x logit|; Hesse et al., 2021, 'saliency' is the absolute gradient"),
+    ] = False,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """∇_x logit_target(x) (signed, or its magnitude when ``absolute``)."""

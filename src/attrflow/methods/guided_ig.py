@@ -42,27 +42,16 @@ softmax probability instead.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
-from attrflow.methods._baselines import make_baseline
+from attrflow.methods._baselines import Baseline, make_baseline
 from attrflow.methods._batching import evaluate_outputs, input_gradients, path_diagnostics, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt, Le
 
 CLOSE = 1e-9  # PAIR's tolerance for "the step's L1 goal is met"
-
-
-def _check_fraction(value: float, parameter: str, *, allow_zero: bool) -> float:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (0 <= value <= 1 if allow_zero else 0 < value <= 1)
-    )
-    if not ok:
-        bound = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"parameter {parameter} must be a number in {bound}; got {value!r}")
-    return float(value)
 
 
 def _lower_quantile_rank(fraction: float, features: int) -> int:
@@ -127,68 +116,50 @@ class _GuidedPath:
         return moved * gradient
 
 
-@register_method(
-    "guided_ig",
-    completeness=True,
-    params={
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 200,
-            "description": "path steps B, one gradient evaluation each (PAIR x_steps, default 200)",
-        },
-        "fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.25,
-            "description": "share of features with the smallest |gradient| moved per iteration",
-        },
-        "max_dist": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.02,
-            "description": "how far (in α) a feature may lead or lag the straight line; 0 is IG "
-            "(left Riemann), 1 is unbounded Guided IG",
-        },
-        "baseline": {
-            "type": "string",
-            "enum": ["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
-            "default": "black",
-            "description": "the path's start x', as for integrated_gradients (PAIR: black)",
-        },
-        "noise_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "noise std for baseline 'gaussian' (see integrated_gradients)",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "blur σ for baseline 'blur' (see integrated_gradients)",
-        },
-        "baseline_file": {
-            "type": ["string", "null"],
-            "default": None,
-            "description": "image file for baseline 'file' (see integrated_gradients)",
-        },
-    },
-)
+@register_method("guided_ig", completeness=True)
 def guided_ig(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    steps: int = 200,
-    fraction: float = 0.25,
-    max_dist: float = 0.02,
-    baseline: str = "black",
-    noise_sigma: float = 0.15,
-    blur_sigma: float = 10.0,
-    baseline_file: str | None = None,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("path steps B, one gradient evaluation each (PAIR x_steps, default 200)"),
+    ] = 200,
+    fraction: Annotated[
+        float,
+        Gt(0),
+        Le(1),
+        Doc("share of features with the smallest |gradient| moved per iteration"),
+    ] = 0.25,
+    max_dist: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc(
+            "how far (in α) a feature may lead or lag the straight line; 0 is IG (left "
+            "Riemann), 1 is unbounded Guided IG"
+        ),
+    ] = 0.02,
+    baseline: Annotated[
+        Baseline,
+        Doc("the path's start x', as for integrated_gradients (PAIR: black)"),
+    ] = "black",
+    noise_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("noise std for baseline 'gaussian' (see integrated_gradients)"),
+    ] = 0.15,
+    blur_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("blur σ for baseline 'blur' (see integrated_gradients)"),
+    ] = 10.0,
+    baseline_file: Annotated[
+        str | None,
+        Doc("image file for baseline 'file' (see integrated_gradients)"),
+    ] = None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
@@ -200,10 +171,7 @@ def guided_ig(
     ``completeness_residual`` |Σ maps − output_delta|.
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
-    fraction = _check_fraction(fraction, "fraction", allow_zero=False)
-    max_dist = _check_fraction(max_dist, "max_dist", allow_zero=True)
+    fraction, max_dist = float(fraction), float(max_dist)
     reference = make_baseline(
         model,
         x,

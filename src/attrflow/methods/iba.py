@@ -36,52 +36,45 @@ Cost: 1 forward per image to record R, then ``steps`` × ``copies`` forward + ba
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
+    ActiveThreshold,
+    BottleneckLayer,
     BottleneckSettings,
+    Copies,
     FeatureBottleneck,
-    check_settings,
+    InitialAlpha,
+    LearningRate,
+    MinStd,
+    SmoothSigma,
     draw_seeds,
     fit_feature_bottleneck,
     information_map,
     layer_statistics,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge
 
 
-@register_method(
-    "iba",
-    params={
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "beta": {"type": "number", "minimum": 0, "default": 10.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 10},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("iba", channel_free=True, references="feature_stats")
 def iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "stage2",
-    beta: float = 10.0,
-    steps: int = 10,
-    lr: float = 1.0,
-    copies: int = 10,
-    initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    layer: BottleneckLayer = "stage2",
+    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -89,7 +82,6 @@ def iba(
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("iba", settings, min_std=min_std)
     _, module, stats = layer_statistics(references, model, layer, "iba")
     stats = type(stats)(*(t.to(device=x.device, dtype=x.dtype) for t in stats))
     hook = FeatureBottleneck(getattr(model, "net", model), stats, min_std, active_threshold)

@@ -45,6 +45,7 @@ final distance), ``bottleneck_target_prob`` (step 3's target probability, last s
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import nn
@@ -52,10 +53,16 @@ from torch import nn
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
     MAX_LAMBDA,
+    ActiveThreshold,
+    BottleneckLayer,
     BottleneckSettings,
+    Copies,
     FeatureBottleneck,
     FeatureFit,
-    check_settings,
+    InitialAlpha,
+    LearningRate,
+    MinStd,
+    SmoothSigma,
     draw_seeds,
     fit_bottleneck,
     fit_feature_bottleneck,
@@ -64,48 +71,30 @@ from attrflow.methods._bottleneck import (
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
 from attrflow.models.layers import tokens_to_grid
+from attrflow.params import Doc, Ge
 
 PRIOR_LEARNING_RATES = {"mask": 0.003, "mean": 0.1, "std": 0.05}  # the authors' RMSprop groups
 
 
-@register_method(
-    "input_iba",
-    params={
-        "layer": {"type": "string", "minLength": 1, "default": "stage2"},
-        "feature_beta": {"type": "number", "minimum": 0, "default": 20.0},
-        "feature_steps": {"type": "integer", "minimum": 1, "default": 10},
-        "beta": {"type": "number", "minimum": 0, "default": 20.0},
-        "steps": {"type": "integer", "minimum": 1, "default": 60},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-        "copies": {"type": "integer", "minimum": 1, "default": 10},
-        "initial_alpha": {"type": "number", "default": 5.0},
-        "sigma": {"type": "number", "minimum": 0, "default": 1.0},
-        "prior_steps": {"type": "integer", "minimum": 0, "default": 40},
-        "prior_samples": {"type": "integer", "minimum": 2, "default": 32},
-        "min_std": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-        "active_threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01},
-    },
-    channel_free=True,
-    references="feature_stats",
-)
+@register_method("input_iba", channel_free=True, references="feature_stats")
 def input_iba(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "stage2",
-    feature_beta: float = 20.0,
-    feature_steps: int = 10,
-    beta: float = 20.0,
-    steps: int = 60,
-    lr: float = 1.0,
-    copies: int = 10,
-    initial_alpha: float = 5.0,
-    sigma: float = 1.0,
-    prior_steps: int = 40,
-    prior_samples: int = 32,
-    min_std: float = 0.01,
-    active_threshold: float = 0.01,
+    layer: BottleneckLayer = "stage2",
+    feature_beta: Annotated[float, Ge(0), Doc("β of the feature bottleneck that finds the prior")] = 20.0,
+    feature_steps: Annotated[int, Ge(1), Doc("Adam steps of the feature bottleneck")] = 10,
+    beta: Annotated[float, Ge(0), Doc("β of the input bottleneck")] = 20.0,
+    steps: Annotated[int, Ge(1), Doc("Adam steps of the input bottleneck")] = 60,
+    lr: LearningRate = 1.0,
+    copies: Copies = 10,
+    initial_alpha: InitialAlpha = 5.0,
+    sigma: SmoothSigma = 1.0,
+    prior_steps: Annotated[int, Ge(0), Doc("optimisation steps fitting the input prior")] = 40,
+    prior_samples: Annotated[int, Ge(2), Doc("draws per prior-fitting step")] = 32,
+    min_std: MinStd = 0.01,
+    active_threshold: ActiveThreshold = 0.01,
     references=None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -114,12 +103,6 @@ def input_iba(
     check_max_batch(max_batch)
     feature_settings = BottleneckSettings(feature_beta, feature_steps, lr, copies, initial_alpha, 0.0)
     input_settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
-    check_settings("input_iba", feature_settings, min_std=min_std)
-    check_settings("input_iba", input_settings)
-    if isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 0:
-        raise ValueError(f"input_iba: parameter prior_steps must be an integer >= 0; got {prior_steps!r}")
-    if isinstance(prior_samples, bool) or not isinstance(prior_samples, int) or prior_samples < 2:
-        raise ValueError(f"input_iba: parameter prior_samples must be an integer >= 2; got {prior_samples!r}")
     _, module, stats = layer_statistics(references, model, layer, "input_iba")
     stats = type(stats)(*(t.to(device=x.device, dtype=x.dtype) for t in stats))
     hook = FeatureBottleneck(getattr(model, "net", model), stats, min_std, active_threshold)

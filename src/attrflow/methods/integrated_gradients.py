@@ -22,10 +22,12 @@ baselines but give no parameters (UNI (Choi et al., 2024) Sec. 3.1); the default
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 
-from attrflow.methods._baselines import BASELINES, make_baseline
+from attrflow.methods._baselines import BASELINES, Baseline, make_baseline
 from attrflow.methods._batching import (
     PointBuilder,
     accumulate_gradients,
@@ -34,6 +36,7 @@ from attrflow.methods._batching import (
     validate_batch,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge
 
 __all__ = [
     "BASELINES",
@@ -48,9 +51,7 @@ RULES = ("left", "right", "trapezoid", "gausslegendre")
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes α_k in [0, 1] (ascending) and weights w_k of ``rule`` with ``steps`` steps, float64."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
+    """Nodes α_k in [0, 1] (ascending) and weights w_k of ``rule`` with ``steps`` ≥ 1 steps, float64."""
     k = np.arange(steps + 1, dtype=np.float64)
     if rule == "right":
         return k[1:] / steps, np.full(steps, 1.0 / steps)
@@ -66,64 +67,52 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"parameter rule must be one of {', '.join(RULES)}; got {rule!r}")
 
 
-@register_method(
-    "integrated_gradients",
-    completeness=True,
-    differentiable=True,
-    params={
-        "baseline": {
-            "type": "string",
-            "enum": ["black", "white", "uniform", "gaussian", "blur", "mean", "origin", "file"],
-            "default": "black",
-            "description": "reference x': black (0), white (1), uniform noise U[0,1), "
-            "clip(x + N(0, noise_sigma²)), x blurred with blur_sigma, each image's mean colour, "
-            "the X-DNN's homogeneity origin, or the image in baseline_file",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 32,
-            "description": "quadrature steps B (gradient evaluations; trapezoid uses B + 1)",
-        },
-        "rule": {
-            "type": "string",
-            "enum": ["left", "right", "trapezoid", "gausslegendre"],
-            "default": "right",
-            "description": "quadrature rule; right is UNI's (Choi et al., 2024) Riemann sum over k = 1..B",
-        },
-        "noise_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "std of the Gaussian noise added to x for baseline 'gaussian' "
-            "(pixel units; the result is clipped to [0, 1])",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "Gaussian blur σ in pixels for baseline 'blur' (taps to ⌊4σ+0.5⌋, "
-            "reflect padding)",
-        },
-        "baseline_file": {
-            "type": ["string", "null"],
-            "default": None,
-            "description": "for baseline 'file': a .npy or .safetensors (C, H, W) or "
-            "(1, C, H, W) pixel-space image shared by every sample",
-        },
-    },
-)
+@register_method("integrated_gradients", completeness=True, differentiable=True)
 def integrated_gradients(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    baseline: str = "black",
-    steps: int = 32,
-    rule: str = "right",
-    noise_sigma: float = 0.15,
-    blur_sigma: float = 10.0,
-    baseline_file: str | None = None,
+    baseline: Annotated[
+        Baseline,
+        Doc(
+            "reference x': black (0), white (1), uniform noise U[0,1), clip(x + N(0, "
+            "noise_sigma²)), x blurred with blur_sigma, each image's mean colour, the X-DNN's"
+            " homogeneity origin, or the image in baseline_file"
+        ),
+    ] = "black",
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("quadrature steps B (gradient evaluations; trapezoid uses B + 1)"),
+    ] = 32,
+    rule: Annotated[
+        Literal["left", "right", "trapezoid", "gausslegendre"],
+        Doc("quadrature rule; right is UNI's (Choi et al., 2024) Riemann sum over k = 1..B"),
+    ] = "right",
+    noise_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "std of the Gaussian noise added to x for baseline 'gaussian' (pixel units; the "
+            "result is clipped to [0, 1])"
+        ),
+    ] = 0.15,
+    blur_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "Gaussian blur σ in pixels for baseline 'blur' (taps to ⌊4σ+0.5⌋, reflect "
+            "padding)"
+        ),
+    ] = 10.0,
+    baseline_file: Annotated[
+        str | None,
+        Doc(
+            "for baseline 'file': a .npy or .safetensors (C, H, W) or (1, C, H, W) pixel-"
+            "space image shared by every sample"
+        ),
+    ] = None,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:

@@ -38,6 +38,8 @@ Completeness holds in expectation over α only, so LPI registers no completeness
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
 from attrflow.methods._batching import validate_batch
@@ -47,6 +49,7 @@ from attrflow.methods.expected_gradients import (
     forward_logits,
     integrate_from_references,
 )
+from attrflow.params import Doc, Ge
 
 
 def estimated_centres(
@@ -64,34 +67,28 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1)).clamp(min=0)
 
 
-@register_method(
-    "lpi",
-    references="lpi",
-    differentiable=True,  # the cluster choice (an argmin) is locally constant
-    params={
-        "sub_clusters": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 20,
-            "description": "references per cluster R (the reference set's sub_clusters); "
-            "each image integrates from its own cluster's R references",
-        },
-        "samples_per_reference": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 1,
-            "description": "α draws per reference (the authors' k); gradient evaluations per "
-            "image = sub_clusters × samples_per_reference",
-        },
-    },
-)
+@register_method("lpi", references="lpi", differentiable=True)
 def lpi(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    sub_clusters: int = 20,
-    samples_per_reference: int = 1,
+    sub_clusters: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "references per cluster R (the reference set's sub_clusters); each image "
+            "integrates from its own cluster's R references"
+        ),
+    ] = 20,
+    samples_per_reference: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "α draws per reference (the authors' k); gradient evaluations per image = "
+            "sub_clusters × samples_per_reference"
+        ),
+    ] = 1,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     references: torch.Tensor | None = None,
@@ -99,10 +96,6 @@ def lpi(
 ) -> Attribution:
     """LPI of the target logit from the density-weighted references of x's own cluster."""
     x, target = validate_batch(model, x, target)
-    counts = [("sub_clusters", sub_clusters), ("samples_per_reference", samples_per_reference)]
-    for name, value in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"lpi: parameter {name} must be an integer >= 1; got {value!r}")
     references, weights = check_references(x, references, reference_weights, "lpi")
     if weights is None:
         raise ValueError(

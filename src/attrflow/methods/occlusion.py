@@ -23,12 +23,14 @@ Cost per image: one forward of x plus one per window position, ⌈(H − p)/s + 
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.methods._baselines import gaussian_blur
 from attrflow.methods._batching import check_max_batch, evaluate_outputs, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge
 
 FILLS = ("black", "mean", "blur", "value")
 
@@ -44,9 +46,7 @@ def window_cover(
 
 
 def _check_geometry(patch_size: int, stride: int, height: int, width: int) -> None:
-    for name, value in (("patch_size", patch_size), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"occlusion: parameter {name} must be an integer >= 1; got {value!r}")
+    """What the signature cannot declare: the window against the image and against each other."""
     if patch_size > min(height, width):
         raise ValueError(
             f"occlusion: parameter patch_size {patch_size} exceeds the image size {height}×{width}"
@@ -72,74 +72,42 @@ def fill_canvas(
     if fill == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x)
     if fill == "blur":
-        if (
-            isinstance(blur_sigma, bool)
-            or not isinstance(blur_sigma, (int, float))
-            or not blur_sigma >= 0
-        ):
-            raise ValueError(
-                f"occlusion: parameter blur_sigma must be a number >= 0; got {blur_sigma!r}"
-            )
         return gaussian_blur(x, float(blur_sigma), padding="reflect")
     if fill == "value":
-        if (
-            isinstance(fill_value, bool)
-            or not isinstance(fill_value, (int, float))
-            or not math.isfinite(fill_value)
-        ):
-            raise ValueError(
-                f"occlusion: fill 'value' needs a finite number in parameter fill_value; got {fill_value!r}"
-            )
+        if fill_value is None:
+            raise ValueError("occlusion: fill 'value' needs a number in parameter fill_value; got None")
         return torch.full_like(x, float(fill_value))
     raise ValueError(f"occlusion: parameter fill must be one of {', '.join(FILLS)}; got {fill!r}")
 
 
-@register_method(
-    "occlusion",
-    channel_free=True,
-    params={
-        "patch_size": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 8,
-            "description": "side of the square window in pixels",
-        },
-        "stride": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 4,
-            "description": "step between window positions in pixels (at most patch_size)",
-        },
-        "fill": {
-            "type": "string",
-            "enum": ["black", "mean", "blur", "value"],
-            "default": "black",
-            "description": "what an occluded window shows: black (0), the image's mean colour, "
-            "the image blurred with blur_sigma, or the constant fill_value (pixel space)",
-        },
-        "fill_value": {
-            "type": ["number", "null"],
-            "default": None,
-            "description": "for fill 'value': the pixel value of the window",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "Gaussian blur σ in pixels for fill 'blur'",
-        },
-    },
-)
+@register_method("occlusion", channel_free=True)
 def occlusion(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    patch_size: int = 8,
-    stride: int = 4,
-    fill: str = "black",
-    fill_value: float | None = None,
-    blur_sigma: float = 10.0,
+    patch_size: Annotated[int, Ge(1), Doc("side of the square window in pixels")] = 8,
+    stride: Annotated[
+        int,
+        Ge(1),
+        Doc("step between window positions in pixels (at most patch_size)"),
+    ] = 4,
+    fill: Annotated[
+        Literal["black", "mean", "blur", "value"],
+        Doc(
+            "what an occluded window shows: black (0), the image's mean colour, the image "
+            "blurred with blur_sigma, or the constant fill_value (pixel space)"
+        ),
+    ] = "black",
+    fill_value: Annotated[
+        float | None,
+        Doc("for fill 'value': the pixel value of the window"),
+    ] = None,
+    blur_sigma: Annotated[
+        float,
+        Ge(0),
+        Doc("Gaussian blur σ in pixels for fill 'blur'"),
+    ] = 10.0,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """(n, H, W) mean drop of the target logit over the windows covering each pixel.

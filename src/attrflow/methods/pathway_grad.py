@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
@@ -41,71 +42,56 @@ from torch import nn
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.models.layers import resolve_layer
+from attrflow.params import Doc, Ge, Le, MinLen
 
 ALL_RELUS = "all_relus"
-CRITERIA = ("neuron_mct", "neuron_intgrad")
 
 
-@register_method(
-    "pathway_grad",
-    params={
-        "criterion": {
-            "type": "string",
-            "enum": ["neuron_mct", "neuron_intgrad"],
-            "default": "neuron_mct",
-            "description": "neuron contribution: |a·∂Φ/∂a| (NeuronMCT) or IG over the layer "
-            "from 0 (NeuronIntGrad)",
-        },
-        "sparsity": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.7,
-            "description": "fraction of units left out of the pathway, ranked network-wide "
-            "(seed: 0.7 for ResNet-50, 0.9 for VGG-16)",
-        },
-        "layers": {
-            "type": "array",
-            "items": {"type": "string"},
-            "minItems": 1,
-            "default": ["all_relus"],
-            "description": "layers whose output units form the neurons: 'all_relus' (every "
-            "nn.ReLU), 'default', 'stage1'..'stage4' or module paths",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "Riemann steps of NeuronIntGrad (seed: 50)",
-        },
-    },
-)
+@register_method("pathway_grad")
 def pathway_grad(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    criterion: str = "neuron_mct",
-    sparsity: float = 0.7,
-    layers: list[str] = ["all_relus"],  # noqa: B006 - never mutated; the registry needs a literal
-    steps: int = 50,
+    criterion: Annotated[
+        Literal["neuron_mct", "neuron_intgrad"],
+        Doc(
+            "neuron contribution: |a·∂Φ/∂a| (NeuronMCT) or IG over the layer from 0 "
+            "(NeuronIntGrad)"
+        ),
+    ] = "neuron_mct",
+    sparsity: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc(
+            "fraction of units left out of the pathway, ranked network-wide (seed: 0.7 for "
+            "ResNet-50, 0.9 for VGG-16)"
+        ),
+    ] = 0.7,
+    layers: Annotated[
+        list[str],
+        MinLen(1),
+        Doc(
+            "layers whose output units form the neurons: 'all_relus' (every nn.ReLU), "
+            "'default', 'stage1'..'stage4' or module paths"
+        ),
+    ] = ["all_relus"],  # noqa: B006 - never mutated; the registry needs a literal
+    steps: Annotated[int, Ge(1), Doc("Riemann steps of NeuronIntGrad (seed: 50)")] = 50,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """∇ₓ of the target logit through the critical pathway only (see module doc).
 
-    Diagnostics: ``kept_fraction`` (n,) the share of units in the pathway and ``threshold``
-    (n,) the contribution c_κ at which it was cut.
+    Diagnostics: ``kept_fraction`` (n,) the share of units in the pathway, ``threshold``
+    (n,) the contribution c_κ at which it was cut, and the pathway diagnostics of Khakzar et
+    al., CVPR 2021: ``dead_fraction`` (n,) the share of the pathway's units that were dead
+    (exactly zero) in the original forward pass and ``dead_fraction_layers`` (n, sites) the
+    same per layer (NaN where the pathway keeps no unit of it).
     """
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if criterion not in CRITERIA:
-        raise ValueError(f"parameter criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}")
-    if not 0.0 <= sparsity <= 1.0:
-        raise ValueError(f"parameter sparsity must lie in [0, 1]; got {sparsity!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
     modules = pathway_modules(model, layers)
-    maps, kept, thresholds = [], [], []
+    maps, kept, thresholds, dead, dead_layers = [], [], [], [], []
     with evaluation_mode(model):
         for start in range(0, x.shape[0], max_batch):
             images, classes = x[start : start + max_batch], target[start : start + max_batch]
@@ -114,14 +100,36 @@ def pathway_grad(
             else:
                 scores = neuron_intgrad(model, images, classes, modules, steps=steps, max_batch=max_batch)
             masks, threshold = select_pathway(scores, sparsity)
-            maps.append(pathway_gradient(model, images, classes, modules, masks))
+            activations: list[torch.Tensor] = []
+            maps.append(pathway_gradient(model, images, classes, modules, masks, record=activations))
             units = sum(m[0].numel() for m in masks)
             kept.append(sum(m.flatten(1).sum(dim=1) for m in masks).to(x.dtype) / units)
             thresholds.append(threshold)
+            overall, per_layer = dead_share(masks, activations)
+            dead.append(overall.to(x.dtype))
+            dead_layers.append(per_layer.to(x.dtype))
     return Attribution(
         maps=torch.cat(maps),
-        diagnostics={"kept_fraction": torch.cat(kept), "threshold": torch.cat(thresholds)},
+        diagnostics={
+            "kept_fraction": torch.cat(kept),
+            "threshold": torch.cat(thresholds),
+            "dead_fraction": torch.cat(dead),
+            "dead_fraction_layers": torch.cat(dead_layers),
+        },
     )
+
+
+def dead_share(masks: list[torch.Tensor], activations: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Share of a pathway's units that were originally dead (activation exactly 0), network-wide
+    (n,) and per site (n, sites); NaN where the pathway (or its part in a site) is empty."""
+    if len(masks) != len(activations) or any(m.shape != a.shape for m, a in zip(masks, activations)):
+        raise ValueError("dead_share: one activation tensor per pathway mask, of the same shape")
+    kept = torch.stack([m.flatten(1).sum(dim=1) for m in masks], dim=1).double()
+    dead = torch.stack([(m & (a == 0)).flatten(1).sum(dim=1) for m, a in zip(masks, activations)], dim=1).double()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=kept.device)
+    overall = torch.where(kept.sum(dim=1) > 0, dead.sum(dim=1) / kept.sum(dim=1).clamp(min=1), nan)
+    per_layer = torch.where(kept > 0, dead / kept.clamp(min=1), nan)
+    return overall, per_layer
 
 
 def pathway_modules(model: nn.Module, layers: list[str]) -> list[nn.Module]:
@@ -262,10 +270,12 @@ def pathway_gradient(
     target: torch.Tensor,
     modules: list[nn.Module],
     masks: list[torch.Tensor],
+    record: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """∇ₓ of the target logit with every unit outside ``masks`` frozen at its own value.
 
     e·a + (1 − e)·detach(a) equals a in the forward pass and passes gradient only where e = 1.
+    The forward values are the original activations: ``record``, when given, receives them.
     """
     sites = _Sites(modules)
 
@@ -280,4 +290,6 @@ def pathway_gradient(
     with sites.attached(), torch.enable_grad():
         logits = sites.run(model, inputs)
         (grad,) = torch.autograd.grad(_target_logits(logits, target).sum(), inputs)
+    if record is not None:
+        record.extend(output.detach() for output in sites.outputs)
     return grad

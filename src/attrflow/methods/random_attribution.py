@@ -6,30 +6,25 @@ target; they depend only on the injected generator, so one seed always gives the
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.methods._batching import validate_batch
 from attrflow.methods.base import Attribution, register_method
+from attrflow.params import Doc
 
 
-@register_method(
-    "random_attribution",
-    channel_free=True,
-    params={
-        "distribution": {
-            "type": "string",
-            "enum": ["uniform", "normal"],
-            "default": "uniform",
-            "description": "i.i.d. U[0, 1) or N(0, 1) per pixel",
-        }
-    },
-)
+@register_method("random_attribution", channel_free=True)
 def random_attribution(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    distribution: str = "uniform",
+    distribution: Annotated[
+        Literal["uniform", "normal"],
+        Doc("i.i.d. U[0, 1) or N(0, 1) per pixel"),
+    ] = "uniform",
     generator: torch.Generator | None = None,
 ) -> Attribution:
     """(n, H, W) i.i.d. maps drawn from ``generator`` (the global RNG when it is None)."""

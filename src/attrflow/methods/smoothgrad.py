@@ -32,25 +32,20 @@ not x, and are not kept; ``noise_stdev`` (n,) records σ_abs per sample.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 
 from attrflow.methods._batching import validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, call_method, register_method
+from attrflow.params import Doc, Ge, check_params
 from attrflow.registry import UnknownEntryError
-
-VARIANTS = ("smoothgrad", "squared", "vargrad")
 
 
 def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
     from attrflow.methods import get_method
 
-    if not isinstance(of, str):
-        raise ValueError(f"parameter of must name a registered method function; got {of!r}")
     try:
         info = get_method(of)
     except UnknownEntryError as err:
@@ -60,62 +55,35 @@ def _inner_method(of: object, of_params: object) -> tuple[Any, dict[str, Any]]:
             f"parameter of: {of!r} needs a {info.references!r} reference set, which smoothgrad "
             f"cannot pass through"
         )
-    if not isinstance(of_params, Mapping):
-        raise ValueError(f"parameter of_params must be a mapping; got {of_params!r}")
-    unknown = sorted(set(of_params) - set(info.params))
-    if unknown:
-        raise ValueError(
-            f"parameter of_params: {unknown} are not parameters of {of!r}; it takes "
-            f"{sorted(info.params) or 'none'}"
-        )
+    # the inner method's own declarations check of_params, naming smoothgrad.of_params.<key>
+    check_params(info.params, of_params, "smoothgrad.of_params")
     return info, dict(of_params)
 
 
-@register_method(
-    "smoothgrad",
-    differentiable=True,  # when its inner method is (call_method checks that one too)
-    params={
-        "of": {
-            "type": "string",
-            "default": "gradient",
-            "description": "registered function of the method to smooth (checked when called)",
-        },
-        "n": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "noisy copies per sample (Smilkov et al.: about 50)",
-        },
-        "sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.15,
-            "description": "noise std relative to each sample's value range max − min "
-            "(Smilkov et al.: 10–20 %)",
-        },
-        "variant": {
-            "type": "string",
-            "enum": ["smoothgrad", "squared", "vargrad"],
-            "default": "smoothgrad",
-            "description": "mean of the maps, mean of their squares, or their variance",
-        },
-        "of_params": {
-            "type": "object",
-            "default": {},
-            "description": "parameters of the inner method",
-        },
-    },
-)
+@register_method("smoothgrad", differentiable=True)
 def smoothgrad(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    of: str = "gradient",
-    n: int = 50,
-    sigma: float = 0.15,
-    variant: str = "smoothgrad",
-    of_params: Mapping[str, Any] = MappingProxyType({}),
+    of: Annotated[
+        str,
+        Doc("registered function of the method to smooth (checked when called)"),
+    ] = "gradient",
+    n: Annotated[int, Ge(1), Doc("noisy copies per sample (Smilkov et al.: about 50)")] = 50,
+    sigma: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "noise std relative to each sample's value range max − min (Smilkov et al.: 10–20"
+            " %)"
+        ),
+    ] = 0.15,
+    variant: Annotated[
+        Literal["smoothgrad", "squared", "vargrad"],
+        Doc("mean of the maps, mean of their squares, or their variance"),
+    ] = "smoothgrad",
+    of_params: Annotated[dict[str, Any], Doc("parameters of the inner method")] = MappingProxyType({}),
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
@@ -125,13 +93,6 @@ def smoothgrad(
     same generator after the noise is drawn, and ``max_batch``.
     """
     x, target = validate_batch(model, x, target)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"parameter n must be an integer >= 1; got {n!r}")
-    bad_sigma = isinstance(sigma, bool) or not isinstance(sigma, (int, float))
-    if bad_sigma or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"parameter sigma must be a finite number >= 0; got {sigma!r}")
-    if variant not in VARIANTS:
-        raise ValueError(f"parameter variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
     info, inner_params = _inner_method(of, of_params)
 
     samples = x.shape[0]

@@ -53,10 +53,10 @@ of ``max_batch``.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -70,14 +70,7 @@ from attrflow.methods._batching import (
     validate_batch,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
-
-OUTPUTS = ("prob", "logit")
-DELTA_NORMS = ("unit", "sphere", "ball")
-PGD_GRADIENTS = ("raw", "normalized")
-DELTA_INITS = ("zero", "random")
-UNLEARN_LABELS = ("target", "predicted")
-KL_DIRECTIONS = ("unlearned_first", "reversed")
-GRAD_NORMS = ("global", "per_tensor")
+from attrflow.params import Doc, Ge, Gt
 
 # Per-sample gradients and θ̂ take (samples × parameters) elements each; 2**27 float32 elements
 # (512 MiB) per copy bounds the unlearning chunk for large networks (≈ 11 ResNet-18s at once)
@@ -87,104 +80,74 @@ PER_SAMPLE_PARAMETER_BUDGET = 2**27
 RANDOM_INIT_SCALE = 1e-6
 
 
-@register_method(
-    "uni",
-    completeness=True,
-    differentiable=True,  # with the unlearned perturbation δ(x) held fixed (see uni())
-    params={
-        "eta": {
-            "type": "number",
-            "minimum": 0,
-            "default": 1.0,
-            "description": "unlearning step size η in parameter space (UNI (Choi et al., 2024): 1)",
-        },
-        "pgd_steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 10,
-            "description": "PGD steps T matching the baseline to the unlearned output (UNI (Choi et al., 2024): 10)",
-        },
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.25,
-            "description": "ℓ2 budget ε of δ = x' − x in pixel space (UNI (Choi et al., 2024): 0.25); unused by "
-            "delta_norm 'unit'",
-        },
-        "pgd_step_size": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.1,
-            "description": "PGD step size μ (UNI (Choi et al., 2024): 0.1)",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 15,
-            "description": "Riemann steps B of the right sum k = 1..B (UNI (Choi et al., 2024): 15)",
-        },
-        "output": {
-            "type": "string",
-            "enum": ["prob", "logit"],
-            "default": "prob",
-            "description": "explained output F_c: softmax probability (UNI (Choi et al., 2024)) or logit",
-        },
-        "delta_norm": {
-            "type": "string",
-            "enum": ["unit", "sphere", "ball"],
-            "default": "sphere",
-            "description": "renormalisation of δ after each PGD step: δ/‖δ‖ (Alg. 1 as "
-            "printed), ε·δ/‖δ‖ (budget enforced, digest's reading), or projection onto ‖δ‖ ≤ ε",
-        },
-        "pgd_gradient": {
-            "type": "string",
-            "enum": ["raw", "normalized"],
-            "default": "raw",
-            "description": "PGD step −μ∇C (Alg. 1) or −μ∇C/‖∇C‖ (textbook ℓ2 PGD)",
-        },
-        "delta_init": {
-            "type": "string",
-            "enum": ["zero", "random"],
-            "default": "random",
-            "description": "δ⁰: zero, or a random direction of norm 1e-6·radius from the generator",
-        },
-        "unlearn_label": {
-            "type": "string",
-            "enum": ["target", "predicted"],
-            "default": "target",
-            "description": "label y of the unlearned loss: the explained target, or argmax F(x; θ)",
-        },
-        "kl_direction": {
-            "type": "string",
-            "enum": ["unlearned_first", "reversed"],
-            "default": "unlearned_first",
-            "description": "D_KL(F(x; θ̂) ‖ F(x+δ; θ)) as in Alg. 1, or the reverse",
-        },
-        "grad_norm": {
-            "type": "string",
-            "enum": ["global", "per_tensor"],
-            "default": "global",
-            "description": "norm of the unlearning step: over all parameters, or per tensor",
-        },
-    },
-)
+@register_method("uni", completeness=True, differentiable=True)
 def uni(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    eta: float = 1.0,
-    pgd_steps: int = 10,
-    epsilon: float = 0.25,
-    pgd_step_size: float = 0.1,
-    steps: int = 15,
-    output: str = "prob",
-    delta_norm: str = "sphere",
-    pgd_gradient: str = "raw",
-    delta_init: str = "random",
-    unlearn_label: str = "target",
-    kl_direction: str = "unlearned_first",
-    grad_norm: str = "global",
+    eta: Annotated[
+        float,
+        Ge(0),
+        Doc("unlearning step size η in parameter space (UNI (Choi et al., 2024): 1)"),
+    ] = 1.0,
+    pgd_steps: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "PGD steps T matching the baseline to the unlearned output (UNI (Choi et al., "
+            "2024): 10)"
+        ),
+    ] = 10,
+    epsilon: Annotated[
+        float,
+        Gt(0),
+        Doc(
+            "ℓ2 budget ε of δ = x' − x in pixel space (UNI (Choi et al., 2024): 0.25); unused"
+            " by delta_norm 'unit'"
+        ),
+    ] = 0.25,
+    pgd_step_size: Annotated[
+        float,
+        Gt(0),
+        Doc("PGD step size μ (UNI (Choi et al., 2024): 0.1)"),
+    ] = 0.1,
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("Riemann steps B of the right sum k = 1..B (UNI (Choi et al., 2024): 15)"),
+    ] = 15,
+    output: Annotated[
+        Literal["prob", "logit"],
+        Doc("explained output F_c: softmax probability (UNI (Choi et al., 2024)) or logit"),
+    ] = "prob",
+    delta_norm: Annotated[
+        Literal["unit", "sphere", "ball"],
+        Doc(
+            "renormalisation of δ after each PGD step: δ/‖δ‖ (Alg. 1 as printed), ε·δ/‖δ‖ "
+            "(budget enforced, digest's reading), or projection onto ‖δ‖ ≤ ε"
+        ),
+    ] = "sphere",
+    pgd_gradient: Annotated[
+        Literal["raw", "normalized"],
+        Doc("PGD step −μ∇C (Alg. 1) or −μ∇C/‖∇C‖ (textbook ℓ2 PGD)"),
+    ] = "raw",
+    delta_init: Annotated[
+        Literal["zero", "random"],
+        Doc("δ⁰: zero, or a random direction of norm 1e-6·radius from the generator"),
+    ] = "random",
+    unlearn_label: Annotated[
+        Literal["target", "predicted"],
+        Doc("label y of the unlearned loss: the explained target, or argmax F(x; θ)"),
+    ] = "target",
+    kl_direction: Annotated[
+        Literal["unlearned_first", "reversed"],
+        Doc("D_KL(F(x; θ̂) ‖ F(x+δ; θ)) as in Alg. 1, or the reverse"),
+    ] = "unlearned_first",
+    grad_norm: Annotated[
+        Literal["global", "per_tensor"],
+        Doc("norm of the unlearning step: over all parameters, or per tensor"),
+    ] = "global",
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
@@ -197,8 +160,6 @@ def uni(
     F_c(x; θ), ``baseline_target_prob`` F_c(x'; θ) (probabilities whatever ``output``);
     ``baseline_kl`` the matching objective C at x'; ``unlearning_gradient_norm`` ‖∇_θ L‖.
     """
-    _check_params(eta, pgd_steps, epsilon, pgd_step_size, steps, output, delta_norm,
-                  pgd_gradient, delta_init, unlearn_label, kl_direction, grad_norm)
     check_max_batch(max_batch)
     x, target = validate_batch(model, x, target)
     with _modes_restored(model):
@@ -245,29 +206,6 @@ def uni(
             "unlearning_gradient_norm": gradient_norms,
         },
     )
-
-
-def _check_params(eta, pgd_steps, epsilon, pgd_step_size, steps, output, delta_norm,
-                  pgd_gradient, delta_init, unlearn_label, kl_direction, grad_norm) -> None:
-    """Reject bad parameters before any work, naming the parameter."""
-    for name, value in (("pgd_steps", pgd_steps), ("steps", steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"parameter {name} must be an integer >= 1; got {value!r}")
-    for name, value, zero_allowed in (
-        ("eta", eta, True), ("epsilon", epsilon, False), ("pgd_step_size", pgd_step_size, False)
-    ):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
-            bound = ">= 0" if zero_allowed else "> 0"
-            raise ValueError(f"parameter {name} must be a finite number {bound}; got {value!r}")
-    for name, value, allowed in (
-        ("output", output, OUTPUTS), ("delta_norm", delta_norm, DELTA_NORMS),
-        ("pgd_gradient", pgd_gradient, PGD_GRADIENTS), ("delta_init", delta_init, DELTA_INITS),
-        ("unlearn_label", unlearn_label, UNLEARN_LABELS),
-        ("kl_direction", kl_direction, KL_DIRECTIONS), ("grad_norm", grad_norm, GRAD_NORMS),
-    ):
-        if value not in allowed:
-            raise ValueError(f"parameter {name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @contextmanager

@@ -10,12 +10,15 @@ from attrflow.metrics.base import (
     call_metric,
     register_metric,
 )
+from attrflow.catalog import check_current
 from attrflow.registry import import_registered
 
 
 def get_metric(fn: str) -> MetricInfo:
     import_registered("metrics", fn)
-    return METRICS.get(fn)
+    info = METRICS.get(fn)
+    check_current("metrics", info)
+    return info
 
 
 def load_all() -> list[str]:

@@ -14,14 +14,26 @@ A pixel is removed with all of its channels: maps with channels are summed per p
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from attrflow.metrics.base import NAN, OK, MetricInputs, MetricOutput
+from attrflow.params import Doc, Ge, Gt, Odd
 
-FILLS = ("black", "blur", "mean")
+# Parameters several removal metrics share, declared once (`attrflow.params`): their signatures
+# annotate with these.
+Fill = Annotated[
+    Literal["black", "blur", "mean"],
+    Doc("what removed pixels show: black, the image blurred (blur_kernel, blur_sigma) or its mean colour"),
+]
+BlurKernel = Annotated[int, Ge(1), Odd(), Doc("taps of the Gaussian blur (odd, so the kernel has a centre)")]
+BlurSigma = Annotated[float, Gt(0), Doc("σ of the Gaussian blur, in pixels")]
+TargetOutput = Annotated[Literal["prob", "logit"], Doc("the target's softmax probability or its logit")]
+Subsets = Annotated[int, Ge(2), Doc("random subsets per sample (at least two, to correlate)")]
+FILLS = get_args(get_args(Fill)[0])
 OUTPUTS = ("prob", "logit", "top1")
 ORDERS = ("signed", "absolute")
 NONFINITE_MAP = "attribution map has non-finite values"
@@ -124,12 +136,8 @@ def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> tor
     partial). Otherwise `steps` equal fractions: round(k·HW/steps) for k = 0 … steps.
     """
     if pixels_per_step is not None:
-        if pixels_per_step < 1:
-            raise ValueError(f"pixels_per_step must be >= 1, got {pixels_per_step}")
         points = -(-num_pixels // pixels_per_step) + 1
         return torch.clamp(torch.arange(points) * pixels_per_step, max=num_pixels)
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     k = torch.arange(steps + 1)
     return (2 * k * num_pixels + steps) // (2 * steps)  # round half up, in integers
 

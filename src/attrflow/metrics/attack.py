@@ -68,8 +68,8 @@ each tells how much of the drop any 8/255 perturbation would cause.
 Methods whose maps do not depend on the input (random attribution) are skipped. The two metrics
 measure the same attack: its random draws come from the job's seed and the samples' ids (not
 from each metric's own generator), and the last attack is kept in memory, so with the same
-settings the second metric reuses it. Their parameter schemas are the same literal twice,
-because `attrflow.catalog` reads each registration from the source without running it.
+settings the second metric reuses it. Both are one function, `attack_robustness`, registered
+once per metric, so their parameters are declared once.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -87,6 +88,7 @@ from torch.overrides import TorchFunctionMode
 from attrflow.metrics._removal import CONSTANT_MAP, NONFINITE_MAP, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.stability import cleaned, flat_scores, spearman_rows
+from attrflow.params import Doc, Ge, Gt, Le
 
 LOG = logging.getLogger(__name__)
 
@@ -350,21 +352,6 @@ class AttackSettings:
     spsa_tile: int
     max_halvings: int
 
-    def check(self, metric: str) -> None:
-        problems = {
-            "epsilon": not 0 < self.epsilon <= 1,
-            "k": self.k is not None and self.k < 1,
-            "order": self.order not in ("absolute", "signed"),
-            "softplus_beta": self.softplus_beta < 0,
-            "spsa_samples": self.spsa_samples < 1,
-            "spsa_step": self.spsa_step <= 0,
-            "spsa_tile": self.spsa_tile < 1,
-            "max_halvings": self.max_halvings < 0,
-        }
-        bad = [f"{name}={getattr(self, name)!r}" for name, wrong in problems.items() if wrong]
-        if bad:
-            raise ValueError(f"{metric}: parameter(s) out of range: {', '.join(bad)}")
-
 
 def _sample_reason(
     finite_before: bool, constant: bool, finite_after: bool, epsilon_used: float, tried: str
@@ -397,7 +384,6 @@ def attack(
     who = f"method {inputs.method!r} (fn {inputs.method_fn!r})"
     if inputs.explain is None:
         raise ValueError(f"{metric}: no explain callable was given for {who}")
-    settings.check(metric)
     key = (
         id(inputs.model), inputs.method, inputs.method_fn, tuple(inputs.ids), inputs.seed, settings,
         inputs.images.data_ptr(), tuple(inputs.images.shape), max_batch,
@@ -500,128 +486,90 @@ def _scored(
     return out
 
 
-# One parameter schema for every registration below (read as a literal by attrflow.catalog).
-ATTACK_PARAMS = {
-    "epsilon": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "maximum": 1,
-        "default": 0.03137254901960784,
-        "description": "ℓ∞ budget in pixel space [0, 1] (UNI (Choi et al., 2024): 8/255)",
-    },
-    "k": {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "default": None,
-        "description": "size of the top-k set; null: 1000 at 224², scaled by the map's area",
-    },
-    "order": {
-        "enum": ["absolute", "signed"],
-        "default": "absolute",
-        "description": "rank map elements by magnitude (Ghorbani) or by signed value",
-    },
-    "softplus_beta": {
-        "type": "number",
-        "minimum": 0,
-        "default": 10.0,
-        "description": "β of the Softplus replacing every ReLU (modules and functional) "
-        "for the attack direction; 0: attack the model itself",
-    },
-    "spsa_samples": {
-        "type": "integer",
-        "minimum": 1,
-        "default": 16,
-        "description": "random ±1 directions of the SPSA gradient, used only for methods "
-        "without differentiable maps (2 method calls each)",
-    },
-    "spsa_step": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "default": 0.00392156862745098,
-        "description": "finite-difference step c of SPSA, pixel space (default 1/255)",
-    },
-    "spsa_tile": {
-        "type": "integer",
-        "minimum": 1,
-        "default": 4,
-        "description": "SPSA directions are constant over tile × tile pixels",
-    },
-    "max_halvings": {
-        "type": "integer",
-        "minimum": 0,
-        "default": 3,
-        "description": "how often ε is halved while the attack changes the predicted label",
-    },
-}
-
-
-@register_metric(
-    "attack_spearman",
-    kind="explainer",
-    direction="higher",
-    params=ATTACK_PARAMS,
-)
-def attack_spearman(
+def attack_robustness(
     inputs: MetricInputs,
     *,
-    epsilon: float = 0.03137254901960784,
-    k: int | None = None,
-    order: str = "absolute",
-    softplus_beta: float = 10.0,
-    spsa_samples: int = 16,
-    spsa_step: float = 0.00392156862745098,
-    spsa_tile: int = 4,
-    max_halvings: int = 3,
+    metric: str,
+    epsilon: Annotated[
+        float,
+        Gt(0),
+        Le(1),
+        Doc("ℓ∞ budget in pixel space [0, 1] (UNI (Choi et al., 2024): 8/255)"),
+    ] = 8 / 255,
+    k: Annotated[
+        int | None,
+        Ge(1),
+        Doc("size of the top-k set; null: 1000 at 224², scaled by the map's area"),
+    ] = None,
+    order: Annotated[
+        Literal["absolute", "signed"],
+        Doc("rank map elements by magnitude (Ghorbani) or by signed value"),
+    ] = "absolute",
+    softplus_beta: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "β of the Softplus replacing every ReLU (modules and functional) for the attack "
+            "direction; 0: attack the model itself"
+        ),
+    ] = 10.0,
+    spsa_samples: Annotated[
+        int,
+        Ge(1),
+        Doc(
+            "random ±1 directions of the SPSA gradient, used only for methods without "
+            "differentiable maps (2 method calls each)"
+        ),
+    ] = 16,
+    spsa_step: Annotated[
+        float,
+        Gt(0),
+        Doc("finite-difference step c of SPSA, pixel space (default 1/255)"),
+    ] = 1 / 255,
+    spsa_tile: Annotated[
+        int,
+        Ge(1),
+        Doc("SPSA directions are constant over tile × tile pixels"),
+    ] = 4,
+    max_halvings: Annotated[
+        int,
+        Ge(0),
+        Doc("how often ε is halved while the attack changes the predicted label"),
+    ] = 3,
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
-    """Spearman ρ between the map before and after the top-k FGSM attack (UNI Table 3; higher is
-    more robust). Ranks use `order` (magnitudes by default, as Ghorbani); ties get average ranks.
-    Curve: [ε used, ρ under random ±ε noise, 1 exact gradient / 0 SPSA]. See the module doc."""
+    """How much of the map survives the top-k FGSM attack, as ``metric`` measures it: Spearman ρ
+    (``attack_spearman``) or the top-k intersection (``attack_topk``). See the module doc."""
     settings = AttackSettings(
         epsilon, k, order, softplus_beta, spsa_samples, spsa_step, spsa_tile, max_halvings
     )
-    result = attack(inputs, "attack_spearman", settings, generator, max_batch)
+    result = attack(inputs, metric, settings, generator, max_batch)
     if isinstance(result, str):
         return MetricOutput.skipped(inputs.n, result)
-    rho, constant_after = spearman_rows(result.before, result.after)
-    rho_noise, _ = spearman_rows(result.before, result.noise_after)
-    undefined = "the attacked map is constant: Spearman ρ is undefined"
-    reasons = [undefined if c else None for c in constant_after.tolist()]
-    return _scored(result, rho, rho_noise, reasons, "attack_spearman")
-
-
-@register_metric(
-    "attack_topk",
-    kind="explainer",
-    direction="higher",
-    params=ATTACK_PARAMS,
-)
-def attack_topk(
-    inputs: MetricInputs,
-    *,
-    epsilon: float = 0.03137254901960784,
-    k: int | None = None,
-    order: str = "absolute",
-    softplus_beta: float = 10.0,
-    spsa_samples: int = 16,
-    spsa_step: float = 0.00392156862745098,
-    spsa_tile: int = 4,
-    max_halvings: int = 3,
-    generator: torch.Generator | None = None,
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Top-k intersection: the fraction of the k most important map elements before the attack
-    that are still among the k most important after it (UNI Table 4 in %, here in [0, 1]; higher
-    is more robust). k = 1000 at 224² scaled by the map's area (``k: null``); ties at the k-th
-    place keep the row-major order. Curve: [ε used, intersection under random ±ε noise, 1 exact
-    gradient / 0 SPSA]. See the module docstring."""
-    settings = AttackSettings(
-        epsilon, k, order, softplus_beta, spsa_samples, spsa_step, spsa_tile, max_halvings
-    )
-    result = attack(inputs, "attack_topk", settings, generator, max_batch)
-    if isinstance(result, str):
-        return MetricOutput.skipped(inputs.n, result)
+    if metric == "attack_spearman":
+        rho, constant_after = spearman_rows(result.before, result.after)
+        rho_noise, _ = spearman_rows(result.before, result.noise_after)
+        undefined = "the attacked map is constant: Spearman ρ is undefined"
+        reasons = [undefined if c else None for c in constant_after.tolist()]
+        return _scored(result, rho, rho_noise, reasons, metric)
     shared = topk_intersection(result.before, result.after, result.k)
     noise = topk_intersection(result.before, result.noise_after, result.k)
-    return _scored(result, shared, noise, [None] * inputs.n, "attack_topk")
+    return _scored(result, shared, noise, [None] * inputs.n, metric)
+
+
+# Both metrics run the same attack and read its result differently: one function, registered twice.
+REGISTERED = {
+    "attack_spearman": """Spearman ρ between the map before and after the top-k FGSM attack (UNI
+    Table 3; higher is more robust). Ranks use `order` (magnitudes by default, as Ghorbani); ties
+    get average ranks. Curve: [ε used, ρ under random ±ε noise, 1 exact gradient / 0 SPSA].""",
+    "attack_topk": """Top-k intersection: the fraction of the k most important map elements before
+    the attack that are still among the k most important after it (UNI Table 4 in %, here in
+    [0, 1]; higher is more robust). k = 1000 at 224² scaled by the map's area (``k: null``); ties
+    at the k-th place keep the row-major order. Curve: [ε used, intersection under random ±ε
+    noise, 1 exact gradient / 0 SPSA].""",
+}
+for _name, _doc in REGISTERED.items():
+    register_metric(_name, kind="explainer", direction="higher", bind={"metric": _name}, doc=_doc)(
+        attack_robustness
+    )

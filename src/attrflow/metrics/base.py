@@ -9,12 +9,13 @@ Four kinds:
 
 A metric is a function ``fn(inputs: MetricInputs, **params) -> MetricOutput`` returning one
 value per sample and optionally a curve. Its direction (is higher better?) is part of its
-registration. As for methods, the registration's arguments are literals so the workflow can read
-them without importing torch, and ``generator`` / ``max_batch`` are injected at run time.
+registration. As for methods, its config parameters are declared once, in its typed signature
+(`attrflow.params`), and ``generator`` / ``max_batch`` are injected at run time.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +23,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from attrflow.methods.base import RUNTIME_KWARGS, _check_declared
+from attrflow.methods.base import RUNTIME_KWARGS, bound_function, refuse_old_style
+from attrflow.params import check_params, parameter_schemas
 from attrflow.registry import Registry, signature_params
 
 KINDS = ("map", "explainer", "diagnostic", "retraining")
 DIRECTIONS = ("higher", "lower")
 
 OK, NAN, SKIPPED = "ok", "nan", "skipped"
+
+
+@dataclass(frozen=True)
+class PeerMaps:
+    """The stored maps of another method entry on the same (dataset, model), for metrics that
+    compare against them (a parameter whose schema has ``"format": "method-entry"`` names it)."""
+
+    ids: list[str]
+    maps: torch.Tensor  # (m, H, W) or (m, C, H, W); m may differ from the scored batch
+    diagnostics: dict[str, torch.Tensor]
+    method_fn: str
+
+    def rows(self, ids: list[str]) -> list[int | None]:
+        """The row of each of ``ids`` in these maps (None where the peer has no such sample)."""
+        where = {sample: i for i, sample in enumerate(self.ids)}
+        return [where.get(sample) for sample in ids]
+
+
+def peer_parameters(params: dict[str, dict]) -> list[str]:
+    """The parameters of a metric that name another method entry (``"format": "method-entry"``)."""
+    return sorted(k for k, schema in params.items() if schema.get("format") == "method-entry")
 
 
 @dataclass
@@ -53,6 +76,8 @@ class MetricInputs:
     # The job's seed, for randomness several metrics must share (the attack of attack_spearman
     # and attack_topk); each metric's own randomness comes from its `generator`.
     seed: int = 0
+    # Stored maps of the method entries the metric's parameters name (`PeerMaps`), by entry name.
+    peers: dict[str, PeerMaps] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -89,12 +114,19 @@ class MetricOutput:
 @dataclass(frozen=True)
 class MetricInfo:
     name: str
-    fn: Callable[..., MetricOutput]
-    params: dict[str, dict]
+    fn: Callable[..., MetricOutput]  # with a family variant's constants bound
+    params: dict[str, dict]  # JSON-schema fragment per config parameter, derived from the signature
     kind: str
     direction: str
     module: str
     requires: tuple[str, ...] = ()  # what the dataset must provide, e.g. ("masks",)
+    function: str = ""  # the Python name of the (shared) function in `module`
+    constants: dict[str, Any] = field(default_factory=dict)  # what a family variant fixes
+    doc: str = ""
+
+    def options(self) -> dict[str, Any]:
+        """The registration's settings as the catalogue records them."""
+        return {"kind": self.kind, "direction": self.direction, "requires": list(self.requires)}
 
 
 METRICS: Registry[MetricInfo] = Registry("metric")
@@ -108,14 +140,22 @@ def register_metric(
     *,
     kind: str,
     direction: str,
-    params: dict[str, dict] | None = None,
     requires: list[str] | None = None,
+    bind: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    doc: str | None = None,
+    **old_style: Any,
 ) -> Callable[[Callable[..., MetricOutput]], Callable[..., MetricOutput]]:
     """Register ``fn`` under ``name``.
 
-    ``requires`` lists what the dataset must provide (``"masks"``: ground-truth object masks);
-    the config check refuses such a metric on a dataset kind that cannot provide it.
+    Its config parameters are its keyword parameters after ``inputs``, less the runtime keywords;
+    each is declared once, by its annotation and default (`attrflow.params`). ``requires`` lists
+    what the dataset must provide (``"masks"``: ground-truth object masks); the config check
+    refuses such a metric on a dataset kind that cannot provide it. A family registers one
+    function under several names in a loop: ``bind`` fixes parameters for a variant (they stop
+    being config parameters), ``defaults`` changes a default for it, ``doc`` describes it.
     """
+    refuse_old_style(name, "register_metric", old_style)
     if kind not in KINDS:
         raise ValueError(f"{name}: kind must be one of {KINDS}, not {kind!r}")
     if direction not in DIRECTIONS:
@@ -123,14 +163,16 @@ def register_metric(
     unknown = set(requires or ()) - set(REQUIREMENTS)
     if unknown:
         raise ValueError(f"{name}: unknown requirement(s) {sorted(unknown)}; known: {REQUIREMENTS}")
-    declared = dict(params or {})
 
     def decorate(fn: Callable[..., MetricOutput]) -> Callable[..., MetricOutput]:
-        in_signature = {
-            k: v for k, v in signature_params(fn, positional=1).items() if k not in RUNTIME_KWARGS
-        }
-        _check_declared(name, declared, in_signature)
-        info = MetricInfo(name, fn, declared, kind, direction, fn.__module__, tuple(requires or ()))
+        params = parameter_schemas(
+            fn, positional=1, runtime=RUNTIME_KWARGS, bound=bind, defaults=defaults, name=name
+        )
+        info = MetricInfo(
+            name, bound_function(fn, bind, defaults), params, kind, direction, fn.__module__,
+            tuple(requires or ()), fn.__name__, dict(bind or {}),
+            doc if doc is not None else inspect.getdoc(fn) or "",
+        )  # fmt: skip
         METRICS.add(name, info)
         return fn
 
@@ -144,10 +186,11 @@ def call_metric(
     *,
     generator: torch.Generator | None = None,
     max_batch: int = 256,
+    where: str | None = None,
 ) -> MetricOutput:
-    unknown = set(params) - set(info.params)
-    if unknown:
-        raise TypeError(f"{info.name}: unknown parameter(s) {sorted(unknown)}")
+    """Call a registered metric; ``params`` are checked as the config checks them (errors name
+    ``where.key``, ``where`` defaulting to the metric's name)."""
+    check_params(info.params, params, where or info.name)
     accepted = signature_params(info.fn, positional=1)
     runtime: dict[str, Any] = {}
     if "generator" in accepted:

@@ -11,24 +11,23 @@ since a residual means nothing for them.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 import torch
 
-from attrflow.metrics._removal import target_outputs, with_reasons
+from attrflow.metrics._removal import TargetOutput, target_outputs, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc
 
 
-@register_metric(
-    "completeness",
-    kind="diagnostic",
-    direction="lower",
-    params={
-        "relative": {"type": "boolean", "default": False},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-    },
-)
+@register_metric("completeness", kind="diagnostic", direction="lower")
 def completeness(
-    inputs: MetricInputs, *, relative: bool = False, output: str = "logit", max_batch: int = 256
+    inputs: MetricInputs,
+    *,
+    relative: Annotated[bool, Doc("divide the residual by |F_c(x) − F_c(x')|")] = False,
+    output: TargetOutput = "logit",
+    max_batch: int = 256,
 ) -> MetricOutput:
     """|Σ maps − (F_c(x) − F_c(x'))|, F_c the target logit (lower is better).
 

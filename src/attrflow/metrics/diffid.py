@@ -36,12 +36,15 @@ Ambiguities and where we differ, documented:
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
 
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
     checked_maps,
     constant_maps,
     fill_image,
@@ -53,17 +56,18 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Gt, Lt, MinLen
 
 NONPOSITIVE_LOGIT = "the target logit of the clean image is not positive: a fractional logit is meaningless"
 SCORES = {"logit_ratio": "logit", "accuracy": "top1"}
 
 
 def removal_counts(ratios: list[float], num_pixels: int) -> torch.Tensor:
-    """⌊r·HW⌋ pixels per ratio (tolerant to float rounding, so 0.29·100 is 29, not 28)."""
-    if len(ratios) < 2:
-        raise ValueError(f"diffid: ratios needs at least 2 values for an area, got {ratios}")
-    if any(not 0.0 < r < 1.0 for r in ratios) or any(b <= a for a, b in zip(ratios, ratios[1:])):
-        raise ValueError(f"diffid: ratios must increase strictly within (0, 1), got {ratios}")
+    """⌊r·HW⌋ pixels per ratio (tolerant to float rounding, so 0.29·100 is 29, not 28).
+
+    The signature declares two or more ratios in (0, 1); that they increase it cannot say."""
+    if any(b <= a for a, b in zip(ratios, ratios[1:])):
+        raise ValueError(f"diffid: ratios must increase strictly, got {ratios}")
     return torch.tensor([math.floor(r * num_pixels + 1e-9) for r in ratios])
 
 
@@ -112,33 +116,28 @@ def preserved_means(
     return torch.cat(colours, dim=1)
 
 
-@register_metric(
-    "diffid",
-    kind="map",
-    direction="higher",
-    params={
-        "ratios": {
-            "type": "array",
-            "items": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
-            "minItems": 2,
-            "default": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-        },
-        "score": {"enum": ["logit_ratio", "accuracy"], "default": "logit_ratio"},
-        "fill": {"enum": ["preserved_mean", "black", "blur", "mean"], "default": "preserved_mean"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "order": {"enum": ["absolute", "signed"], "default": "absolute"},
-    },
-)
+@register_metric("diffid", kind="map", direction="higher")
 def diffid(
     inputs: MetricInputs,
     *,
-    ratios: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
-    score: str = "logit_ratio",
-    fill: str = "preserved_mean",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    order: str = "absolute",
+    ratios: Annotated[
+        list[Annotated[float, Gt(0), Lt(1)]],
+        MinLen(2),
+        Doc("removed fractions r of the pixels, increasing; the area runs over them"),
+    ] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],  # noqa: B006 (never mutated)
+    score: Annotated[
+        Literal["logit_ratio", "accuracy"],
+        Doc("the fractional target logit, or top-1 correctness"),
+    ] = "logit_ratio",
+    fill: Annotated[
+        Literal["preserved_mean", "black", "blur", "mean"],
+        Doc("what removed pixels show: the mean of the kept ones (the LPI evaluator's), or a shared canvas"),
+    ] = "preserved_mean",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    order: Annotated[
+        Literal["absolute", "signed"], Doc("rank by saliency magnitude (LPI) or by the signed map")
+    ] = "absolute",
     max_batch: int = 256,
 ) -> MetricOutput:
     """Area over the removed ratio r of insertion(r) − deletion(r): the fractional target logit
@@ -149,8 +148,6 @@ def diffid(
     `blur_kernel` / `blur_sigma`) and ``mean`` are the shared canvases. `order` ranks by
     saliency magnitude (LPI) or by the signed map.
     """
-    if score not in SCORES:
-        raise ValueError(f"diffid: unknown score {score!r}; use one of {sorted(SCORES)}")
     saliency = saliency_scores(inputs, order)
     finite = torch.isfinite(saliency).flatten(1).all(dim=1)
     saliency = torch.where(torch.isfinite(saliency), saliency, torch.zeros_like(saliency))

@@ -55,6 +55,7 @@ Other choices, where the code leaves room:
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ import torch
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
     checked_maps,
     constant_maps,
     fill_image,
@@ -71,6 +74,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, Gt, Lt
 
 SIGMA_CONVENTIONS = ("standard", "authors_code")
 KEEP_ORDERS = ("positive", "negative", "absolute")
@@ -98,11 +102,9 @@ def blur_sigma_for(sigma: float, convention: str) -> float:
 
 
 def keep_fractions(count: int, smallest: float) -> torch.Tensor:
-    """The geometric fraction grid, float64: ``np.geomspace(smallest, 1, count)``, ends exact."""
-    if count < 2:
-        raise ValueError(f"fractions must be >= 2 (a curve needs two points), got {count}")
-    if not 0.0 < smallest < 1.0:
-        raise ValueError(f"min_fraction must lie in (0, 1), got {smallest}")
+    """The geometric fraction grid, float64: ``np.geomspace(smallest, 1, count)``, ends exact.
+
+    ``count`` ≥ 2 and 0 < ``smallest`` < 1, as `keep_remove_curve`'s signature declares."""
     return torch.from_numpy(np.geomspace(smallest, 1.0, count))
 
 
@@ -123,21 +125,30 @@ def kept_counts(eligible: torch.Tensor, fractions: torch.Tensor, num_pixels: int
     return torch.minimum(wanted[None, :], eligible[:, None])
 
 
-def _keep_remove(
+def keep_remove_curve(
     inputs: MetricInputs,
-    metric: str,
     *,
-    fractions: int,
-    min_fraction: float,
-    blur_kernel: int,
-    blur_sigma: float,
-    sigma_convention: str,
-    accuracy_against: str = "target",
-    max_batch: int,
+    metric: str,
+    fractions: Annotated[int, Ge(2), Doc("points of the geometric grid of kept fractions")] = 16,
+    min_fraction: Annotated[float, Gt(0), Lt(1), Doc("the grid's smallest kept fraction")] = 0.01,
+    blur_kernel: BlurKernel = 51,
+    blur_sigma: BlurSigma = 41.0,
+    sigma_convention: Annotated[
+        Literal["standard", "authors_code"],
+        Doc("standard Gaussian σ, or the Hesse et al., 2021 code's kernel (σ·√2)"),
+    ] = "standard",
+    accuracy_against: Annotated[
+        Literal["target", "label"],
+        Doc("the class top-1 correctness is judged against: the explained target or the label"),
+    ] = "target",
+    max_batch: int = 256,
 ) -> MetricOutput:
+    """The keep/remove-mask curve and its area for ``metric`` (a key of `VARIANTS`).
+
+    `fractions` geometric points from `min_fraction` to 1; the blur has `blur_kernel` taps and
+    σ = `blur_sigma` under `sigma_convention` (``authors_code``: the Hesse et al., 2021 code's σ·√2).
+    """
     order, keep, score = VARIANTS[metric]
-    if accuracy_against not in ("target", "label"):
-        raise ValueError(f"{metric}: accuracy_against must be 'target' or 'label', not {accuracy_against!r}")
     maps = checked_maps(inputs, metric)
     finite = torch.isfinite(maps).flatten(1).all(dim=1)
     scores = ordered_scores(torch.where(torch.isfinite(maps), maps, torch.zeros_like(maps)), order)
@@ -180,215 +191,26 @@ def _keep_remove(
     return with_reasons(values, list(curves.cpu().numpy()), reasons)
 
 
-# Parameter schemas shared by the registrations below (read as literals by attrflow.catalog):
-# the signed orders score the target logit, the absolute ones top-1 accuracy.
-LOGIT_PARAMS = {
-    "fractions": {"type": "integer", "minimum": 2, "default": 16},
-    "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-    "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-    "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-    "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-}
-ACCURACY_PARAMS = {
-    "fractions": {"type": "integer", "minimum": 2, "default": 16},
-    "min_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.01},
-    "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 51},
-    "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 41.0},
-    "sigma_convention": {"enum": ["standard", "authors_code"], "default": "standard"},
-    "accuracy_against": {"enum": ["target", "label"], "default": "target"},
-}
-
-
-@register_metric(
-    "kpm",
-    kind="map",
-    direction="higher",
-    params=LOGIT_PARAMS,
-)
-def kpm(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Keep Positive Mask: area of the target logit over the fraction p of pixels kept, keeping the
-    most positive pixels first and blurring the rest, negatives from the start (higher is better).
-
-    `fractions` geometric points from `min_fraction` to 1; the blur has `blur_kernel` taps and
-    σ = `blur_sigma` under `sigma_convention` (``authors_code``: the Hesse et al., 2021 code's σ·√2).
-    """
-    return _keep_remove(
-        inputs,
-        "kpm",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "knm",
-    kind="map",
-    direction="lower",
-    params=LOGIT_PARAMS,
-)
-def knm(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Keep Negative Mask: area of the target logit over the fraction kept, keeping the most
-    negative pixels first, positives blurred from the start (lower is better). Parameters as `kpm`.
-    """
-    return _keep_remove(
-        inputs,
-        "knm",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "rpm",
-    kind="map",
-    direction="lower",
-    params=LOGIT_PARAMS,
-)
-def rpm(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Remove Positive Mask: area of the target logit when the *least* positive pixels are the
-    ones kept, so the most positive are blurred away (lower is better). Parameters as `kpm`.
-    """
-    return _keep_remove(
-        inputs,
-        "rpm",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "rnm",
-    kind="map",
-    direction="higher",
-    params=LOGIT_PARAMS,
-)
-def rnm(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Remove Negative Mask: area of the target logit when the least negative pixels are kept, so
-    the most negative are blurred away (higher is better). Parameters as `kpm`.
-    """
-    return _keep_remove(
-        inputs,
-        "rnm",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "kam",
-    kind="map",
-    direction="higher",
-    params=ACCURACY_PARAMS,
-)
-def kam(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    accuracy_against: str = "target",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Keep Absolute Mask: area of top-1 correctness over the fraction kept, keeping the largest
-    |A| first (higher is better). `accuracy_against` is the class the argmax must equal (the
-    explained target, or the ground-truth label); other parameters as `kpm`.
-    """
-    return _keep_remove(
-        inputs,
-        "kam",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        accuracy_against=accuracy_against,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "ram",
-    kind="map",
-    direction="lower",
-    params=ACCURACY_PARAMS,
-)
-def ram(
-    inputs: MetricInputs,
-    *,
-    fractions: int = 16,
-    min_fraction: float = 0.01,
-    blur_kernel: int = 51,
-    blur_sigma: float = 41.0,
-    sigma_convention: str = "standard",
-    accuracy_against: str = "target",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Remove Absolute Mask: area of top-1 correctness over the fraction kept when the smallest
-    |A| are the ones kept, so the most important are blurred away (lower is better). Parameters
-    as `kam`.
-    """
-    return _keep_remove(
-        inputs,
-        "ram",
-        fractions=fractions,
-        min_fraction=min_fraction,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        sigma_convention=sigma_convention,
-        accuracy_against=accuracy_against,
-        max_batch=max_batch,
-    )
+# One function, registered once per variant: (direction, description). The signed orders score
+# the target logit and have no `accuracy_against`; the absolute ones score top-1 correctness.
+REGISTERED = {
+    "kpm": ("higher", "Keep Positive Mask: area of the target logit over the fraction p of pixels "
+            "kept, keeping the most positive pixels first and blurring the rest, negatives from the "
+            "start (higher is better)."),
+    "knm": ("lower", "Keep Negative Mask: area of the target logit over the fraction kept, keeping "
+            "the most negative pixels first, positives blurred from the start (lower is better)."),
+    "rpm": ("lower", "Remove Positive Mask: area of the target logit when the *least* positive "
+            "pixels are the ones kept, so the most positive are blurred away (lower is better)."),
+    "rnm": ("higher", "Remove Negative Mask: area of the target logit when the least negative "
+            "pixels are kept, so the most negative are blurred away (higher is better)."),
+    "kam": ("higher", "Keep Absolute Mask: area of top-1 correctness over the fraction kept, "
+            "keeping the largest |A| first (higher is better)."),
+    "ram": ("lower", "Remove Absolute Mask: area of top-1 correctness over the fraction kept when "
+            "the smallest |A| are the ones kept, so the most important are blurred away (lower is "
+            "better)."),
+}  # fmt: skip
+for _name, (_direction, _doc) in REGISTERED.items():
+    _bind = {"metric": _name}
+    if VARIANTS[_name][2] != "top1":  # only top-1 correctness has a class to be judged against
+        _bind["accuracy_against"] = "target"
+    register_metric(_name, kind="map", direction=_direction, bind=_bind, doc=_doc)(keep_remove_curve)

@@ -20,6 +20,7 @@ Shared conventions, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -27,12 +28,19 @@ import torch.nn.functional as F
 
 from attrflow.metrics._removal import NONFINITE_MAP, checked_maps, trapezoid_auc
 from attrflow.metrics.base import NAN, OK, SKIPPED, MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, Gt, Le
 
-REGIONS = ("mask", "box")
 CONSTANT_MAP = "the attribution map is constant: it points nowhere"
 EMPTY_REGION = "the object mask of this sample is empty"
 NO_HEAT = "the map has no positive attribution (no heat to localise)"
 NO_HEAT_ABSOLUTE = "the map is zero everywhere (no heat to localise)"
+
+# Parameters the localisation metrics share, declared once (`attrflow.params`).
+Region = Annotated[
+    Literal["mask", "box"],
+    Doc("compare with the object mask, or with the tightest axis-aligned box around it"),
+]
+AbsoluteHeat = Annotated[bool, Doc("heat = |A| instead of max(A, 0)")]
 
 
 def no_masks_reason(metric: str, method: str) -> str:
@@ -80,8 +88,6 @@ class _Prepared:
 
 def _prepare(inputs: MetricInputs, metric: str, region: str) -> _Prepared | None:
     """Checked maps and regions, or None when the dataset has no masks."""
-    if region not in REGIONS:
-        raise ValueError(f"{metric}: region must be one of {REGIONS}, not {region!r}")
     if inputs.masks is None:
         return None
     maps = checked_maps(inputs, metric).double()
@@ -145,25 +151,20 @@ def disk_dilation(regions: torch.Tensor, radius: float) -> torch.Tensor:
     return hits.squeeze(1) > 0.5
 
 
-@register_metric(
-    "pointing_game",
-    kind="map",
-    direction="higher",
-    requires=["masks"],
-    params={
-        "tolerance": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0,
-            "description": "a hit may miss the region by up to this many pixels (Euclidean); "
-            "Zhang et al.'s protocol uses 15 at 224²",
-        },
-        "absolute": {"type": "boolean", "default": False, "description": "point at max |A|"},
-        "region": {"enum": ["mask", "box"], "default": "mask"},
-    },
-)
+@register_metric("pointing_game", kind="map", direction="higher", requires=["masks"])
 def pointing_game(
-    inputs: MetricInputs, *, tolerance: float = 0, absolute: bool = False, region: str = "mask"
+    inputs: MetricInputs,
+    *,
+    tolerance: Annotated[
+        float,
+        Ge(0),
+        Doc(
+            "a hit may miss the region by up to this many pixels (Euclidean); Zhang et al.'s "
+            "protocol uses 15 at 224²"
+        ),
+    ] = 0,
+    absolute: Annotated[bool, Doc("point at max |A|")] = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """1 if the map's maximum lies on the object (within `tolerance` pixels), else 0. Requires masks.
 
@@ -174,8 +175,6 @@ def pointing_game(
     prepared = _prepare(inputs, "pointing_game", region)
     if prepared is None:
         return MetricOutput.skipped(inputs.n, no_masks_reason("pointing_game", inputs.method))
-    if tolerance < 0:
-        raise ValueError(f"pointing_game: tolerance must be >= 0, got {tolerance}")
     scores = prepared.maps.abs() if absolute else prepared.maps
     flat = scores.flatten(1)
     top = flat == flat.amax(dim=1, keepdim=True)
@@ -187,22 +186,12 @@ def pointing_game(
 # ---------------------------------------------------------------- relevance mass
 
 
-@register_metric(
-    "relevance_mass",
-    kind="map",
-    direction="higher",
-    requires=["masks"],
-    params={
-        "absolute": {
-            "type": "boolean",
-            "default": False,
-            "description": "heat = |A| instead of max(A, 0)",
-        },
-        "region": {"enum": ["mask", "box"], "default": "mask"},
-    },
-)
+@register_metric("relevance_mass", kind="map", direction="higher", requires=["masks"])
 def relevance_mass(
-    inputs: MetricInputs, *, absolute: bool = False, region: str = "mask"
+    inputs: MetricInputs,
+    *,
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """Relevance mass accuracy (Arras et al., CLEVR-XAI): heat inside the region / all heat.
 
@@ -234,35 +223,21 @@ def top_pixels(heat: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return (ranks < counts.view(-1, 1)) & (heat > 0)
 
 
-@register_metric(
-    "iou",
-    kind="map",
-    direction="higher",
-    requires=["masks"],
-    params={
-        "threshold_mode": {
-            "enum": ["fraction_of_max", "quantile", "mask_area"],
-            "default": "fraction_of_max",
-            "description": "fraction_of_max: heat >= threshold·max (CAM: 0.2); quantile: the "
-            "hottest (1 − threshold) fraction of pixels; mask_area: as many hottest pixels as "
-            "the region has (threshold ignored)",
-        },
-        "threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2},
-        "absolute": {
-            "type": "boolean",
-            "default": False,
-            "description": "heat = |A| instead of max(A, 0)",
-        },
-        "region": {"enum": ["mask", "box"], "default": "mask"},
-    },
-)
+@register_metric("iou", kind="map", direction="higher", requires=["masks"])
 def iou(
     inputs: MetricInputs,
     *,
-    threshold_mode: str = "fraction_of_max",
-    threshold: float = 0.2,
-    absolute: bool = False,
-    region: str = "mask",
+    threshold_mode: Annotated[
+        Literal["fraction_of_max", "quantile", "mask_area"],
+        Doc(
+            "fraction_of_max: heat >= threshold·max (CAM: 0.2); quantile: the hottest (1 − "
+            "threshold) fraction of pixels; mask_area: as many hottest pixels as the region "
+            "has (threshold ignored)"
+        ),
+    ] = "fraction_of_max",
+    threshold: Annotated[float, Ge(0), Le(1), Doc("the threshold_mode's threshold")] = 0.2,
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """|S ∩ R| / |S ∪ R| between the thresholded map S and the region R. Requires masks.
 
@@ -275,8 +250,6 @@ def iou(
     prepared = _prepare(inputs, "iou", region)
     if prepared is None:
         return MetricOutput.skipped(inputs.n, no_masks_reason("iou", inputs.method))
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"iou: threshold must lie in [0, 1], got {threshold}")
     heat = heat_of(prepared.maps, absolute).flatten(1)
     regions = prepared.regions.flatten(1)
     peak = heat.amax(dim=1)
@@ -387,56 +360,41 @@ def ehr_quantile_curve(heat: torch.Tensor, regions: torch.Tensor, base_threshold
     return in_heat / above.sum(dim=2).clamp(min=1)
 
 
-@register_metric(
-    "ehr",
-    kind="map",
-    direction="higher",
-    requires=["masks"],
-    params={
-        "convention": {
-            "enum": ["value", "quantile"],
-            "default": "value",
-            "description": "value: thresholds t in [0, 1) on the heat, exact integral (seed "
-            "digest B.22); quantile: the authors' code, 11 per-map quantiles, trapezoid",
-        },
-        "scale": {
-            "enum": ["max", "minmax", "none"],
-            "default": "max",
-            "description": "how heat is brought to [0, 1]: divide by its maximum, min-max the "
-            "signed map, or none (the map must already lie in [0, 1])",
-        },
-        "max_region_fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "maximum": 1,
-            "default": 0.33,
-            "description": "samples whose region covers more of the image are skipped (Zhang et al., 2021 "
-            "keeps boxes under 33 %)",
-        },
-        "base_threshold": {
-            "type": "number",
-            "minimum": 0,
-            "maximum": 1,
-            "default": 0.1,
-            "description": "quantile convention only: heat below it is ignored",
-        },
-        "absolute": {
-            "type": "boolean",
-            "default": False,
-            "description": "heat = |A| instead of max(A, 0)",
-        },
-        "region": {"enum": ["mask", "box"], "default": "mask"},
-    },
-)
+@register_metric("ehr", kind="map", direction="higher", requires=["masks"])
 def ehr(
     inputs: MetricInputs,
     *,
-    convention: str = "value",
-    scale: str = "max",
-    max_region_fraction: float = 0.33,
-    base_threshold: float = 0.1,
-    absolute: bool = False,
-    region: str = "mask",
+    convention: Annotated[
+        Literal["value", "quantile"],
+        Doc(
+            "value: thresholds t in [0, 1) on the heat, exact integral (seed digest B.22); "
+            "quantile: the authors' code, 11 per-map quantiles, trapezoid"
+        ),
+    ] = "value",
+    scale: Annotated[
+        Literal["max", "minmax", "none"],
+        Doc(
+            "how heat is brought to [0, 1]: divide by its maximum, min-max the signed map, or"
+            " none (the map must already lie in [0, 1])"
+        ),
+    ] = "max",
+    max_region_fraction: Annotated[
+        float,
+        Gt(0),
+        Le(1),
+        Doc(
+            "samples whose region covers more of the image are skipped (Zhang et al., 2021 "
+            "keeps boxes under 33 %)"
+        ),
+    ] = 0.33,
+    base_threshold: Annotated[
+        float,
+        Ge(0),
+        Le(1),
+        Doc("quantile convention only: heat below it is ignored"),
+    ] = 0.1,
+    absolute: AbsoluteHeat = False,
+    region: Region = "mask",
 ) -> MetricOutput:
     """Effective Heat Ratio (Zhang et al., 2021 Sec. 4.5, App. F): area under the in-region heat per hot pixel
     as the heat threshold rises (higher is better). Requires masks.

@@ -47,11 +47,18 @@ reuse the same arithmetic.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.metrics._removal import (
     CONSTANT_MAP,
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    Subsets,
+    TargetOutput,
     checked_maps,
     constant_maps,
     fill_image,
@@ -61,6 +68,7 @@ from attrflow.metrics._removal import (
 )
 from attrflow.metrics._stats import average_ranks
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, Gt, Lt
 
 CONSTANT_ATTRIBUTION = "the attribution sums do not vary over the subsets (correlation undefined)"
 CONSTANT_OUTPUT = "the output drops do not vary over the subsets (correlation undefined)"
@@ -294,41 +302,25 @@ def subset_fidelity(
     return _fidelity_output(corr, flat_attribution, flat_output, finite, constant, absolute)
 
 
-@register_metric(
-    "mufidelity",
-    kind="map",
-    direction="higher",
-    params={
-        "subsets": {"type": "integer", "minimum": 2, "default": 200},
-        "subset_fraction": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "exclusiveMaximum": 1,
-            "default": 0.2,
-        },
-        "grid": {"type": "integer", "minimum": 2, "default": 9},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["prob", "logit"], "default": "prob"},
-        "correlation": {"enum": ["spearman", "pearson"], "default": "spearman"},
-        "absolute": {"type": "boolean", "default": True},
-        "subset_draw": {"enum": ["bernoulli", "fixed"], "default": "bernoulli"},
-    },
-)
+@register_metric("mufidelity", kind="map", direction="higher")
 def mufidelity(
     inputs: MetricInputs,
     *,
-    subsets: int = 200,
-    subset_fraction: float = 0.2,
-    grid: int = 9,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "prob",
-    correlation: str = "spearman",
-    absolute: bool = True,
-    subset_draw: str = "bernoulli",
+    subsets: Subsets = 200,
+    subset_fraction: Annotated[
+        float, Gt(0), Lt(1), Doc("probability that a subset drops each grid cell")
+    ] = 0.2,
+    grid: Annotated[int, Ge(2), Doc("side of the cell lattice (at most the image side)")] = 9,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "prob",
+    correlation: Annotated[Literal["spearman", "pearson"], Doc("rank or linear correlation")] = "spearman",
+    absolute: Annotated[bool, Doc("report |corr| (as UNI, Choi et al., 2024)")] = True,
+    subset_draw: Annotated[
+        Literal["bernoulli", "fixed"],
+        Doc("drop cells independently (Xplique), or exactly round(subset_fraction · grid²) (Bhatt et al. 2020)"),
+    ] = "bernoulli",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -342,12 +334,6 @@ def mufidelity(
     et al. 2020) instead of Xplique's independent drops. Subsets come from the injected
     `generator`, one independent draw per sample.
     """
-    if subsets < 2:
-        raise ValueError(f"mufidelity: subsets must be >= 2 to correlate, got {subsets}")
-    if not 0.0 < subset_fraction < 1.0:
-        raise ValueError(f"mufidelity: subset_fraction must lie in (0, 1), got {subset_fraction}")
-    if grid < 2:
-        raise ValueError(f"mufidelity: grid must be >= 2 (grid² cells to draw subsets from), got {grid}")
     h, w = inputs.images.shape[2:]
     if grid > min(h, w):
         raise ValueError(f"mufidelity: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
@@ -379,30 +365,17 @@ def mufidelity(
     )
 
 
-@register_metric(
-    "faithfulness_correlation",
-    kind="map",
-    direction="higher",
-    params={
-        "subsets": {"type": "integer", "minimum": 2, "default": 100},
-        "subset_size": {"type": "integer", "minimum": 1, "default": 224},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-        "absolute": {"type": "boolean", "default": False},
-    },
-)
+@register_metric("faithfulness_correlation", kind="map", direction="higher")
 def faithfulness_correlation(
     inputs: MetricInputs,
     *,
-    subsets: int = 100,
-    subset_size: int = 224,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "logit",
-    absolute: bool = False,
+    subsets: Subsets = 100,
+    subset_size: Annotated[int, Ge(1), Doc("pixels per random subset (fewer than the image has)")] = 224,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "logit",
+    absolute: Annotated[bool, Doc("report |corr|")] = False,
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -412,8 +385,6 @@ def faithfulness_correlation(
 
     `subset_size` must be smaller than the number of pixels; `absolute` reports |corr|.
     """
-    if subsets < 2:
-        raise ValueError(f"faithfulness_correlation: subsets must be >= 2 to correlate, got {subsets}")
     h, w = inputs.images.shape[2:]
     if not 1 <= subset_size < h * w:
         raise ValueError(

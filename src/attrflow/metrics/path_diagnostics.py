@@ -9,12 +9,15 @@ through ``inputs.explain``.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, with_reasons
 from attrflow.metrics._stats import spearman_rows
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, Lt, MinLen, Unique
 
 IG_FN = "integrated_gradients"
 PATH_KEYS = {"prob": "path_probs", "logit": "path_logits"}
@@ -24,19 +27,15 @@ def _who(inputs: MetricInputs) -> str:
     return f"method {inputs.method!r} (fn {inputs.method_fn!r})"
 
 
-@register_metric(
-    "path_monotonicity",
-    kind="diagnostic",
-    direction="higher",
-    params={
-        "output": {
-            "enum": ["prob", "logit"],
-            "default": "prob",
-            "description": "the target output along the path: softmax probability (UNI) or logit",
-        }
-    },
-)
-def path_monotonicity(inputs: MetricInputs, *, output: str = "prob") -> MetricOutput:
+@register_metric("path_monotonicity", kind="diagnostic", direction="higher")
+def path_monotonicity(
+    inputs: MetricInputs,
+    *,
+    output: Annotated[
+        Literal["prob", "logit"],
+        Doc("the target output along the path: softmax probability (UNI) or logit"),
+    ] = "prob",
+) -> MetricOutput:
     """Spearman ρ between path position and the target's output along the path (UNI Table 1).
 
     "Integrating from a featureless baseline to the sample should give a path of monotonically
@@ -46,8 +45,6 @@ def path_monotonicity(inputs: MetricInputs, *, output: str = "prob") -> MetricOu
     share average ranks; a path whose output never changes is NaN with a reason. The curve is
     the output along the path.
     """
-    if output not in PATH_KEYS:
-        raise ValueError(f"path_monotonicity: output must be prob or logit, not {output!r}")
     key = PATH_KEYS[output]
     outputs = inputs.diagnostics.get(key)
     if outputs is None:
@@ -102,39 +99,28 @@ def _compared_maps(
     return maps, reference
 
 
-@register_metric(
-    "mard_ig",
-    kind="explainer",
-    direction="lower",
-    params={
-        "steps": {"type": "integer", "minimum": 1, "default": 128, "description": "IG steps (Hesse et al., 2021: 128)"},
-        "rule": {
-            "enum": ["left", "right", "trapezoid", "gausslegendre"],
-            "default": "gausslegendre",
-            "description": "IG quadrature rule of the reference",
-        },
-        "baseline": {
-            "enum": ["auto", "black", "origin"],
-            "default": "auto",
-            "description": "IG's reference point: auto = the homogeneity origin on an X-DNN, black "
-            "otherwise (Hesse et al., 2021, IG(F, x, 0) for X-G and I×G respectively)",
-        },
-        "ig_floor": {
-            "type": "number",
-            "minimum": 0,
-            "exclusiveMaximum": 1,
-            "default": 0.001,
-            "description": "elements with |IG| < ig_floor · max|IG| of their sample are left out",
-        },
-    },
-)
+@register_metric("mard_ig", kind="explainer", direction="lower")
 def mard_ig(
     inputs: MetricInputs,
     *,
-    steps: int = 128,
-    rule: str = "gausslegendre",
-    baseline: str = "auto",
-    ig_floor: float = 0.001,
+    steps: Annotated[int, Ge(1), Doc("IG steps (Hesse et al., 2021: 128)")] = 128,
+    rule: Annotated[
+        Literal["left", "right", "trapezoid", "gausslegendre"],
+        Doc("IG quadrature rule of the reference"),
+    ] = "gausslegendre",
+    baseline: Annotated[
+        Literal["auto", "black", "origin"],
+        Doc(
+            "IG's reference point: auto = the homogeneity origin on an X-DNN, black otherwise"
+            " (Hesse et al., 2021, IG(F, x, 0) for X-G and I×G respectively)"
+        ),
+    ] = "auto",
+    ig_floor: Annotated[
+        float,
+        Ge(0),
+        Lt(1),
+        Doc("elements with |IG| < ig_floor · max|IG| of their sample are left out"),
+    ] = 0.001,
     max_batch: int = 256,
 ) -> MetricOutput:
     """Mean absolute relative difference to Integrated Gradients (Hesse et al., 2021 Eq. 14, Table 2; lower is better).
@@ -158,8 +144,6 @@ def mard_ig(
     # A static import, so the metric's code fingerprint follows the IG it compares with.
     from attrflow.methods.integrated_gradients import BASELINES  # noqa: F401
 
-    if not 0.0 <= ig_floor < 1.0:
-        raise ValueError(f"mard_ig: ig_floor must lie in [0, 1), got {ig_floor}")
     if baseline == "auto":
         baseline = "origin" if getattr(inputs.model, "is_x_dnn", False) else "black"
     ig_params = {"baseline": baseline, "steps": steps, "rule": rule}
@@ -188,38 +172,22 @@ def mard_ig(
     return with_reasons(values.cpu().numpy(), None, reasons)
 
 
-@register_metric(
-    "ig_convergence",
-    kind="explainer",
-    direction="lower",
-    params={
-        "step_grid": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 1},
-            "minItems": 1,
-            "uniqueItems": True,
-            "default": [1, 2, 4, 8, 16, 32, 64],
-            "description": "step counts whose error the curve reports (Hesse et al., 2021: 1…256)",
-        },
-        "reference_steps": {
-            "type": "integer",
-            "minimum": 2,
-            "default": 128,
-            "description": "steps of the reference IG (Hesse et al., 2021: 300)",
-        },
-        "relative": {
-            "type": "boolean",
-            "default": False,
-            "description": "divide each error by mean |IG_ref| of the sample",
-        },
-    },
-)
+@register_metric("ig_convergence", kind="explainer", direction="lower")
 def ig_convergence(
     inputs: MetricInputs,
     *,
-    step_grid: list[int] = [1, 2, 4, 8, 16, 32, 64],  # noqa: B006 (never mutated; a literal default)
-    reference_steps: int = 128,
-    relative: bool = False,
+    step_grid: Annotated[
+        list[Annotated[int, Ge(1)]],
+        MinLen(1),
+        Unique(),
+        Doc("step counts whose error the curve reports (Hesse et al., 2021: 1…256)"),
+    ] = [1, 2, 4, 8, 16, 32, 64],  # noqa: B006 (never mutated; a literal default)
+    reference_steps: Annotated[
+        int,
+        Ge(2),
+        Doc("steps of the reference IG (Hesse et al., 2021: 300)"),
+    ] = 128,
+    relative: Annotated[bool, Doc("divide each error by mean |IG_ref| of the sample")] = False,
 ) -> MetricOutput:
     """How far the evaluated IG is from converged: mean_i |IG_B,i − IG_ref,i| at the method's own
     step count B (Hesse et al., 2021 App. B.5; lower is better). Only for ``integrated_gradients`` methods.
@@ -241,10 +209,6 @@ def ig_convergence(
     if inputs.explain is None:
         raise ValueError(f"ig_convergence: no explain callable was given for {_who(inputs)}")
     grid = sorted({int(n) for n in step_grid})
-    if not grid or grid[0] < 1:
-        raise ValueError(f"ig_convergence: step_grid must hold integers >= 1, got {step_grid}")
-    if reference_steps < 2:
-        raise ValueError(f"ig_convergence: reference_steps must be >= 2, got {reference_steps}")
     own = inputs.method_params.get("steps")
     if own is None:
         from attrflow.methods import get_method

@@ -18,10 +18,16 @@ the papers do not say which output they used).
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.metrics._removal import (
     NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    TargetOutput,
     checked_maps,
     fill_image,
     masked_outputs,
@@ -32,22 +38,33 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge
 
 
-def _curves(
+def removal_curve(
     inputs: MetricInputs,
     *,
     metric: str,
     insert: bool,
-    steps: int,
-    pixels_per_step: int | None,
-    fill: str,
-    blur_kernel: int,
-    blur_sigma: float,
-    output: str,
-    order: str,
-    max_batch: int,
+    steps: Annotated[int, Ge(1), Doc("equal pixel-fraction steps; the curve has steps + 1 points")] = 20,
+    pixels_per_step: Annotated[
+        int | None, Ge(1), Doc("pixels moved per step, overriding steps (Zhang et al., 2021: 10)")
+    ] = None,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "prob",
+    order: Annotated[
+        Literal["signed", "absolute"],
+        Doc("rank pixels by the signed map, highest first, or by its magnitude"),
+    ] = "signed",
+    max_batch: int = 256,
 ) -> MetricOutput:
+    """Area under the target output as the top-ranked pixels are replaced by the fill
+    (``insert=False``, deletion) or put back onto the fill canvas (``insert=True``, insertion).
+
+    Ties go to the lower row-major pixel index.
+    """
     maps = checked_maps(inputs, metric)
     broken = ~torch.isfinite(maps).flatten(1).all(dim=1)
     scores = ranking_scores(torch.where(torch.isfinite(maps), maps, torch.zeros_like(maps)), order)
@@ -75,96 +92,23 @@ def _curves(
     return with_reasons(values, list(curves.cpu().numpy()), reasons)
 
 
-@register_metric(
-    "deletion",
-    kind="map",
-    direction="lower",
-    params={
-        "steps": {"type": "integer", "minimum": 1, "default": 20},
-        "pixels_per_step": {"type": ["integer", "null"], "minimum": 1, "default": None},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["prob", "logit"], "default": "prob"},
-        "order": {"enum": ["signed", "absolute"], "default": "signed"},
-    },
-)
-def deletion(
-    inputs: MetricInputs,
-    *,
-    steps: int = 20,
-    pixels_per_step: int | None = None,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "prob",
-    order: str = "signed",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Area under the target output as the top-ranked pixels are replaced by the fill (lower is better).
-
-    `steps` equal pixel-fraction steps give a curve of steps + 1 points; `pixels_per_step`, when
-    set, overrides them (Zhang et al., 2021: 10). `fill` is the replacement canvas (`blur_kernel` /
-    `blur_sigma` shape the blur fill); `output` is the target's softmax probability or logit;
-    `order` ranks pixels by the signed map, highest first, or by its magnitude. Ties go to the
-    lower row-major pixel index.
-    """
-    return _curves(
-        inputs,
-        metric="deletion",
-        insert=False,
-        steps=steps,
-        pixels_per_step=pixels_per_step,
-        fill=fill,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        output=output,
-        order=order,
-        max_batch=max_batch,
-    )
-
-
-@register_metric(
-    "insertion",
-    kind="map",
-    direction="higher",
-    params={
-        "steps": {"type": "integer", "minimum": 1, "default": 20},
-        "pixels_per_step": {"type": ["integer", "null"], "minimum": 1, "default": None},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "blur"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["prob", "logit"], "default": "prob"},
-        "order": {"enum": ["signed", "absolute"], "default": "signed"},
-    },
-)
-def insertion(
-    inputs: MetricInputs,
-    *,
-    steps: int = 20,
-    pixels_per_step: int | None = None,
-    fill: str = "blur",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "prob",
-    order: str = "signed",
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Area under the target output as the top-ranked pixels are put back onto the canvas (higher is better).
-
-    The curve starts at the fill canvas (blurred copy, 29 taps, σ = 15, by default as in
-    Zhang et al., 2021) and ends at the image; the parameters mean what they mean for `deletion`.
-    """
-    return _curves(
-        inputs,
-        metric="insertion",
-        insert=True,
-        steps=steps,
-        pixels_per_step=pixels_per_step,
-        fill=fill,
-        blur_kernel=blur_kernel,
-        blur_sigma=blur_sigma,
-        output=output,
-        order=order,
-        max_batch=max_batch,
-    )
+# Deletion and insertion are one curve read in opposite directions; insertion starts from a
+# blurred canvas by default (Zhang et al., 2021), deletion from black.
+REGISTERED = {
+    "deletion": dict(
+        direction="lower",
+        bind={"metric": "deletion", "insert": False},
+        doc="Area under the target output as the top-ranked pixels are replaced by the fill (lower "
+        "is better).",
+    ),
+    "insertion": dict(
+        direction="higher",
+        bind={"metric": "insertion", "insert": True},
+        defaults={"fill": "blur"},
+        doc="Area under the target output as the top-ranked pixels are put back onto the canvas "
+        "(higher is better); the canvas is a blurred copy (29 taps, σ = 15) by default, as in "
+        "Zhang et al., 2021.",
+    ),
+}
+for _name, _registration in REGISTERED.items():
+    register_metric(_name, kind="map", **_registration)(removal_curve)

@@ -37,6 +37,7 @@ layer first. The model given is never modified: all changes happen on a deep cop
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from torch import nn
 from attrflow.metrics._removal import CONSTANT_MAP, NONFINITE_MAP, gaussian_kernel1d, with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.stability import cleaned, flat_scores, spearman_rows
+from attrflow.params import Doc, Gt
 
 SIMILARITIES = ("spearman", "ssim")
 INITS = ("normal", "reset")
@@ -139,41 +141,33 @@ def _sample_reason(finite: bool, constant: bool, last: float, similarity: str) -
     return None
 
 
-@register_metric(
-    "randomization_sanity",
-    kind="explainer",
-    direction="lower",
-    params={
-        "similarity": {
-            "enum": ["spearman", "ssim"],
-            "default": "spearman",
-            "description": "how each randomised map is compared with the original (Khakzar et al., 2021: both)",
-        },
-        "absolute": {
-            "type": "boolean",
-            "default": False,
-            "description": "compare map magnitudes instead of signed maps (Quantus MPRT default)",
-        },
-        "init": {
-            "enum": ["normal", "reset"],
-            "default": "normal",
-            "description": "draw from N(0, std²) (Khakzar et al., 2021) or call each layer's reset_parameters()",
-        },
-        "std": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 0.1,
-            "description": "standard deviation of init 'normal' (Khakzar et al., 2021: variance 0.01)",
-        },
-    },
-)
+@register_metric("randomization_sanity", kind="explainer", direction="lower")
 def randomization_sanity(
     inputs: MetricInputs,
     *,
-    similarity: str = "spearman",
-    absolute: bool = False,
-    init: str = "normal",
-    std: float = 0.1,
+    similarity: Annotated[
+        Literal["spearman", "ssim"],
+        Doc(
+            "how each randomised map is compared with the original (Khakzar et al., 2021: "
+            "both)"
+        ),
+    ] = "spearman",
+    absolute: Annotated[
+        bool,
+        Doc("compare map magnitudes instead of signed maps (Quantus MPRT default)"),
+    ] = False,
+    init: Annotated[
+        Literal["normal", "reset"],
+        Doc(
+            "draw from N(0, std²) (Khakzar et al., 2021) or call each layer's "
+            "reset_parameters()"
+        ),
+    ] = "normal",
+    std: Annotated[
+        float,
+        Gt(0),
+        Doc("standard deviation of init 'normal' (Khakzar et al., 2021: variance 0.01)"),
+    ] = 0.1,
     generator: torch.Generator | None = None,
 ) -> MetricOutput:
     """Similarity of the map after cascading randomisation of every layer to the original map
@@ -184,14 +178,6 @@ def randomization_sanity(
     who = f"method {inputs.method!r} (fn {inputs.method_fn!r})"
     if inputs.explain is None:
         raise ValueError(f"randomization_sanity: no explain callable was given for {who}")
-    if similarity not in SIMILARITIES:
-        raise ValueError(
-            f"randomization_sanity: similarity must be one of {SIMILARITIES}, not {similarity!r}"
-        )
-    if init not in INITS:
-        raise ValueError(f"randomization_sanity: init must be one of {INITS}, not {init!r}")
-    if std <= 0:
-        raise ValueError(f"randomization_sanity: std must be positive, got {std}")
     model = inputs.model
     layers = parametric_layers(model)
     if not layers:

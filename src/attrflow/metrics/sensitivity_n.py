@@ -31,9 +31,20 @@ tests/conformance/test_quantus_faithfulness.py pins that difference.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from attrflow.metrics._removal import NONFINITE_MAP, fill_image, with_reasons
+from attrflow.metrics._removal import (
+    NONFINITE_MAP,
+    BlurKernel,
+    BlurSigma,
+    Fill,
+    Subsets,
+    TargetOutput,
+    fill_image,
+    with_reasons,
+)
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
@@ -43,37 +54,26 @@ from attrflow.metrics.mufidelity import (
     draw_index_subsets,
     grid_cells,
 )
+from attrflow.params import Doc, Ge, MinLen
 
 
-@register_metric(
-    "sensitivity_n",
-    kind="map",
-    direction="higher",
-    params={
-        "n": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 1},
-            "minItems": 1,
-            "default": [1, 4, 16, 64, 256],
-        },
-        "subsets": {"type": "integer", "minimum": 2, "default": 200},
-        "grid": {"type": ["integer", "null"], "minimum": 2, "default": None},
-        "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-        "blur_kernel": {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}, "default": 29},
-        "blur_sigma": {"type": "number", "exclusiveMinimum": 0, "default": 15.0},
-        "output": {"enum": ["logit", "prob"], "default": "logit"},
-    },
-)
+@register_metric("sensitivity_n", kind="map", direction="higher")
 def sensitivity_n(
     inputs: MetricInputs,
     *,
-    n: list[int] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
-    subsets: int = 200,
-    grid: int | None = None,
-    fill: str = "black",
-    blur_kernel: int = 29,
-    blur_sigma: float = 15.0,
-    output: str = "logit",
+    n: Annotated[
+        list[Annotated[int, Ge(1)]],
+        MinLen(1),
+        Doc("subset sizes, in pixels (or grid cells); each fewer than there are"),
+    ] = [1, 4, 16, 64, 256],  # noqa: B006 (never mutated)
+    subsets: Subsets = 200,
+    grid: Annotated[
+        int | None, Ge(2), Doc("draw subsets of grid × grid cells instead of pixels; null: pixels")
+    ] = None,
+    fill: Fill = "black",
+    blur_kernel: BlurKernel = 29,
+    blur_sigma: BlurSigma = 15.0,
+    output: TargetOutput = "logit",
     generator: torch.Generator | None = None,
     max_batch: int = 256,
 ) -> MetricOutput:
@@ -81,17 +81,13 @@ def sensitivity_n(
     (or `grid` cells), between the set's summed attribution and the drop of the target `output`
     when the set shows the `fill` canvas (higher is better); the curve holds one PCC per n.
     """
-    if subsets < 2:
-        raise ValueError(f"sensitivity_n: subsets must be >= 2 to correlate, got {subsets}")
-    if not n:
-        raise ValueError("sensitivity_n: n must list at least one subset size")
     maps, finite = _finite_maps(inputs, "sensitivity_n")
     h, w = maps.shape[1:]
     if grid is None:
         cells_of_pixels, cells, unit = None, h * w, f"pixels ({h}x{w})"
     else:
-        if grid < 2 or grid > min(h, w):
-            raise ValueError(f"sensitivity_n: grid={grid} must be between 2 and the image side ({h}x{w})")
+        if grid > min(h, w):
+            raise ValueError(f"sensitivity_n: grid={grid} exceeds the image side ({h}x{w}); lower `grid`")
         cells_of_pixels, cells = grid_cells(h, w, grid, device=maps.device), grid * grid
         unit = f"cells ({grid}x{grid} grid)"
     too_large = [size for size in n if not 1 <= size < cells]

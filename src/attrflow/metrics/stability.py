@@ -15,12 +15,15 @@ Riemann step counts (here). The agreement measures they share live here, row-wis
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 
 from attrflow.metrics._removal import NONFINITE_MAP, with_reasons
 from attrflow.metrics._stats import spearman_rows
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, MinLen, Unique
 
 AGREEMENTS = ("spearman", "l1")
 
@@ -76,31 +79,22 @@ def _declares_steps(inputs: MetricInputs) -> bool:
         return False
 
 
-@register_metric(
-    "riemann_stability",
-    kind="explainer",
-    direction="higher",
-    params={
-        "steps_grid": {
-            "type": "array",
-            "items": {"type": "integer", "minimum": 1},
-            "minItems": 2,
-            "uniqueItems": True,
-            "default": [1, 15, 30],
-            "description": "Riemann step counts B to compare (UNI (Choi et al., 2024) Sec. 5.3: 1, 15, 30)",
-        },
-        "agreement": {
-            "enum": ["spearman", "l1"],
-            "default": "spearman",
-            "description": "Spearman ρ of the signed maps, or 1 − normalised L1 distance",
-        },
-    },
-)
+@register_metric("riemann_stability", kind="explainer", direction="higher")
 def riemann_stability(
     inputs: MetricInputs,
     *,
-    steps_grid: list[int] = [1, 15, 30],  # noqa: B006 (never mutated; a literal default)
-    agreement: str = "spearman",
+    steps_grid: Annotated[
+        list[Annotated[int, Ge(1)]],
+        MinLen(2),
+        Unique(),
+        Doc(
+            "Riemann step counts B to compare (UNI (Choi et al., 2024) Sec. 5.3: 1, 15, 30)"
+        ),
+    ] = [1, 15, 30],  # noqa: B006 (never mutated; a literal default)
+    agreement: Annotated[
+        Literal["spearman", "l1"],
+        Doc("Spearman ρ of the signed maps, or 1 − normalised L1 distance"),
+    ] = "spearman",
 ) -> MetricOutput:
     """How much a path method's map changes with its number of Riemann steps (higher is better).
 
@@ -127,15 +121,7 @@ def riemann_stability(
         )
     if inputs.explain is None:
         raise ValueError(f"riemann_stability: no explain callable was given for {who}")
-    if agreement not in AGREEMENTS:
-        raise ValueError(
-            f"riemann_stability: agreement must be one of {AGREEMENTS}, not {agreement!r}"
-        )
     grid = sorted({int(b) for b in steps_grid})
-    if len(grid) < 2 or grid[0] < 1:
-        raise ValueError(
-            f"riemann_stability: steps_grid needs two distinct integers >= 1, got {steps_grid}"
-        )
 
     def maps_at(steps: int) -> torch.Tensor:
         return flat_scores(inputs.explain(inputs.images, inputs.targets, steps=steps))

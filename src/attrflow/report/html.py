@@ -506,6 +506,14 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         page.figure(fig, _name("axioms", model, entry), f"{entry} on {model}")
 
 
+def _dissection(page: Page, outputs: Iterable[str], attribution_stores: Iterable[str], sample_stores: Iterable[str], max_samples: int) -> None:
+    """Network-dissection counts and the top units of semantic attribution (attrflow.report.dissection)."""
+    from attrflow.report.dissection import COUNTS_FILE, UNITS_FILE, dissection_section
+
+    paths = {Path(p).name: Path(p) for p in outputs}
+    dissection_section(page, paths.get(COUNTS_FILE), paths.get(UNITS_FILE), attribution_stores, sample_stores, max_samples)
+
+
 def _roar(page: Page, roar_outputs: Iterable[str]) -> None:
     pngs = [Path(p) for p in roar_outputs if str(p).endswith(".png") and Path(p).exists()]
     if not pngs:
@@ -558,6 +566,7 @@ def write_report(
     roar_outputs: Iterable[str] = (),
     probe_outputs: Iterable[str] = (),
     gallery_samples: int = GALLERY_SAMPLES,
+    dissection_outputs: Iterable[str] = (),
 ) -> Path:
     """Write `out_html` from the Parquet reports in `reports` and the stores named."""
     reports = Path(reports)
@@ -587,6 +596,7 @@ def write_report(
     _agreement(page, agreement, quality)
     _mufidelity_draws(page, ranks, dict(zip(fns["metric"], fns["metric_fn"])))
     _galleries(page, sample_stores, attribution_stores, gallery_samples)
+    _dissection(page, dissection_outputs, attribution_stores, sample_stores, gallery_samples)
     _curves(page, reports / "scores.parquet", ranks, CURVE_METHODS)
     _quality_vs_cost(page, ranks, costs)
     _axioms(page, axiom_stores, AXIOM_SAMPLES)
