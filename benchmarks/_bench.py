@@ -34,7 +34,7 @@ def embedded_cnn(trained: bool = True) -> tuple[WrappedModel, int, str]:
     """The width-16 CNN of the embedded default at 64²: trained weights when the workflow
     benchmark has left them in benchmarks/out, else random ones. Returns (model, side, origin)."""
     if trained and (TRAINED_CNN / "model.safetensors").exists():
-        from attrflow.models.loading import load_model
+        from attrflow.models.cards import load_model
 
         return load_model(TRAINED_CNN).eval().requires_grad_(False), 64, "trained shapes_cnn"
     from attrflow.models.small_cnn import SmallCNN

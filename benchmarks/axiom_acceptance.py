@@ -3,12 +3,13 @@ iterations and seconds per accepted sample, and how robust the accepted samples 
 
     .venv/bin/python benchmarks/axiom_acceptance.py --model-dir results/models/shapes_cnn \
         [--config config.yaml] [--model shapes_cnn] [--scenarios null_feature ...] \
-        [--set samples=8 --set max_candidates=16 ...] [--recheck 16] [--threads 1] [--seed 0]
+        [--set samples=8 --set max_candidates=16 ...] [--recheck 16] [--threads 1] [--seed 0 | --job-seed]
 
 Each scenario runs `attrflow.axioms.synthesis.synthesize` with the setting the config resolves
 for the model (``--set key=value`` overrides it, values parsed as YAML), on one thread. Columns:
 candidates started, accepted, failed, unfinished; the acceptance rate (accepted / finished);
-candidate-iterations and wall seconds per accepted sample; and ``fresh pass``: each accepted
+candidate-iterations, model evaluations (images through the model: the load-independent cost)
+and wall seconds per accepted sample; and ``fresh pass``: each accepted
 sample re-checked, independently of the synthesis, on ``--recheck`` new backgrounds and
 placements (own-class probability, and the change below ``--fresh-effect`` (0.15) of the patch's
 own effect, or below the authors' 0.14), averaged over the accepted samples — the robustness a reader of the stored
@@ -87,21 +88,29 @@ def main() -> None:
     parser.add_argument("--fresh-effect", type=float, default=0.15, help="effect threshold of the independent re-check")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--job-seed", action="store_true",
+                        help="seed each scenario as the synthesize_axioms job does (the config's seed, the model, the entry): the samples `make run` gets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     model = load_model(args.model_dir).eval().requires_grad_(False)
     config = yaml.safe_load((ROOT / args.config).read_text())
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
-    print("| scenario | started | accepted | failed | unfinished | rate | iterations / accepted | s / accepted | fresh pass (effect) | fresh pass (seed) | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | started | accepted | failed | unfinished | rate | iterations / accepted | model evaluations / accepted | s / accepted | fresh pass (effect) | fresh pass (seed) | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for scenario in args.scenarios:
         config.setdefault("axioms", {}).setdefault(scenario, {}).update(overrides)
         setting = resolve_setting(config, args.model, scenario)
-        started = time.perf_counter()
-        result = synthesize(model, setting, seed=args.seed)
+        started, evaluated = time.perf_counter(), int(getattr(model, "forward_samples", 0))
+        seed = args.seed
+        if args.job_seed:
+            from attrflow.jobs.runtime import derive_seed
+
+            seed = derive_seed(int(config.get("seed", 0)), args.model, scenario)
+        result = synthesize(model, setting, seed=seed)
         wall = time.perf_counter() - started
+        evaluations = int(getattr(model, "forward_samples", 0)) - evaluated  # images through the model, re-checks included
         st = result.stats
         outcome = getattr(result, "outcome", None)
         accepted = int(result.accepted.sum())
@@ -113,7 +122,8 @@ def main() -> None:
         rate = accepted / (accepted + failed) if accepted + failed else float("nan")
         per_it = f"{iterations / accepted:.0f}" if iterations and accepted else "—"
         per_s = f"{wall / accepted:.1f}" if accepted else "—"
-        print(f"| {scenario} | {started_n} | {accepted} | {failed} | {unfinished} | {rate:.2f} | {per_it} | {per_s} | "
+        per_eval = f"{evaluations / accepted:.0f}" if evaluations and accepted else "—"
+        print(f"| {scenario} | {started_n} | {accepted} | {failed} | {unfinished} | {rate:.2f} | {per_it} | {per_eval} | {per_s} | "
               f"{fresh[0]:.2f} | {fresh[1]:.2f} | {wall:.0f} |", flush=True)
 
 

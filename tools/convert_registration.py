@@ -1,4 +1,4 @@
-"""Rewrite old-style registrations into typed signatures (a merge aid for issue 14).
+"""Rewrite old-style registrations (``params={...json schema...}``) into typed signatures.
 
     python tools/convert_registration.py src/attrflow/methods/new_method.py [...]
     python -m attrflow.catalog --write
@@ -50,7 +50,10 @@ def meta(s, used):
     if "not" in s:
         assert s["not"] == {"multipleOf": 2}, s
         out.append("Odd()"); used.add("Odd")
-    known = {"type", "enum", "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "minItems", "uniqueItems", "not", "default", "description", "items"}
+    if "format" in s:
+        assert s["format"] == "method-entry", s
+        out.append("MethodEntry()"); used.add("MethodEntry")
+    known = {"type", "enum", "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "minItems", "uniqueItems", "not", "format", "default", "description", "items"}
     assert set(s) <= known, s
     return out
 

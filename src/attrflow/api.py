@@ -101,7 +101,7 @@ def wrap(
         if offenders:
             raise ValueError(f"model declared x_dnn=True but {', '.join(offenders)} break nonnegative homogeneity")
     if cam_layer is None:
-        from attrflow.models.loading import default_cam_layer
+        from attrflow.models.architectures import default_cam_layer
 
         cam_layer = default_cam_layer(model)
     elif not isinstance(model.get_submodule(cam_layer), nn.Module):  # get_submodule raises on a bad name

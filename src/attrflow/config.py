@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from attrflow.catalog import catalog
-from attrflow.params import object_schema, validator
+from attrflow.params import METHOD_ENTRY_FORMAT, object_schema, validator
 
 # Inside the package, so a non-editable `pip install .` validates and plans like a checkout.
 SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.yaml"))
@@ -50,6 +50,8 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
         return provided - {"train_split"} if spec.get("train") == "none" else provided
     if kind == "synthetic_shapes":
         return {"masks", "train_split", "concepts"}
+    if kind == "synthetic_severity":  # the embedded regression task (attrflow.data.regression)
+        return {"masks", "train_split", "severity"}
     if kind == "cifar":
         return {"train_split"}
     if kind == "broden":
@@ -194,7 +196,7 @@ def _check_peer_entries(config: dict) -> None:
     for metric in config["run"]["metrics"]:
         entry = config["metrics"][metric]
         for key, schema in registered[entry["fn"]].params.items():
-            if schema.get("format") != "method-entry":
+            if schema.get("format") != METHOD_ENTRY_FORMAT:
                 continue
             named = entry.get(key, schema.get("default"))
             if named not in config["methods"]:
@@ -463,6 +465,8 @@ def dataset_label_space(spec: dict, datasets: dict) -> tuple[int | None, bool, s
         return dataset_label_space(base, datasets)
     if kind == "synthetic_shapes":
         return int(spec.get("classes", 8)), True, "synthetic shape classes"
+    if kind == "synthetic_severity":
+        return 1, True, "a regression task: one output, the total severity"
     if kind == "cifar":
         return (100 if spec.get("variant") == "cifar100" else 10), True, f"{spec.get('variant', 'cifar10')} classes"
     from attrflow.data.image_folder import ImageFolderError, resolve_classes

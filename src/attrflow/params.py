@@ -13,8 +13,8 @@ A registered function declares each config parameter once, in its signature::
 `parameter_schemas` turns such a signature into the JSON-schema fragment per parameter that the
 config validator enforces (type, bounds, choices, default, description), and `check_params`
 validates keyword arguments given in Python against the same fragments with the same messages.
-The vocabulary below (`Ge`, `Gt`, `Le`, `Lt`, `MinLen`, `Unique`, `Odd`, `Doc`) is the only
-metadata a parameter needs; it is tiny on purpose, so what a signature can say is exactly what
+The vocabulary below (`Ge`, `Gt`, `Le`, `Lt`, `MinLen`, `Unique`, `Odd`, `MethodEntry`, `Doc`) is
+the only metadata a parameter needs; it is tiny on purpose, so what a signature can say is exactly what
 the JSON schema can check. This module imports neither torch nor jsonschema at import time: the
 catalogue writer and the planner both use it.
 """
@@ -37,6 +37,7 @@ __all__ = [
     "Le",
     "Literal",
     "Lt",
+    "MethodEntry",
     "MinLen",
     "Odd",
     "ParameterDeclarationError",
@@ -93,10 +94,22 @@ class Odd:
 
 
 @dataclass(frozen=True)
+class MethodEntry:
+    """a string naming another method entry of the config (``format: method-entry``), whose
+    stored maps the metric compares with; the config check makes sure the entry exists, and the
+    workflow makes its attributions an input of the scoring job (`attrflow.metrics.base.PeerMaps`)."""
+
+
+@dataclass(frozen=True)
 class Doc:
     """What the parameter means, in a sentence (the schema's ``description``)."""
 
     text: str
+
+
+# The JSON-schema ``format`` of a parameter that names a method entry (`MethodEntry`); the config
+# check, `attrflow.metrics.base.peer_parameters` and the planner look for it.
+METHOD_ENTRY_FORMAT = "method-entry"
 
 
 class ParameterDeclarationError(TypeError):
@@ -173,12 +186,18 @@ def _apply(schema: dict[str, Any], extra: Any, where: str) -> None:
         schema["uniqueItems"] = True
     elif isinstance(extra, Odd):
         schema["not"] = {"multipleOf": 2}
+    elif isinstance(extra, MethodEntry):
+        if schema.get("type") != "string":
+            raise ParameterDeclarationError(
+                f"{where}: MethodEntry() marks a str parameter (an entry's name, not None)"
+            )
+        schema["format"] = METHOD_ENTRY_FORMAT
     elif isinstance(extra, Doc):
         schema["description"] = extra.text
     else:
         raise ParameterDeclarationError(
-            f"{where}: unknown annotation {extra!r}; use Ge, Gt, Le, Lt, MinLen, Unique, Odd or Doc "
-            "from attrflow.params"
+            f"{where}: unknown annotation {extra!r}; use Ge, Gt, Le, Lt, MinLen, Unique, Odd, "
+            "MethodEntry or Doc from attrflow.params"
         )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from attrflow.catalog import PACKAGE_DIR, catalog
 from attrflow.fingerprint import canonical, code_fingerprint, registered_symbols, symbols_fingerprint
+from attrflow.params import METHOD_ENTRY_FORMAT
 
 # Keys of a dataset entry that only say how many evaluation samples to use. Sample i does not
 # depend on them (adapters are prefix-stable), so they are left out of the spec each shard job
@@ -32,7 +33,7 @@ SCORE_METRIC_JOB = ("attrflow.jobs.score", "score_metric")
 PREPARE_DATASET_JOB = ("attrflow.jobs.prepare", "prepare_dataset_store")
 PREPARE_EVAL_SHARD_JOB = ("attrflow.jobs.prepare", "prepare_eval_shard")
 PREPARE_MODEL_JOB = ("attrflow.jobs.prepare", "prepare_model_files")
-REFERENCES_JOB = ("attrflow.jobs.references", "prepare_references_store")
+REFERENCES_JOB = ("attrflow.jobs.references", "prepare_reference_store")
 DISSECT_JOB = ("attrflow.dissection.job", "dissect_layer")
 SEMANTIC_FN = "semantic_attribution"
 
@@ -282,7 +283,7 @@ class Plan:
             for entry in self.metric_entries(method).values():
                 params = registered[entry["fn"]].params
                 for key, schema in params.items():
-                    if schema.get("format") == "method-entry":
+                    if schema.get("format") == METHOD_ENTRY_FORMAT:
                         found.add(entry.get(key, schema.get("default")))
             return sorted(found)
 

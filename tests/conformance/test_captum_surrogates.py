@@ -17,7 +17,7 @@ pytest.importorskip("sklearn")
 from test_methods_shapley import CellGame  # noqa: E402
 from tiny_models import images, regular_cnn, targets  # noqa: E402
 
-from attrflow.methods._superpixels import grid_segments, segment_images  # noqa: E402
+from attrflow.methods.superpixels import grid_segments, segment_images  # noqa: E402
 from attrflow.methods.surrogates import kernel_shap, lime  # noqa: E402
 from attrflow.models import WrappedModel  # noqa: E402
 

@@ -72,7 +72,7 @@ def _network() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory, one_thread):
     """A results/ folder made by the workflow's jobs, and the inputs they read."""
-    from attrflow.models.loading import save_model
+    from attrflow.models.cards import save_model
     from attrflow.models.wrapper import WrappedModel
 
     root = tmp_path_factory.mktemp("api") / "results"

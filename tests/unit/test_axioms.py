@@ -21,6 +21,7 @@ from attrflow.axioms.synthesis import (
     compose_stored,
     constraint_measures,
     rank_background_classes,
+    rank_pairs,
     synthesize,
 )
 from attrflow.config import ConfigError, validate_config
@@ -410,6 +411,9 @@ def test_axiom_config_defaults_follow_the_seed_and_the_input_size(config):
         (lambda c: c["axioms"]["single"].update(classes=[0, 9]), "axioms.single.classes", "does not exist"),
         (lambda c: c["axioms"].update(bogus={}), "axioms.bogus", "unknown scenario"),
         (lambda c: c["axioms"]["single"].update(class_pool=4), "axioms.single.class_pool", "besides the background"),
+        (lambda c: c["axioms"]["single"].update(class_choice="confusion", classes=[0, 1]), "axioms.single.class_choice", "remove classes"),
+        (lambda c: c["axioms"]["single"].update(class_choice="confusion", class_pairs=7), "axioms.single.class_pairs", "6 ordered pairs"),
+        (lambda c: c["axioms"]["single"].update(class_choice="clever"), "axioms.single.class_choice", "is not one of"),
         (lambda c: c["datasets"]["tiny"].update(classes=2) or c["models"].update(
             one={"kind": "timm", "name": "resnet18", "num_classes": 1, "pretrained": False}) or c["run"]["models"].append("one"),
          "run.axioms[0]", "two classes"),
@@ -477,3 +481,72 @@ def test_hopeless_candidates_are_given_up_and_counted_failed(model):
     assert given_up.any() and (result.outcome[given_up] == "failed").all()
     assert (result.iterations[~given_up] == 12).all()  # the others ran to their cap
     assert result.stats["failed"] + result.stats["accepted"] == 6 and result.stats["unfinished"] == 0
+
+
+def test_pair_costs_follow_the_scenarios_constraints():
+    classes = [4, 5, 6]
+    # confusion[i, j]: share of its own effect a patch of classes[i] carries over to classes[j]
+    confusion = torch.tensor([[1.0, 0.9, 0.1], [0.2, 1.0, 0.3], [0.05, 0.6, 1.0]])
+    reached = torch.tensor([1.0, 1.0, 0.4])
+    null = {(a, b): cost for cost, a, b in rank_pairs(SCENARIOS["null_feature"], classes, confusion, reached)}
+    # null feature: f_null (class b) must leave class a alone, with and without f_a (two constraints)
+    # → 2 × confusion[b, a], plus 1 − the least reached
+    assert null[(4, 5)] == pytest.approx(0.4) and null[(5, 4)] == pytest.approx(1.8)
+    assert null[(4, 6)] == pytest.approx(2 * 0.05 + 0.6)
+    single = rank_pairs(SCENARIOS["class_sensitivity_single"], classes, confusion, reached)
+    assert single[0][1:] == (4, 6)  # f_a of class 4 barely moves 6 (0.1), and only a must be reached
+    assert {(a, b): c for c, a, b in single}[(6, 4)] == pytest.approx(0.05 + 0.6)
+    assert [a for _, a, _ in single[-2:]] == [6, 6]  # class 6 was not reached above 1/2: last, whatever its cost
+    double = {(a, b): cost for cost, a, b in rank_pairs(SCENARIOS["class_sensitivity_double"], classes, confusion, reached)}
+    assert double[(4, 5)] == double[(5, 4)] == pytest.approx(1.1)  # both directions count
+    saturation = rank_pairs(SCENARIOS["saturation"], classes, confusion, reached)
+    assert all(cost == 0 for cost, a, _ in saturation if a != 6)  # one class, no cross-class constraint
+    costs = [c for c, _, _ in saturation]
+    assert costs == sorted(costs)
+
+
+class TwinOfRed(nn.Module):
+    """ColourMax with a fourth class whose logit is the red one's twin: neither red nor its twin can
+    ever exceed p = 1/2, so a pair that needs either driven is hopeless."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = ColourMax()(x)
+        return torch.cat([logits, logits[:, :1]], 1)
+
+
+def test_class_choice_by_confusion_draws_only_classes_the_model_can_be_driven_to():
+    twin = WrappedModel(TwinOfRed(), num_classes=4).eval()
+    chosen = setting("class_sensitivity_single", class_choice="confusion", class_pairs=2, max_candidates=6, samples=4)
+    result = synthesize(twin, chosen, seed=0)
+    assert not np.isin(result.targets[:, 0], [0, 3]).any()  # class a is never red or its twin
+    assert result.accepted.any()
+    # the store says which pairs were drawn from and how each fared
+    tallies = result.stats["class_pairs"]
+    assert len(tallies) == 2 and sum(t[2] for t in tallies) == result.stats["accepted"]
+    assert sum(t[3] for t in tallies) == result.stats["accepted"] + result.stats["failed"]
+    again = synthesize(twin, chosen, seed=0)
+    np.testing.assert_array_equal(result.targets, again.targets)
+    np.testing.assert_array_equal(result.outcome, again.outcome)
+    # drawn at random, some candidates get red or its twin as class a, and none of those is accepted
+    drawn = synthesize(twin, {**chosen, "class_choice": "random", "max_candidates": 12}, seed=0)
+    hopeless = np.isin(drawn.targets[:, 0], [0, 3])
+    assert hopeless.any() and not drawn.accepted[hopeless].any()
+
+
+class ColourSum(nn.Module):
+    """Logit c = gain · the summed excess of colour channel c over the background's mean level: the
+    average-pooling analogue of ColourMax, on which two patches of one class add up."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x - 0.5).clamp_min(0).sum(dim=(2, 3))
+
+
+def test_saturation_is_accepted_under_a_max_and_refused_for_an_additive_pair(model):
+    chosen = setting("saturation", max_candidates=6)
+    saturating = synthesize(model, chosen, seed=7)
+    assert saturating.accepted.any()
+    additive = synthesize(WrappedModel(ColourSum(), num_classes=3).eval(), chosen, seed=7)
+    assert not additive.accepted.any() and additive.stats["failed"] == 6
+    # whatever the patches became, the pair adds up exactly: each patch, given the other, adds its
+    # whole own effect again — a saturation index of 1 (0 would be saturation)
+    np.testing.assert_allclose(additive.effect_ratio, 1.0, rtol=1e-3)

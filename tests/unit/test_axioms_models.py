@@ -19,7 +19,8 @@ import torch
 from attrflow.axioms.settings import SCENARIOS, SEED_PATCH_FRACTION, resolve_setting
 from attrflow.jobs.axioms import attribute_axioms, synthesize_axioms
 from attrflow.models import WrappedModel
-from attrflow.models.loading import build_architecture, default_cam_layer, save_model
+from attrflow.models.architectures import build_architecture, default_cam_layer
+from attrflow.models.cards import save_model
 from attrflow.store import open_store
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -160,7 +161,7 @@ def test_the_max_pooled_cnn_saturates_where_the_average_pooled_one_adds():
     """A second copy of a feature, out of reach of the first one's receptive field (~38 px), adds
     nothing under global max pooling (saturation is possible) and adds its share under the
     average (the embedded CNN, where the saturation axiom cannot be synthesised)."""
-    from attrflow.models.loading import trainable_network
+    from attrflow.models.architectures import trainable_network
 
     patch = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
     # 160 px: each copy is > 19 px (half the receptive field) from the border and from the other,

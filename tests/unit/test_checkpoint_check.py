@@ -21,7 +21,8 @@ from attrflow.models.checkpoint_check import (
     compare_state_dict,
     expected_shapes,
 )
-from attrflow.models.loading import ModelLoadError, prepare_model
+from attrflow.models.checkpoints import ModelLoadError
+from attrflow.models.preparation import prepare_model
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")

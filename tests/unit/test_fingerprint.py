@@ -102,3 +102,33 @@ def test_family_variants_share_their_function_and_differ_by_their_constants():
 
     assert _metric_code_cached("deletion") != _metric_code_cached("insertion")
 
+
+def test_every_job_root_names_a_function_that_exists():
+    # A root naming nothing fingerprints nothing: the job would never re-run on a code change.
+    import attrflow.plan as plan
+
+    roots = {name: value for name, value in vars(plan).items() if name.endswith("_JOB")}
+    assert roots, "attrflow.plan defines the jobs' fingerprint roots as *_JOB constants"
+    for name, (module, function) in roots.items():
+        closure = symbol_closure([(module, function)])
+        assert (module, function) in closure, f"{name} = {(module, function)} is not defined"
+
+
+def test_moved_model_code_is_followed_to_the_module_that_defines_it():
+    # models/ is split by job: preparing a model reaches training, the hub, the card format and
+    # checkpoint reading; loading one (every attribution job) reaches the architecture factory.
+    from attrflow.plan import PREPARE_MODEL_JOB
+
+    prepared = _closure_modules([PREPARE_MODEL_JOB])
+    for module in ("preparation", "training", "hub", "cards", "checkpoints", "architectures", "normalisation"):
+        assert f"attrflow.models.{module}" in prepared
+    attributed = symbol_closure([ATTRIBUTE_JOB])
+    assert ("attrflow.models.cards", "load_model") in attributed
+    assert ("attrflow.models.architectures", "build_architecture") in attributed
+    assert not any(module == "attrflow.models.hub" for module, _ in attributed)  # loading never trains or downloads
+
+
+def test_a_name_re_exported_by_a_module_is_followed_to_its_definition():
+    # deletion imports pixel_positions from metrics._removal, which re-exports metrics.ranking's.
+    closure = symbol_closure([registered_symbol("metrics", "deletion")])
+    assert ("attrflow.metrics.ranking", "pixel_positions") in closure

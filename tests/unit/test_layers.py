@@ -9,7 +9,7 @@ from torch import nn
 
 from attrflow.models import WrappedModel
 from attrflow.models.layers import resolve_layer, stage_layers, tokens_to_grid
-from attrflow.models.loading import default_cam_layer
+from attrflow.models.architectures import default_cam_layer
 from attrflow.models.small_cnn import SmallCNN
 
 

@@ -131,10 +131,10 @@ def test_a_feature_stats_store_loads_as_layer_statistics_by_name_and_path(tmp_pa
 
 def test_the_prepare_references_job_stores_feature_statistics(tmp_path, monkeypatch):
     import attrflow.jobs.references as job
-    import attrflow.models.loading as loading
+    import attrflow.models.cards as cards
 
     model, train = small_cnn(), train_split(5)
-    monkeypatch.setattr(loading, "load_model", lambda model_dir, device: model)
+    monkeypatch.setattr(cards, "load_model", lambda model_dir, device: model)
     monkeypatch.setattr(job, "read_samples", lambda path, split: train)
     out = job.prepare_reference_store(
         samples_path="unused", model_dir="unused", out_path=tmp_path / "fs.zarr", dataset="toy",

@@ -10,7 +10,7 @@ pytest.importorskip("zennit")
 
 from tiny_models import CLASSES, images, regular_cnn, targets, x_cnn  # noqa: E402
 
-from attrflow.methods import MethodNotApplicable  # noqa: E402
+from attrflow.methods import MethodNotApplicable, call_method, get_method  # noqa: E402
 from attrflow.methods.lrp import COMPOSITES, lrp  # noqa: E402
 from attrflow.models import WrappedModel  # noqa: E402
 
@@ -118,10 +118,11 @@ def test_refuses_layers_without_a_rule_and_bad_parameters():
     x = torch.rand(1, 1, 1, 2)
     with pytest.raises(MethodNotApplicable, match="LayerNorm"):
         lrp(model, x, torch.tensor([0]))
-    with pytest.raises(ValueError, match="composite"):
-        lrp(x_cnn(), images(), targets(), composite="zplus_everywhere")
-    with pytest.raises(ValueError, match="epsilon"):
-        lrp(x_cnn(), images(), targets(), epsilon=0.0)
+    info = get_method("lrp")
+    with pytest.raises(ValueError, match=r"'lrp\.composite'"):
+        call_method(info, x_cnn(), images(), targets(), {"composite": "zplus_everywhere"})
+    with pytest.raises(ValueError, match=r"'lrp\.epsilon'"):
+        call_method(info, x_cnn(), images(), targets(), {"epsilon": 0.0})
     with pytest.raises(ValueError, match="no ε rule"):
         lrp(x_cnn(), images(), targets(), composite="alpha1_beta0", epsilon=0.25)
     with pytest.raises(ValueError, match="γ rule"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tiny_models
-from attrflow.methods import get_method
+from attrflow.methods import call_method, get_method
 from attrflow.methods.pathway_grad import dead_share, pathway_grad
 from attrflow.methods.semantic_attribution import normalise_unit_maps, semantic_attribution
 from attrflow.metrics.base import MetricInputs
@@ -64,8 +64,11 @@ def test_normalisation_and_refusals():
     torch.testing.assert_close(normalised[0, 1], torch.tensor([[-0.5, -1.0]]))  # no positive: max |s|
     torch.testing.assert_close(normalised[0, 2], torch.zeros(1, 2))
     model, x = single_pathway_model(), toy_inputs(1)
-    with pytest.raises(ValueError, match="steps"):
-        semantic_attribution(model, x, torch.zeros(1, dtype=torch.long), layer=RELU, steps=0)
+    with pytest.raises(ValueError, match=r"'semantic_attribution\.steps'"):
+        call_method(
+            get_method("semantic_attribution"), model, x, torch.zeros(1, dtype=torch.long),
+            {"layer": RELU, "steps": 0},
+        )  # fmt: skip
     with pytest.raises(ValueError, match="not a module"):
         semantic_attribution(model, x, torch.zeros(1, dtype=torch.long), layer="nope")
 

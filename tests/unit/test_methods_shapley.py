@@ -9,7 +9,8 @@ from torch import nn
 
 from tiny_models import images, regular_cnn, targets  # noqa: E402
 
-from attrflow.methods._superpixels import grid_segments
+from attrflow.methods import call_method, get_method
+from attrflow.methods.superpixels import grid_segments
 from attrflow.methods.shapley import MAX_COALITIONS, exact_shapley, shapley_from_worths
 from attrflow.models import WrappedModel
 
@@ -93,12 +94,15 @@ def test_efficiency_on_a_cnn_and_batching_does_not_change_values():
 
 def test_refuses_grids_above_the_coalition_limit_and_grids_larger_than_the_image():
     model = regular_cnn()
-    with pytest.raises(ValueError, match=f"{MAX_COALITIONS:,}"):
-        exact_shapley(model, images(1), targets(1), grid=5)
+    info = get_method("exact_shapley")
+    # 5×5 cells would be 2^25 coalitions; the bound states the limit
+    with pytest.raises(ValueError, match=r"'exact_shapley\.grid'.*maximum of 4"):
+        call_method(info, model, images(1), targets(1), {"grid": 5})
+    assert MAX_COALITIONS == 2 ** (4 * 4)
     with pytest.raises(ValueError, match="does not fit"):
         exact_shapley(model, torch.rand(1, 3, 3, 3), targets(1), grid=4)
-    with pytest.raises(ValueError, match="baseline"):
-        exact_shapley(model, images(1), targets(1), grid=2, baseline="uniform")
+    with pytest.raises(ValueError, match=r"'exact_shapley\.baseline'"):
+        call_method(info, model, images(1), targets(1), {"grid": 2, "baseline": "uniform"})
 
 
 def test_grid_cells_are_contiguous_and_balanced():

@@ -14,16 +14,11 @@ import torch
 from torch import nn
 
 from attrflow.data.sample_store import SampleSet, write_sample_store
-from attrflow.models.loading import (
-    ModelLoadError,
-    evaluate_accuracy,
-    load_model,
-    prepare_model,
-    read_state_dict,
-    save_model,
-)
+from attrflow.models.cards import load_model, save_model
+from attrflow.models.checkpoints import ModelLoadError, read_state_dict
+from attrflow.models.preparation import prepare_model
 from attrflow.models.small_cnn import SmallCNN
-from attrflow.models.training import train_classifier
+from attrflow.models.training import evaluate_accuracy, train_classifier
 from attrflow.models.wrapper import WrappedModel
 from attrflow.models.xdnn import check_x_dnn, homogeneity_residual, to_x_dnn
 

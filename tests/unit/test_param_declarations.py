@@ -20,13 +20,14 @@ from attrflow import methods, metrics
 from attrflow.catalog import catalog, entry_of
 from attrflow.config import ConfigError, check_entry
 from attrflow.methods.base import RUNTIME_KWARGS, register_method
-from attrflow.metrics.base import register_metric
+from attrflow.metrics.base import peer_parameters, register_metric
 from attrflow.params import (
     Doc,
     Ge,
     Gt,
     Le,
     Lt,
+    MethodEntry,
     MinLen,
     Odd,
     ParameterDeclarationError,
@@ -191,6 +192,48 @@ def test_a_signature_becomes_a_json_schema():
         "layer": {"type": "string", "minLength": 1, "default": "default"},
         "epsilon": {"type": "number", "default": 8 / 255},
     }
+
+
+def _compares(
+    inputs,
+    *,
+    reference: Annotated[str, MethodEntry(), Doc("the entry compared with")] = "exact",
+    label: str = "exact",
+):
+    return None
+
+
+def test_a_parameter_naming_a_method_entry_keeps_its_format():
+    schemas = parameter_schemas(_compares, positional=1)
+    assert schemas["reference"] == {
+        "type": "string",
+        "format": "method-entry",
+        "default": "exact",
+        "description": "the entry compared with",
+    }
+    assert "format" not in schemas["label"]
+    # what the config check and the planner look for
+    assert peer_parameters(schemas) == ["reference"]
+    # the format is a marker, not a constraint Python checks: any string (the config check looks
+    # the name up among the entries); a non-string is still refused by its type
+    check_params(schemas, {"reference": "anything"}, "m")
+    with pytest.raises(ConfigError, match=r"'m\.reference'"):
+        check_params(schemas, {"reference": 3}, "m")
+
+
+def _entry_on_a_number(inputs, *, reference: Annotated[int, MethodEntry()] = 1):
+    return None
+
+
+def _optional_entry(inputs, *, reference: Annotated[str | None, MethodEntry()] = None):
+    return None
+
+
+@pytest.mark.parametrize("fn", [_entry_on_a_number, _optional_entry])
+def test_a_method_entry_marks_only_a_string(fn):
+    # an entry's name: no number, and no None (the config check needs an entry to look up)
+    with pytest.raises(ParameterDeclarationError, match=r"m\.reference: MethodEntry"):
+        parameter_schemas(fn, positional=1, name="m")
 
 
 def test_a_variant_may_change_a_default_and_bind_a_parameter():

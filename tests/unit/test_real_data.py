@@ -259,14 +259,14 @@ def test_boxes_survive_a_store_round_trip_and_a_slice(tmp_path):
 
 def test_timm_normalisation_comes_from_the_pretrained_config_unless_the_entry_overrides_it():
     timm = pytest.importorskip("timm")
-    from attrflow.models.loading import _timm_preprocessing
+    from attrflow.models.hub import timm_preprocessing
 
     vit = timm.create_model("vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=False)
-    used = _timm_preprocessing(vit, {})
+    used = timm_preprocessing(vit, {})
     assert used["mean"] == {"value": [0.5, 0.5, 0.5], "from": "pretrained config"}  # not ImageNet's
     assert used["input_size"] == {"value": 224, "from": "pretrained config"}
     assert used["interpolation"]["value"] == "bicubic"
-    own = _timm_preprocessing(vit, {"mean": [0.1, 0.2, 0.3], "interpolation": "bilinear"})
+    own = timm_preprocessing(vit, {"mean": [0.1, 0.2, 0.3], "interpolation": "bilinear"})
     assert own["mean"] == {"value": [0.1, 0.2, 0.3], "from": "entry"}
     assert own["interpolation"] == {"value": "bilinear", "from": "entry"}
     assert own["std"]["from"] == "pretrained config"

@@ -71,8 +71,9 @@ def _results(root: Path) -> dict:
     boxes[:, 0, 2:7, 2:7] = boxes[:, 1, 9:14, 9:14] = True
     axiom_inputs = write_store(
         root / "axioms/cnn/class_sensitivity_double/inputs.zarr",
-        {"ids": np.array(["a0", "a1"]), "inputs": rng.uniform(size=(2, 3, SIDE, SIDE)).astype(np.float32), "masks": boxes, "accepted": np.array([True, True])},
-        {"kind": "axiom_inputs"},
+        {"ids": np.array(["a0", "a1"]), "inputs": rng.uniform(size=(2, 3, SIDE, SIDE)).astype(np.float32), "masks": boxes, "accepted": np.array([True, True]),
+         "targets": np.array([[1, 2], [3, 0]]), "robust_pass_fraction": np.array([1.0, 0.75])},
+        {"kind": "axiom_inputs", "patch_names": ["f_a", "f_b"]},
     )
     axiom_maps = [
         str(write_store(root / f"axioms/cnn/maps/{method}.zarr", {}, {"kind": "axiom_attribution"},
@@ -125,6 +126,13 @@ def test_report_has_every_section_and_relative_figures(report):
     for src in sources:
         assert not src.startswith(("/", "http")) and (report.parent / src).is_file()
     assert "http://" not in text and "https://" not in text  # nothing to fetch
+
+
+def test_axiom_gallery_names_both_targets_the_patches_and_how_robust_each_sample_is(report):
+    text = report.read_text()
+    assert "patches f_a (green), f_b (orange)" in text
+    assert "a0: class a = 1, class b = 2, property held on 100% of fresh draws" in text
+    assert "a1: class a = 3, class b = 0, property held on 75% of fresh draws" in text
 
 
 def test_report_opens_in_headless_chromium(report):

@@ -15,7 +15,7 @@ import yaml
 
 from attrflow.config import ConfigError, load_schema, validate_config
 from attrflow.data.sample_store import SampleSet, write_sample_store
-from attrflow.models.loading import TRAINED_ARCHS, build_architecture, default_cam_layer
+from attrflow.models.architectures import TRAINED_ARCHS, build_architecture, default_cam_layer
 from attrflow.models.layers import resolve_layer
 from attrflow.models.preact_resnet import PreActResNet18
 from attrflow.plan import Plan, fraction_label

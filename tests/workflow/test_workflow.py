@@ -66,7 +66,7 @@ def test_a2_labels_correctness_and_progress(finished_run: Workflow):
     import torch
 
     from attrflow.data.sample_store import read_samples
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     results = finished_run.workdir / "results"
     scores = pd.read_parquet(results / "reports" / "scores.parquet")
@@ -97,7 +97,7 @@ def test_a3_the_python_api_gives_the_runs_table(finished_run: Workflow):
 
     import attrflow
     from attrflow.data.sample_store import read_samples
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     results = finished_run.workdir / "results"
     config = TINY_CONFIG

@@ -41,6 +41,11 @@ DEFAULTS = {
     "max_minutes": None,
     "lr": 0.01,
     "prior_width": 32,
+    # "random": classes drawn as the authors do; "confusion": a short pilot measures how far a
+    # patch for each class moves the others, and candidates are drawn from the `class_pairs`
+    # pairs the scenario's constraints find easiest, then towards the pairs that get accepted.
+    "class_choice": "random",
+    "class_pairs": 2,
 }
 # independence_threshold per tolerance (see attrflow.axioms.synthesis): "seed" is the authors'
 # tanh(|Δ| / min |Φ|) < 0.14; "effect" bounds a coalition's change by a fraction of the
@@ -49,6 +54,7 @@ DEFAULT_INDEPENDENCE_THRESHOLD = {"effect": 0.1, "seed": 0.14, "absolute": 0.25}
 # The authors' warm-up: 300 iterations, 200 for the saturation ("repeated") setting.
 DEFAULT_WARMUP = {"saturation": 200}
 DEFAULT_WARMUP_OTHERS = 300
+PILOT_MAX_CLASSES = 64  # class_choice: confusion optimises two pilot patches per class
 CANDIDATES_PER_SAMPLE = 4  # default attempt budget: max_candidates = 4 × samples
 
 
@@ -184,6 +190,22 @@ def axiom_problems(config: dict) -> Iterator[tuple[str, str]]:
             pool = entry.get("class_pool")
             if count is not None and pool is not None and classes is None and pool > count - 1:
                 yield f"axioms.{name}.class_pool", f"model {model!r} has only {count - 1} classes besides the background's own, not {pool}"
+            if setting["class_choice"] == "confusion":
+                if classes is not None:
+                    yield f"axioms.{name}.class_choice", "class_choice: confusion chooses the classes; remove classes: or the class_choice"
+                elif pool is None and (count is None or count - 1 > PILOT_MAX_CLASSES):
+                    yield (
+                        f"axioms.{name}.class_pool",
+                        f"class_choice: confusion runs a pilot patch per class; on model {model!r} "
+                        f"({count or 'unknown number of'} classes) set class_pool to at most {PILOT_MAX_CLASSES}",
+                    )
+                else:
+                    candidates = (count - 1 if pool is None else pool) if count is not None or pool is not None else None
+                    if candidates is not None and setting["class_pairs"] > candidates * (candidates - 1):
+                        yield (
+                            f"axioms.{name}.class_pairs",
+                            f"{candidates} classes make {candidates * (candidates - 1)} ordered pairs, not {setting['class_pairs']}",
+                        )
             if setting["tolerance"] == "seed" and setting["independence_threshold"] >= 1:
                 yield f"axioms.{name}.independence_threshold", "the seed's tolerance is a tanh, below 1: a threshold >= 1 accepts every change"
             if setting["warmup"] >= setting["iterations"]:

@@ -40,6 +40,20 @@ is (a single lucky draw held on fresh placements in 0–12 % of cases). The acce
 passing iteration's background, placement and patches, with its pass fraction over the K
 re-checks (``robust_pass_fraction``).
 
+Classes: drawn at random as the authors do (``class_choice: random``), or by the model's
+confusion (``class_choice: confusion``): a short pilot optimises warm-up patches for every class
+of the pool and measures how far each class's patch moves the others' logits
+(`scout_confusion`); the scenario's cross-class constraints then rank the (a, b) pairs
+(`rank_pairs`), candidates are drawn from the ``class_pairs`` easiest, and each later round draws
+each candidate's pair by Thompson sampling from the pairs' accepted / failed counts so far. On
+the embedded CNN the pair decides most of the outcome (null feature: one pair accepted 6 of 6
+candidates, another 0 of 10), which is what the seed's random draw over 1000 ImageNet classes
+averages away and a small model cannot.
+
+Only the candidates still running are evaluated each iteration (a round costs the sum of its
+candidates' iterations, not its longest one); every candidate's background and placement are
+still drawn, so what one candidate sees does not depend on when the others finished.
+
 Every started candidate has one outcome: ``accepted``; ``failed`` (not accepted within
 ``iterations``, or given up after ``give_up_after`` iterations while a patch's running
 own-class probability is still below ½); or ``unfinished`` (cut off by the ``max_minutes``
@@ -70,6 +84,7 @@ WARMUP_WEIGHT = 5.0
 GENERATING_WEIGHT = 10.0
 INDEPENDENCE_WEIGHT = 5.0
 EPS = 1e-12
+HOPELESS_PROBABILITY = 0.5  # give_up_after, and the pilot: a patch whose own-class probability is still below this
 
 
 @dataclass
@@ -188,6 +203,79 @@ def choose_classes(n: int, ranked: list[int], fixed: list[int] | None, pool: int
     return torch.tensor(others, dtype=torch.long, device=dev)[order]
 
 
+SCOUT_DECODERS = 2  # pilot patches per class
+SCOUT_DRAWS = 4  # fresh backgrounds and placements each pilot patch is measured on
+SCOUT_MIN_ITERATIONS = 20
+
+
+def scout_confusion(model, setting: dict, classes: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far a patch made for each class moves every other class: the model's confusion, measured
+    on patches rather than on data.
+
+    For each class c of ``classes``, ``SCOUT_DECODERS`` pilot decoders are optimised as in the
+    warm-up (``−Φ_c`` on the background with the patch alone) for ``warmup`` iterations (at least
+    ``SCOUT_MIN_ITERATIONS``), then measured on ``SCOUT_DRAWS`` fresh backgrounds and placements.
+    Returns ``confusion`` (m, m): ``confusion[i, j]`` = |mean Δ of class j's logit| / |mean Δ of class
+    i's logit| when class i's patch is pasted (Δ: the image with the patch minus the background
+    alone), the share of its own effect a patch for i carries over to j — what an independence
+    constraint must bring below its threshold; and ``reached`` (m,): the pilot patches' mean
+    own-class probability.
+    """
+    channels, size, patch = int(model.mean.shape[1]), int(setting["input_size"]), int(setting["patch_size"])
+    m, dev = len(classes), generator.device
+    n = m * SCOUT_DECODERS
+    own = torch.tensor(classes, device=dev).repeat_interleave(SCOUT_DECODERS)
+    bank = PatchPriorBank(n, patch, channels, int(setting["prior_width"]), generator)
+    optimiser = torch.optim.RMSprop(bank.parameters(), lr=float(setting["lr"]))
+    for _ in range(max(SCOUT_MIN_ITERATIONS, int(setting["warmup"]))):
+        pieces = bank().view(n, 1, channels, patch, patch)
+        image = compose(random_background(n, channels, size, generator), [pieces[:, 0]], random_boxes(n, 1, size, patch, generator), (0,))
+        loss = -WARMUP_WEIGHT * self_logits(model(image), own).sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        pieces = bank().repeat_interleave(SCOUT_DRAWS, 0).view(n * SCOUT_DRAWS, channels, patch, patch)
+        background = random_background(n * SCOUT_DRAWS, channels, size, generator)
+        boxes = random_boxes(n * SCOUT_DRAWS, 1, size, patch, generator)
+        with_patch = model(compose(background, [pieces], boxes, (0,)))
+        without = model(background)
+        index = torch.tensor(classes, device=dev)
+        delta = (with_patch - without)[:, index].view(m, -1, m).mean(1)  # (m, m): patch of class i, logit of class j
+        probability = torch.softmax(with_patch, 1).gather(1, own.repeat_interleave(SCOUT_DRAWS)[:, None]).view(m, -1).mean(1)
+    effect = delta.diagonal().abs().clamp_min(EPS)
+    return delta.abs() / effect[:, None], probability
+
+
+def self_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    return logits.gather(1, classes[:, None])[:, 0]
+
+
+def rank_pairs(scenario: Scenario, classes: list[int], confusion: torch.Tensor, reached: torch.Tensor) -> list[tuple[float, int, int]]:
+    """Every ordered pair (a, b) of ``classes``, easiest first: (cost, a, b).
+
+    The cost adds, for each independence constraint of the scenario across classes (a patch of
+    class o that must leave class c unchanged, o ≠ c), the pilot's ``confusion[o, c]``, and
+    ``1 − reached`` of the least reached class a patch must drive. Constraints within one class
+    (saturation) have no pilot measure: there the cost is only how far the class was reached.
+    Pairs needing a class whose pilot patches stayed below p = ½ come after every other pair.
+    """
+    pairs, unreached = [], []
+    for i, a in enumerate(classes):
+        for j, b in enumerate(classes):
+            if i == j:
+                continue
+            index = (i, j)
+            cost = 0.0
+            for c in scenario.constraints:
+                own, other = index[scenario.patch_class[c.patch]], index[c.cls]
+                if own != other:
+                    cost += float(confusion[own, other])
+            least = min(float(reached[index[k]]) for k in set(scenario.patch_class))
+            (pairs if least >= HOPELESS_PROBABILITY else unreached).append((cost + 1.0 - least, a, b))
+    return sorted(pairs) + sorted(unreached)
+
+
 @dataclass(frozen=True)
 class _Entry:
     """One image per candidate in the batch: a coalition, and the patch whose gradients it carries."""
@@ -231,55 +319,68 @@ class _Round:
         return torch.stack([tensor[self.entries.index(_Entry((i,), i)), :, sc.patch_class[i]] for i in range(sc.patches)], 1)
 
     def step(self, iteration: int, active: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One forward/backward/update; returns this iteration's state (before the update)."""
+        """One forward/backward/update of the ``active`` candidates; returns this iteration's state
+        (before the update) for every candidate, the finished ones' rows filled with nan.
+
+        Every candidate's background and placement are drawn, finished or not, so the draws a
+        candidate sees do not depend on when the others finished; only the active ones are
+        evaluated (a finished candidate costs nothing more).
+        """
         sc, n, k = self.scenario, self.n, self.scenario.patches
         patches = self.bank().view(n, k, self.channels, self.patch, self.patch)
         background = random_background(n, self.channels, self.size, self.gen)
         boxes = random_boxes(n, k, self.size, self.patch, self.gen)
-        live = [patches[:, i] for i in range(k)]
+        rows = torch.nonzero(active).flatten()
+        m, targets = int(rows.numel()), self.targets[rows]
+        live = [patches[rows, i] for i in range(k)]
         frozen = [p.detach() for p in live]
         images = [
-            compose(background, [live[i] if i == e.live else frozen[i] for i in range(k)], boxes, e.coalition)
+            compose(background[rows], [live[i] if i == e.live else frozen[i] for i in range(k)], boxes[rows], e.coalition)
             for e in self.entries
         ]
-        logits = self.model(torch.cat(images)).view(len(self.entries), n, -1)
-        pair = logits.gather(2, self.targets[None].expand(len(self.entries), n, 2))  # (E, n, 2) logits of a, b
-        probs = torch.softmax(logits.detach(), dim=2).gather(2, self.targets[None].expand(len(self.entries), n, 2))
+        logits = self.model(torch.cat(images)).view(len(self.entries), m, -1)
+        pair = logits.gather(2, targets[None].expand(len(self.entries), m, 2))  # (E, m, 2) logits of a, b
+        probs = torch.softmax(logits.detach(), dim=2).gather(2, targets[None].expand(len(self.entries), m, 2))
 
         own = self._own(pair)
         own_prob = self._own(probs)
-        values = torch.stack([pair[self.value_entry[s]].detach() for s in coalitions(k)], 1)  # (n, 2**k, 2)
+        values = torch.stack([pair[self.value_entry[s]].detach() for s in coalitions(k)], 1)  # (m, 2**k, 2)
         measures = constraint_measures(sc, values)
         measure = measures[self.tolerance]
         if sc.constraints:
             with_t = torch.stack([pair[self.entries.index(_Entry(c.with_patches, c.patch)), :, c.cls] for c in sc.constraints], 1)
             without_t = torch.stack([pair[self.value_entry[c.without_patches], :, c.cls].detach() for c in sc.constraints], 1)
         else:
-            with_t = without_t = torch.zeros(n, 0, device=logits.device)
+            with_t = without_t = torch.zeros(m, 0, device=logits.device)
 
         if iteration <= int(self.setting["warmup"]):
             per_candidate = -WARMUP_WEIGHT * own.sum(1)
         else:
             progress = measure if self.tolerance == "seed" else torch.tanh(measure)
-            self.gen_key = KEY_MOMENTUM * own_prob + (1 - KEY_MOMENTUM) * self.gen_key
-            self.ind_key = KEY_MOMENTUM * progress + (1 - KEY_MOMENTUM) * self.ind_key
-            generating = -GENERATING_WEIGHT * (_focal_towards_one(self.gen_key) * own).sum(1)
-            independence = INDEPENDENCE_WEIGHT * (_focal_towards_zero(self.ind_key) * (with_t - without_t) ** 2).sum(1)
+            self.gen_key[rows] = KEY_MOMENTUM * own_prob + (1 - KEY_MOMENTUM) * self.gen_key[rows]
+            self.ind_key[rows] = KEY_MOMENTUM * progress + (1 - KEY_MOMENTUM) * self.ind_key[rows]
+            generating = -GENERATING_WEIGHT * (_focal_towards_one(self.gen_key[rows]) * own).sum(1)
+            independence = INDEPENDENCE_WEIGHT * (_focal_towards_zero(self.ind_key[rows]) * (with_t - without_t) ** 2).sum(1)
             per_candidate = generating + independence
         self.optimiser.zero_grad(set_to_none=True)
-        (per_candidate * active.to(per_candidate.dtype)).sum().backward()
+        per_candidate.sum().backward()
         self.optimiser.step()
+
+        def full(part: torch.Tensor) -> torch.Tensor:
+            whole = part.new_full((n, *part.shape[1:]), float("nan"))
+            whole[rows] = part
+            return whole
 
         return {
             "patches": patches.detach(),
             "background": background,
             "boxes": boxes,
-            "coalition_logits": values,
-            "own_probability": own_prob,
-            "residuals": measures["seed"],
-            "relative_change": measures["relative"],
-            "effect_ratio": measures["effect"],
-            "measure": measure,
+            "coalition_logits": full(values),
+            "own_probability": full(own_prob),
+            "residuals": full(measures["seed"]),
+            "relative_change": full(measures["relative"]),
+            "effect_ratio": full(measures["effect"]),
+            "measure": full(measure),
         }
 
     def passes(self, own_prob: torch.Tensor, measure: torch.Tensor) -> torch.Tensor:
@@ -306,9 +407,6 @@ class _Round:
         return self.passes(own_prob, measure).view(m, draws).float().mean(1)
 
 
-HOPELESS_PROBABILITY = 0.5  # give_up_after: a patch whose running own-class probability is still below this
-
-
 def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progress: bool = False) -> SynthesisResult:
     """Run rounds of candidates until ``samples`` are accepted, ``max_candidates`` have started or
     ``max_minutes`` have passed; every started candidate ends with an outcome (see the module)."""
@@ -331,6 +429,16 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
         )
         if setting.get("classes") is not None and ranked[0] in setting["classes"]:
             LOG.warning("class %d is the background's own class: its patches need not carry anything", ranked[0])
+        pairs: list[tuple[int, int]] | None = None
+        if setting.get("classes") is None and setting.get("class_choice", "random") == "confusion":
+            pool = ranked[1:] if setting.get("class_pool") is None else ranked[1 : 1 + int(setting["class_pool"])]
+            scout_gen = torch.Generator(device=device).manual_seed((int(seed) + 104_729) % 2**63)
+            confusion, reached = scout_confusion(model, setting, pool, scout_gen)
+            ranking = rank_pairs(scenario, pool, confusion, reached)
+            pairs = [(a, b) for _, a, b in ranking[: int(setting.get("class_pairs", 2))]]
+            tally = {p: [0, 0] for p in pairs}  # accepted, finished
+            LOG.info("classes by the model's confusion: %s (cost %s)", pairs,
+                     [round(c, 3) for c, _, _ in ranking[: len(pairs)]])
         while accepted_count < need and started_count < budget:
             if deadline is not None and rounds and time.perf_counter() - started >= deadline:
                 break
@@ -340,7 +448,15 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
             gen.manual_seed((int(seed) + 1_000_003 * rounds) % 2**63)
             check_gen = torch.Generator(device=device)
             check_gen.manual_seed((int(seed) + 1_000_003 * rounds + 7_919) % 2**63)
-            targets = choose_classes(n, ranked, setting.get("classes"), setting.get("class_pool"), gen)
+            if pairs is None:
+                targets = choose_classes(n, ranked, setting.get("classes"), setting.get("class_pool"), gen)
+            else:
+                # Thompson sampling: per candidate, the pair whose acceptance rate drawn from its
+                # Beta(1 + accepted, 1 + failed) posterior is highest — uniform in the first round,
+                # then mostly the pairs that got accepted, still sometimes the others
+                draw = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen, device=device)))
+                posterior = draw.beta([[tally[p][0] + 1 for p in pairs]] * n, [[tally[p][1] - tally[p][0] + 1 for p in pairs]] * n)
+                targets = torch.tensor(pairs, dtype=torch.long, device=device)[torch.from_numpy(posterior.argmax(1)).to(device)]
             state = _Round(model, scenario, setting, targets, gen, check_gen)
             round_start = time.perf_counter()
             active = torch.ones(n, dtype=torch.bool, device=device)
@@ -360,6 +476,10 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
                 for i in torch.nonzero(ok | failed).flatten().tolist():
                     outcome = "accepted" if ok[i] else "failed"
                     accepted_count += int(ok[i])
+                    if pairs is not None:
+                        counts = tally[tuple(targets[i].tolist())]
+                        counts[0] += int(ok[i])
+                        counts[1] += 1
                     rows.append(_row(out, targets, i, outcome, it, time.perf_counter() - round_start, float(robustness[i])))
                 active &= ~(ok | failed)
                 if not active.any():
@@ -382,6 +502,8 @@ def synthesize(model, setting: dict, seed: int, *, max_batch: int = 256, progres
         "rounds": rounds,
         "wall_time_s": round(time.perf_counter() - started, 3),
         "background_class": ranked[0],
+        # class_choice confusion: the pairs drawn from, each with its accepted and finished counts
+        "class_pairs": None if pairs is None else [[a, b, *tally[(a, b)]] for a, b in pairs],
     })
 
 

@@ -5,6 +5,10 @@ A config entry names its `kind` and that kind's options:
 * ``synthetic_shapes`` — the embedded dataset (`attrflow.data.synthetic_shapes`): ``n_train``
   (default 4000; 0 for no train split), ``n_test`` (default 256), ``size`` (default 64),
   ``classes`` (default 8, at most 10), ``seed`` (overrides the run's seed).
+* ``synthetic_severity`` — the embedded regression task (`attrflow.data.regression`): scenes
+  whose label is a total severity score 0–18 (six zones scored 0–3, BrixIA-like), with per-pixel
+  severity maps, lesion masks and lesion boxes; ``n_train`` (default 4000), ``n_test`` (default
+  256), ``size`` (default 64, at least 48), ``seed``. Models trained on it are regression models.
 * ``image_folder`` — images on disk (`attrflow.data.image_folder`): ``root`` (required),
   ``labels_file``, ``classes`` (``imagenet`` or a mapping name → index; sorted names by default),
   ``resize`` (256), ``crop`` (224), ``n`` (first n images; all by default), ``train_root`` (same
@@ -42,11 +46,13 @@ if TYPE_CHECKING:
     from attrflow.data.sample_store import SampleSet
 
 CIFAR_TEST_SIZE = 10_000  # the number of test images of CIFAR-10 and CIFAR-100
+SEVERITY_OUTPUTS = ("total_severity",)  # the one output of a model of the regression task
 
 # Every option of every kind, with its default; `None` marks an optional value without default.
 REQUIRED = object()
 OPTIONS: dict[str, dict[str, Any]] = {
     "synthetic_shapes": {"n_train": 4000, "n_test": 256, "size": 64, "classes": 8, "seed": None},
+    "synthetic_severity": {"n_train": 4000, "n_test": 256, "size": 64, "seed": None},
     "image_folder": {
         "root": REQUIRED,
         "labels_file": None,
@@ -156,7 +162,7 @@ def count_eval_samples(spec: dict[str, Any]) -> int:
     kind, opt = _options(spec)
     if kind == "corrupted":
         return count_eval_samples(opt["of"])
-    if kind == "synthetic_shapes":
+    if kind in ("synthetic_shapes", "synthetic_severity"):
         return opt["n_test"]
     if kind == "broden":
         from attrflow.data.broden import count_broden
@@ -192,6 +198,8 @@ def prepare_dataset(
         evaluation, train, source, preprocessing, class_names = _synthetic(opt, seed)
     elif kind == "broden":
         evaluation, train, source, preprocessing, class_names = _broden(opt, 0, opt["n"])
+    elif kind == "synthetic_severity":
+        evaluation, train, source, preprocessing, class_names = _severity(opt, seed)
     elif kind == "image_folder":
         evaluation, train, source, preprocessing, class_names = _image_folder(opt)
     else:
@@ -205,6 +213,10 @@ def prepare_dataset(
         "num_classes": len(class_names),
         "spec": dict(spec),
     }
+    if kind == "synthetic_severity":  # a regression task: models trained on it predict a score
+        from attrflow.data.regression import describe
+
+        attrs.update(describe())
     return evaluation, train, attrs
 
 
@@ -224,7 +236,7 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         corrupt_seed = opt["seed"] if opt["seed"] is not None else seed
         corruption = canonical_corruption(opt["corruption"])
         images = corrupt(base.images, corruption, opt["severity"], ids=base.ids, seed=corrupt_seed, stream="eval")
-        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes, base.concepts)
+        return SampleSet(images, base.labels, base.ids, base.masks, base.boxes, base.concepts, base.severity)
     if kind == "synthetic_shapes":
         from attrflow.data.synthetic_shapes import generate_shapes
 
@@ -233,6 +245,11 @@ def prepare_eval_range(name: str, spec: dict[str, Any], seed: int, start: int, s
         return _with_shape_concepts(generate_shapes("test", stop, **shape, start=start), shape, start)
     if kind == "broden":
         return _broden(opt, start, stop)[0]
+    if kind == "synthetic_severity":
+        from attrflow.data.regression import generate_severity_scenes
+
+        synthetic_seed = opt["seed"] if opt["seed"] is not None else seed
+        return generate_severity_scenes("test", stop, seed=synthetic_seed, size=opt["size"], start=start)
     if kind == "image_folder":
         from attrflow.data.image_folder import load_image_folder
 
@@ -264,7 +281,7 @@ def _corrupted(
 
     def corrupted(samples: SampleSet, stream: str) -> SampleSet:
         images = corrupt(samples.images, corruption, opt["severity"], ids=samples.ids, seed=seed, stream=stream)
-        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes, samples.concepts)
+        return SampleSet(images, samples.labels, samples.ids, samples.masks, samples.boxes, samples.concepts, samples.severity)
 
     height, width = evaluation.images.shape[2:]
     preprocessing = {
@@ -324,6 +341,17 @@ def _broden(opt: dict[str, Any], start: int, stop: int | None) -> tuple:
     return evaluation, None, str(Path(opt["root"])), preprocessing, class_names
 
 
+def _severity(opt: dict[str, Any], seed: int) -> tuple:
+    from attrflow.data.regression import generate_severity_scenes
+
+    seed = opt["seed"] if opt["seed"] is not None else seed
+    scene = {"seed": seed, "size": opt["size"]}
+    evaluation = generate_severity_scenes("test", opt["n_test"], **scene)
+    train = generate_severity_scenes("train", opt["n_train"], **scene) if opt["n_train"] else None
+    preprocessing = {**scene, "pixel_range": [0.0, 1.0], "masks": "lesion pixels", "severity": "zone scores"}
+    return evaluation, train, "embedded", preprocessing, list(SEVERITY_OUTPUTS)
+
+
 def _image_folder_options(opt: dict[str, Any]) -> dict[str, Any]:
     keys = ("labels_file", "resize", "crop", "classes", "masks_root", "boxes")
     return {key: opt[key] for key in keys}
@@ -375,6 +403,8 @@ def class_names_of(spec: dict[str, Any]) -> list[str]:
         return class_names(opt["classes"])
     if kind == "broden":
         return ["unlabelled"]
+    if kind == "synthetic_severity":
+        return list(SEVERITY_OUTPUTS)
     if kind == "image_folder":
         from attrflow.data.image_folder import resolve_classes
 

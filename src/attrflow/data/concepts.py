@@ -154,13 +154,13 @@ def shape_concepts(
     ``masks`` are those samples' object masks as the generator rendered them; the colours and
     textures come from re-drawing each sample's parameters from its own random stream.
     """
-    from attrflow.data.synthetic_shapes import BACKGROUND_KINDS, SPLIT_CODES, _Parameters
+    from attrflow.data.synthetic_shapes import BACKGROUND_KINDS, SPLIT_CODES, SceneParameters
 
     masks = np.asarray(masks, dtype=bool)
     count = masks.shape[0]
     names, categories = shapes_vocabulary(classes)
     index = {(c, n): k + 1 for k, (n, c) in enumerate(zip(names, categories))}
-    params = _Parameters(count)
+    params = SceneParameters(count)
     for k in range(count):
         params.draw(k, np.random.default_rng([seed, SPLIT_CODES[split], start + k]), size)
     colours = list(COLOUR_PROTOTYPES)

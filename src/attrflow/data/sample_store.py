@@ -7,6 +7,10 @@ sample's row in this store and the box in input pixel coordinates, and, where th
 has per-pixel concept labels (Network Dissection), ``concept_labels`` (N, G, H, W) uint16 with
 its vocabulary (`attrflow.data.concepts`). A
 ``train`` sub-group holds the same arrays for the split that trained models learn from.
+
+Datasets for regression models (`attrflow.data.regression`) may carry ``severity`` (N, H, W)
+float32: each pixel's ground-truth severity score, the map the severity correlation compares
+attributions with (Khakzar et al., 2021, after BrixIA's per-region scores).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class SampleSet:
     masks: np.ndarray | None = None  # (N, H, W) bool
     boxes: np.ndarray | None = None  # (M, 5) float64: [row, x0, y0, x1, y1] in input pixels
     concepts: ConceptLabels | None = None  # per-pixel concept labels (Network Dissection)
+    severity: np.ndarray | None = None  # (N, H, W) float32: per-pixel severity score
 
     def __post_init__(self) -> None:
         self.images = np.ascontiguousarray(self.images, dtype=np.float32)
@@ -58,6 +63,12 @@ class SampleSet:
             shape = self.concepts.labels.shape
             if shape[0] != n or shape[2:] != self.images.shape[2:]:
                 raise ValueError(f"concept labels have shape {shape}; the images are {self.images.shape}")
+        if self.severity is not None:
+            self.severity = np.ascontiguousarray(self.severity, dtype=np.float32)
+            if self.severity.shape != (n, *self.images.shape[2:]):
+                raise ValueError(f"severity maps must be (N, H, W), got {self.severity.shape}")
+            if n and not np.isfinite(self.severity).all():
+                raise ValueError("severity maps must be finite")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -75,6 +86,9 @@ class SampleSet:
                 h.update(extra.tobytes())
         if self.concepts is not None:
             h.update(self.concepts.fingerprint_bytes())
+        if self.severity is not None:
+            h.update(b"severity")
+            h.update(self.severity.tobytes())
         return h.hexdigest()[:16]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -89,6 +103,8 @@ class SampleSet:
             out["boxes"] = self.boxes
         if self.concepts is not None:
             out.update(self.concepts.arrays())
+        if self.severity is not None:
+            out["severity"] = self.severity
         return out
 
 
@@ -144,4 +160,5 @@ def read_samples(
         boxes = boxes[(boxes[:, 0] >= first_row) & (boxes[:, 0] < last_row)]
         boxes[:, 0] -= first_row
     concepts = read_concepts(group, sl)
-    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes, concepts)
+    severity = group["severity"][sl] if "severity" in group else None
+    return SampleSet(group["images"][sl], group["labels"][sl], group["ids"][sl].tolist(), masks, boxes, concepts, severity)

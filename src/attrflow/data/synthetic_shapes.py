@@ -123,7 +123,7 @@ def _distance_to_segment(point: np.ndarray, a: np.ndarray, b: np.ndarray) -> flo
     return float(np.linalg.norm(point - (a + t * ab)))
 
 
-class _Parameters:
+class SceneParameters:
     """Per-sample random parameters for a chunk, drawn one sample at a time from its own rng."""
 
     def __init__(self, count: int) -> None:
@@ -180,7 +180,7 @@ def _upsampling_matrix(size: int, grid: int) -> np.ndarray:
     return weights
 
 
-def _background(p: _Parameters, size: int) -> np.ndarray:
+def _background(p: SceneParameters, size: int) -> np.ndarray:
     """(N, 3, H, W) textured backgrounds; each texture is computed only for the samples using it."""
     n = len(p.radius)
     pixel = ((np.arange(size) + 0.5) / size).astype(np.float32)
@@ -210,7 +210,7 @@ def _background(p: _Parameters, size: int) -> np.ndarray:
     return colour_a + (colour_b - colour_a) * t[:, None] + np.float32(COLOUR_NOISE_AMPLITUDE) * colour_noise
 
 
-def _render_chunk(p: _Parameters, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _render_chunk(p: SceneParameters, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, H, W) float32 images in [0, 1] and (N, H, W) bool object masks."""
     pixel = np.arange(size) + 0.5
     dy = pixel[None, :, None] - p.centre[:, 1, None, None]
@@ -264,7 +264,7 @@ def generate_shapes(
     labels = np.arange(start, n, dtype=np.int64) % classes
     for lo in range(0, count, CHUNK):
         hi = min(count, lo + CHUNK)
-        params = _Parameters(hi - lo)
+        params = SceneParameters(hi - lo)
         for k, i in enumerate(range(start + lo, start + hi)):
             params.draw(k, np.random.default_rng([seed, SPLIT_CODES[split], i]), size)
         images[lo:hi], masks[lo:hi] = _render_chunk(params, labels[lo:hi], size)

@@ -179,7 +179,7 @@ def dissect_layer(
 
     from attrflow.data.concepts import VOCABULARY_ARRAYS
     from attrflow.jobs.runtime import resolve_device
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
     from attrflow.report.schema import write_table
     from attrflow.store import open_store, read_attrs
 

@@ -30,6 +30,12 @@ LOG = logging.getLogger("attrflow")
 
 @torch.no_grad()
 def choose_targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, mode: str, max_batch: int) -> torch.Tensor:
+    """The output each map explains: the predicted class or the label; for a regression model
+    (one output, its labels are scores) always output 0, whatever the mode."""
+    from attrflow.models.wrapper import is_regression
+
+    if is_regression(model):
+        return torch.zeros_like(labels)
     if mode == "label":
         return labels
     if mode != "predicted":
@@ -64,7 +70,7 @@ def attribute_shard(
     whose key is already there (a config that came back) links that result instead of computing.
     """
     from attrflow.cache import ResultCache
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
     from attrflow.store import content_key, read_attrs
 
     started = time.perf_counter()

@@ -68,7 +68,7 @@ def synthesize_axioms(
     code: str, device: str, seed: int, max_batch: int, **_: Any,
 ) -> Path:
     from attrflow.axioms.synthesis import synthesize
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     model = load_model(model_dir, dev)
@@ -138,7 +138,7 @@ def attribute_axioms(
     as not applicable.
     """
     from attrflow.methods import MethodNotApplicable
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     if len(inputs_paths) != len(entries):
         raise ValueError(f"{len(inputs_paths)} input stores for {len(entries)} axiom entries {entries}")

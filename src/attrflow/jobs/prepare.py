@@ -66,7 +66,8 @@ def prepare_model_files(
     seed: int,
     threads: int,
 ) -> dict[str, Any]:
-    from attrflow.models.loading import prepare_model, save_model
+    from attrflow.models.cards import save_model
+    from attrflow.models.preparation import prepare_model
 
     model, card = prepare_model(
         name, spec, dataset_store=Path(samples_path) if samples_path else None, seed=seed, threads=threads, log=sys.stderr

@@ -30,7 +30,7 @@ def prepare_reference_store(
     max_batch: int,
 ) -> Path:
     from attrflow.methods.references import build_feature_statistics, build_references
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     train = read_samples(samples_path, "train")
@@ -69,7 +69,7 @@ def load_references(path: str | Path, device: Any) -> tuple[Any, Any]:
 
     group = open_store(path)
     if group.attrs.get("references") == "feature_stats":
-        from attrflow.methods._bottleneck import LayerStatistics
+        from attrflow.methods.references import LayerStatistics
 
         statistics: dict[str, Any] = {}
         for name, module_path in group.attrs["layers"].items():

@@ -90,7 +90,7 @@ def retrain_job(
     the job) are accepted and unused.
     """
     from attrflow.jobs.runtime import device_description, library_versions, resolve_device
-    from attrflow.models.loading import _num_classes
+    from attrflow.models.preparation import dataset_num_classes
     from attrflow.roar.masking import channel_means, remove_pixels, removal_masks, removed_count
     from attrflow.roar.retrain import Recipe, retrain
 
@@ -114,7 +114,7 @@ def retrain_job(
         "dataset_fingerprint": read_attrs(samples_path).get("fingerprint"),
         "model_fingerprint": None,
     }
-    num_classes = _num_classes(Path(samples_path), train, test)
+    num_classes = dataset_num_classes(Path(samples_path), train, test)
     if method is not None:
         train_maps, train_attrs = read_maps([train_maps_path], train.ids)
         test_maps, _ = read_maps(test_maps_paths, test.ids)

@@ -105,7 +105,7 @@ def score_shard(
     entry's planned setting (entry and code), which only makes its changes re-plan this job.
     """
     from attrflow.cache import ResultCache
-    from attrflow.models.loading import load_model
+    from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     shards = ShardMaps.read(maps_path)
@@ -196,6 +196,13 @@ def _samples_key(samples_path: str | Path) -> str:
 
 @torch.no_grad()
 def predictions_of(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> np.ndarray:
+    """Predicted classes; for a regression model its score rounded to the nearest integer (so a
+    row is ``correct`` when the rounded score is the integer label, e.g. the total severity)."""
+    from attrflow.models.wrapper import is_regression
+
+    if is_regression(net):
+        chunks = [net(chunk)[:, 0].round().long().cpu().numpy() for chunk in images.split(max_batch)]
+        return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
     chunks = [net(chunk).argmax(dim=1).cpu().numpy() for chunk in images.split(max_batch)]
     return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
 
@@ -209,6 +216,7 @@ def _context(net, samples, shards, dataset, model, method, method_entry, seed, m
         targets=torch.from_numpy(shards.targets).to(dev),
         labels=torch.from_numpy(samples.labels).to(dev),
         masks=torch.from_numpy(samples.masks).to(dev) if samples.masks is not None else None,
+        severity=torch.from_numpy(samples.severity).to(dev) if samples.severity is not None else None,
         diagnostics={k: torch.from_numpy(v).to(dev) for k, v in shards.diagnostics.items()},
         ids=samples.ids,
         method=method,
@@ -285,6 +293,7 @@ class ScoringContext:
     max_batch: int
     seed: int
     peers: dict[str, PeerMaps] = field(default_factory=dict)
+    severity: torch.Tensor | None = None  # (n, H, W) per-pixel severity, for regression datasets
 
     def inputs(self, lo: int, hi: int) -> MetricInputs:
         return MetricInputs(
@@ -295,6 +304,7 @@ class ScoringContext:
             labels=self.labels[lo:hi],
             ids=self.ids[lo:hi],
             masks=self.masks[lo:hi] if self.masks is not None else None,
+            severity=self.severity[lo:hi] if self.severity is not None else None,
             diagnostics={k: v[lo:hi] for k, v in self.diagnostics.items()},
             method=self.method,
             method_fn=self.shards.method_fn,

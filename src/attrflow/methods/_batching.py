@@ -147,7 +147,7 @@ def _grid_indices(start: int, stop: int, n_points: int, device: torch.device):
     return flat // n_points, flat % n_points
 
 
-def _sums_per_sample(values: torch.Tensor, start: int, n_points: int) -> torch.Tensor:
+def sums_per_sample(values: torch.Tensor, start: int, n_points: int) -> torch.Tensor:
     """Sum the rows of a chunk that starts at flat index ``start`` sample by sample.
 
     Returns one row per sample the chunk touches, in order: a partial head sample, whole
@@ -206,7 +206,7 @@ def accumulate_gradients(
             chosen = logits.gather(1, index).squeeze(1)
             (grads,) = torch.autograd.grad(chosen.sum(), inputs)
             with torch.no_grad():
-                contributions = _sums_per_sample(
+                contributions = sums_per_sample(
                     weigh(grads, sample_idx, point_idx), start, n_points
                 )
                 if sums is None:

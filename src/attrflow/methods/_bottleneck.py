@@ -13,6 +13,13 @@ at most ``max_batch`` inputs (a single image's copies are split over several pas
 not fit). Each image draws its noise from its own generator, seeded once from the runtime
 generator, so its map does not depend on ``max_batch`` or on the other images of the call.
 
+The output term is cross-entropy on the target class unless an `OutputObjective` replaces it
+(Regression IBA's losses, Khakzar et al., 2021). With ``inverse=True`` the fit plays the deletion
+game of Inverse IBA (Khakzar et al., 2021 Eq. 4): the model sees the *inverse* bottleneck
+Z_inv = λ ε + (1 − λ) R and the output term is maximised, loss = β · KL − L_out(Z_inv), while the
+information term keeps measuring the ordinary Z = λ R + (1 − λ) ε, so λ → 1 marks what must be
+deleted and the map is still the capacity of λ.
+
 `FeatureBottleneck` is the forward hook that puts a bottleneck into a layer; hooks are removed
 by `feature_bottleneck` even when the call raises.
 """
@@ -74,7 +81,34 @@ class BottleneckSettings:
 @dataclass
 class FittedBottleneck:
     alpha: torch.Tensor  # (n, *shape), the optimised logits of λ
-    target_probs: torch.Tensor  # (n,) target probability under the bottleneck, last step's copies
+    # (n,) the objective's tracked output (the target probability for CE) under the bottleneck
+    # the model saw (Z, or Z_inv when inverse), mean over the last step's copies
+    target_probs: torch.Tensor
+
+
+@dataclass(frozen=True)
+class OutputObjective:
+    """The output term of the bottleneck loss, evaluated per (image, copy) row.
+
+    ``loss(logits, images)`` gives the (k,) term to minimise for the rows' logits (k, K) and the
+    rows' image indices (k,) into the batch; ``tracked(logits, images)`` the (k,) value reported
+    per image (mean over copies) as a diagnostic.
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    tracked: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_objective(target: torch.Tensor) -> OutputObjective:
+    """IBA's output term: −log softmax(logits)[target]; tracks the target's probability."""
+
+    def log_probs(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits, dim=1).gather(1, target[images].unsqueeze(1)).squeeze(1)
+
+    return OutputObjective(
+        loss=lambda logits, images: -log_probs(logits, images),
+        tracked=lambda logits, images: log_probs(logits, images).exp(),
+    )
 
 
 def layer_statistics(
@@ -143,13 +177,17 @@ def fit_bottleneck(
     settings: BottleneckSettings,
     seeds: list[int],
     max_batch: int,
+    objective: OutputObjective | None = None,
+    inverse: bool = False,
 ) -> FittedBottleneck:
-    """Optimise α (n, *shape) per image with Adam on CE + β · mean KL.
+    """Optimise α (n, *shape) per image with Adam on L_out + β · mean KL (CE by default).
 
     ``capacity(λ, images)`` gives the KL (k, *shape) of those images (indices into x) under λ;
     ``forward(λ_rows, noise_rows, images)`` runs the model with the bottleneck applied to one row
     per (image, copy) and returns the logits. Noise is standard normal; ``forward`` scales it.
+    ``inverse``: the model sees 1 − λ and L_out is maximised (Inverse IBA, module docstring).
     """
+    objective = objective if objective is not None else cross_entropy_objective(target)
     n, copies = x.shape[0], settings.copies
     alphas = torch.full((n, *shape), float(settings.initial_alpha), device=x.device, dtype=x.dtype)
     probs = torch.empty(n, device=x.device, dtype=x.dtype)
@@ -169,10 +207,11 @@ def fit_bottleneck(
                 rows = torch.arange(start, min(start + max_batch, len(images) * copies), device=x.device)
                 image, copy = rows // copies, rows % copies
                 lam = bottleneck_lambda(alpha, settings.sigma)
-                logits = forward(lam[image], noise[image, copy], images[image])
-                log_probs = torch.log_softmax(logits, dim=1).gather(1, target[images[image]].unsqueeze(1)).squeeze(1)
-                gradient += torch.autograd.grad(-log_probs.sum() / copies, alpha)[0]
-                step_probs[image, copy] = log_probs.detach().exp()
+                shown = 1 - lam[image] if inverse else lam[image]
+                logits = forward(shown, noise[image, copy], images[image])
+                output_loss = objective.loss(logits, images[image]).sum() / copies
+                gradient += torch.autograd.grad(-output_loss if inverse else output_loss, alpha)[0]
+                step_probs[image, copy] = objective.tracked(logits.detach(), images[image])
             kl = capacity(bottleneck_lambda(alpha, settings.sigma), images)
             information = settings.beta * kl.flatten(1).mean(dim=1).sum()
             if information.requires_grad:
@@ -262,8 +301,14 @@ def fit_feature_bottleneck(
     settings: BottleneckSettings,
     seeds: list[int],
     max_batch: int,
+    objective: OutputObjective | None = None,
+    inverse: bool = False,
 ) -> FeatureFit:
-    """IBA at one layer: record R once per image, then fit λ with R's bottleneck in the net."""
+    """IBA at one layer: record R once per image, then fit λ with R's bottleneck in the net.
+
+    ``objective`` replaces the cross-entropy term; ``inverse`` plays Inverse IBA's deletion game
+    (`fit_bottleneck`).
+    """
     with feature_bottleneck(module, hook), torch.no_grad():
         recorded = []
         for chunk in x.split(max_batch):
@@ -287,7 +332,7 @@ def fit_feature_bottleneck(
     with feature_bottleneck(module, hook), torch.enable_grad():
         fitted = fit_bottleneck(
             model, x, target, shape=tuple(features.shape[1:]), capacity=capacity, forward=forward,
-            settings=settings, seeds=seeds, max_batch=max_batch,
+            settings=settings, seeds=seeds, max_batch=max_batch, objective=objective, inverse=inverse,
         )
     lam = bottleneck_lambda(fitted.alpha, settings.sigma)
     all_images = torch.arange(x.shape[0], device=x.device)

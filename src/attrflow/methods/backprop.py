@@ -49,13 +49,12 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from captum.attr import Deconvolution, GuidedBackprop
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from attrflow.methods._baselines import Baseline, make_baseline
 from attrflow.methods._batching import (
-    _sums_per_sample,
+    sums_per_sample,
     check_max_batch,
     evaluation_mode,
     maps_differentiable,
@@ -182,10 +181,14 @@ def _modified_relu_gradients(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
-    explainer: type[GuidedBackprop] | type[Deconvolution],
     method: str,
     max_batch: int,
 ) -> Attribution:
+    # Captum is imported here, not with the module: `captum.attr` imports matplotlib (~0.5 s per
+    # job), which DeepLift, DeepSHAP and the other methods of this module do not need.
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    explainer = GuidedBackprop if method == "guided_backprop" else Deconvolution
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
     check_hookable(
@@ -214,7 +217,7 @@ def guided_backprop(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """Guided Backprop of the target logit (Captum's GuidedBackprop); needs ReLU modules."""
-    return _modified_relu_gradients(model, x, target, GuidedBackprop, "guided_backprop", max_batch)
+    return _modified_relu_gradients(model, x, target, "guided_backprop", max_batch)
 
 
 @register_method("deconvolution")
@@ -226,7 +229,7 @@ def deconvolution(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """Deconvolution of the target logit (Captum's Deconvolution); needs single-use ReLU modules."""
-    return _modified_relu_gradients(model, x, target, Deconvolution, "deconvolution", max_batch)
+    return _modified_relu_gradients(model, x, target, "deconvolution", max_batch)
 
 
 PairBuilder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -465,7 +468,7 @@ def _deeplift_pairs(
             with torch.no_grad():
                 maps = (inputs - references) * grads[: len(flat)]
                 logits_flat[:, start : start + len(flat)] = logits.detach().view(2, -1)
-                per_sample = _sums_per_sample(maps, start, n_points)
+                per_sample = sums_per_sample(maps, start, n_points)
                 first = start // n_points
                 sums[first : first + per_sample.shape[0]] += per_sample
     at_input, at_reference = logits_flat.view(2, n, n_points)

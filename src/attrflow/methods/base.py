@@ -148,7 +148,8 @@ def refuse_old_style(name: str, decorator: str, old_style: dict[str, Any]) -> No
             f"{decorator}({name!r}, params=...) is the old style: declare each parameter once, in the "
             "function's signature (e.g. `steps: Annotated[int, Ge(1), Doc(\"...\")] = 32`, "
             "`fill: Literal[\"black\", \"blur\"] = \"black\"`, vocabulary in attrflow.params), drop "
-            "params=, then run `python -m attrflow.catalog --write`"
+            "params=, then run `python -m attrflow.catalog --write`; in a checkout, "
+            "`python tools/convert_registration.py MODULE` does the mechanical rewrite (review it)"
         )
     if old_style:
         raise TypeError(f"{decorator}({name!r}): unknown argument(s) {sorted(old_style)}")

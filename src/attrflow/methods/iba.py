@@ -56,8 +56,9 @@ from attrflow.methods._bottleneck import (
     information_map,
     layer_statistics,
 )
-from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
 from attrflow.params import Doc, Ge
+from attrflow.models.wrapper import is_regression
 
 
 @register_method("iba", channel_free=True, references="feature_stats")
@@ -81,6 +82,8 @@ def iba(
 ) -> Attribution:
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
+    if is_regression(model):  # one output: its log-softmax is 0 whatever the bottleneck lets through
+        raise MethodNotApplicable("iba's cross-entropy needs classes; use regression_iba on a regression model")
     settings = BottleneckSettings(beta, steps, lr, copies, initial_alpha, sigma)
     _, module, stats = layer_statistics(references, model, layer, "iba")
     stats = type(stats)(*(t.to(device=x.device, dtype=x.dtype) for t in stats))

@@ -43,13 +43,17 @@ Cost per image: one forward and one (modified) backward pass; samples run in chu
 
 from __future__ import annotations
 
+from typing import Annotated, Literal, get_args
+
 import torch
 from torch import nn
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
+from attrflow.params import Doc, Ge, Gt
 
-COMPOSITES = (
+# LRP rules applied to every layer, then zennit's composites for CNNs (module doc).
+Composite = Literal[
     "epsilon",
     "alpha2_beta1",
     "alpha1_beta0",
@@ -58,7 +62,11 @@ COMPOSITES = (
     "epsilon_alpha2_beta1",
     "epsilon_alpha2_beta1_flat",
     "epsilon_gamma_box",
-)
+]
+COMPOSITES = get_args(Composite)
+# zennit's defaults; a rule that never reads one refuses any other value (see `lrp`).
+ZENNIT_EPSILON = 1e-6
+ZENNIT_GAMMA = 0.25
 
 
 def input_bounds(model: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,63 +140,34 @@ def _check_modules(model: nn.Module) -> None:
             )
 
 
-@register_method(
-    "lrp",
-    params={
-        "composite": {
-            "type": "string",
-            "enum": [
-                "epsilon",
-                "alpha2_beta1",
-                "alpha1_beta0",
-                "epsilon_plus",
-                "epsilon_plus_flat",
-                "epsilon_alpha2_beta1",
-                "epsilon_alpha2_beta1_flat",
-                "epsilon_gamma_box",
-            ],
-            "default": "epsilon_plus_flat",
-            "description": "LRP rule on every layer (epsilon, alpha2_beta1, alpha1_beta0) or a "
-            "zennit composite for CNNs (epsilon_plus[_flat], epsilon_alpha2_beta1[_flat], "
-            "epsilon_gamma_box)",
-        },
-        "epsilon": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 1e-6,
-            "description": "stabiliser ε of the ε rule (zennit's default 1e-6)",
-        },
-        "gamma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 0.25,
-            "description": "γ of the γ rule (epsilon_gamma_box only; zennit's default)",
-        },
-    },
-)
+@register_method("lrp")
 def lrp(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    composite: str = "epsilon_plus_flat",
-    epsilon: float = 1e-6,
-    gamma: float = 0.25,
+    composite: Annotated[
+        Composite,
+        Doc(
+            "LRP rule on every layer (epsilon, alpha2_beta1, alpha1_beta0) or a zennit composite "
+            "for CNNs (epsilon_plus[_flat], epsilon_alpha2_beta1[_flat], epsilon_gamma_box)"
+        ),
+    ] = "epsilon_plus_flat",
+    epsilon: Annotated[
+        float, Gt(0), Doc("stabiliser ε of the ε rule (zennit's default 1e-6)")
+    ] = ZENNIT_EPSILON,
+    gamma: Annotated[
+        float, Ge(0), Doc("γ of the γ rule (epsilon_gamma_box only; zennit's default 0.25)")
+    ] = ZENNIT_GAMMA,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """(n, C, H, W) LRP relevance of the target logit, in pixel space (module doc)."""
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if composite not in COMPOSITES:
-        raise ValueError(
-            f"lrp: parameter composite must be one of {', '.join(COMPOSITES)}; got {composite!r}"
-        )
-    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool) and epsilon > 0):
-        raise ValueError(f"lrp: parameter epsilon must be a number > 0; got {epsilon!r}")
     # A parameter the chosen rules never read is a misconfiguration, not a silent no-op.
-    if composite in ("alpha2_beta1", "alpha1_beta0") and epsilon != 1e-6:
+    if composite in ("alpha2_beta1", "alpha1_beta0") and epsilon != ZENNIT_EPSILON:
         raise ValueError(f"lrp: parameter epsilon is set ({epsilon!r}) but composite {composite!r} has no ε rule")
-    if composite != "epsilon_gamma_box" and gamma != 0.25:
+    if composite != "epsilon_gamma_box" and gamma != ZENNIT_GAMMA:
         raise ValueError(f"lrp: parameter gamma is set ({gamma!r}) but only composite 'epsilon_gamma_box' has a γ rule")
     net = getattr(model, "net", model)
     _check_modules(net)

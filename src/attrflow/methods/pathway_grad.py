@@ -152,7 +152,7 @@ def pathway_modules(model: nn.Module, layers: list[str]) -> list[nn.Module]:
     return modules
 
 
-class _Sites:
+class ActivationSites:
     """Forward hooks on the pathway modules that number their outputs (one site per call, in
     call order) and apply ``transform(site, output)`` to each. The hooks live only inside
     `attached`, so they are removed even when a pass raises."""
@@ -170,7 +170,7 @@ class _Sites:
         return output
 
     @contextmanager
-    def attached(self) -> Iterator[_Sites]:
+    def attached(self) -> Iterator[ActivationSites]:
         handles = [m.register_forward_hook(self._hook) for m in self.modules]
         try:
             yield self
@@ -186,7 +186,7 @@ class _Sites:
         return logits
 
 
-def _target_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def target_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, target.unsqueeze(1)).squeeze(1)
 
 
@@ -194,10 +194,10 @@ def neuron_mct(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, modules: list[nn.Module]
 ) -> list[torch.Tensor]:
     """|a · ∂Φ/∂a| for every site's output units (one forward and one backward)."""
-    sites = _Sites(modules)
+    sites = ActivationSites(modules)
     with sites.attached(), torch.enable_grad():
         logits = sites.run(model, x.detach().requires_grad_(True))
-        grads = torch.autograd.grad(_target_logits(logits, target).sum(), sites.outputs)
+        grads = torch.autograd.grad(target_logits(logits, target).sum(), sites.outputs)
     return [(a.detach() * g).abs() for a, g in zip(sites.outputs, grads)]
 
 
@@ -215,7 +215,7 @@ def neuron_intgrad(
     Each pass scales one site's output and takes the gradient there; the (sample, step) grid is
     flattened sample-major and cut into chunks of at most ``max_batch`` inputs.
     """
-    sites = _Sites(modules)
+    sites = ActivationSites(modules)
     with sites.attached(), torch.no_grad():
         sites.run(model, x)
         activations = [a.detach() for a in sites.outputs]
@@ -233,7 +233,7 @@ def neuron_intgrad(
             sites.transform = lambda index, output, site=site, scaled=scaled: scaled if index == site else output
             with sites.attached(), torch.enable_grad():
                 logits = sites.run(model, x[samples])
-                (grad,) = torch.autograd.grad(_target_logits(logits, target[samples]).sum(), scaled)
+                (grad,) = torch.autograd.grad(target_logits(logits, target[samples]).sum(), scaled)
             _add_per_sample(gradient_sum, grad, samples)
         scores.append(activation * gradient_sum / steps)
     return scores
@@ -277,7 +277,7 @@ def pathway_gradient(
     e·a + (1 − e)·detach(a) equals a in the forward pass and passes gradient only where e = 1.
     The forward values are the original activations: ``record``, when given, receives them.
     """
-    sites = _Sites(modules)
+    sites = ActivationSites(modules)
 
     def freeze_outside(site: int, output: torch.Tensor) -> torch.Tensor:
         if site >= len(masks) or masks[site].shape != output.shape:
@@ -289,7 +289,7 @@ def pathway_gradient(
     inputs = x.detach().requires_grad_(True)
     with sites.attached(), torch.enable_grad():
         logits = sites.run(model, inputs)
-        (grad,) = torch.autograd.grad(_target_logits(logits, target).sum(), inputs)
+        (grad,) = torch.autograd.grad(target_logits(logits, target).sum(), inputs)
     if record is not None:
         record.extend(output.detach() for output in sites.outputs)
     return grad

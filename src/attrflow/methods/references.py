@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode
+from attrflow.methods._bottleneck import LayerStatistics  # what a feature_stats store holds per layer
 from attrflow.methods.lpi import estimated_centres, squared_distances
 from attrflow.models.layers import STAGES, prefix_tokens, resolve_layer, tokens_to_grid
 

@@ -30,55 +30,44 @@ layer's resolution; ``layer_total`` (n,) Σ_k Σ_i s_k^i; ``layer_gap`` (n,) f(x
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
-from attrflow.methods.pathway_grad import _Sites, _target_logits, neuron_intgrad, pathway_modules
+from attrflow.methods.pathway_grad import ActivationSites, target_logits, neuron_intgrad, pathway_modules
+from attrflow.params import Doc, Ge, MinLen
 
 
-@register_method(
-    "semantic_attribution",
-    params={
-        "layer": {
-            "type": "string",
-            "default": "default",
-            "description": "the layer whose units are attributed: 'default' (the CAM layer, the "
-            "paper's last convolution), 'stage1'..'stage4' or a module path",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "Riemann steps of the per-unit Integrated Gradients (not given in the paper)",
-        },
-        "top_units": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 3,
-            "description": "how many of the highest-contributing units to record with their maps",
-        },
-    },
-    channel_free=True,
-)
+@register_method("semantic_attribution", channel_free=True)
 def semantic_attribution(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    layer: str = "default",
-    steps: int = 50,
-    top_units: int = 3,
+    layer: Annotated[
+        str,
+        MinLen(1),
+        Doc(
+            "the layer whose units are attributed: 'default' (the CAM layer, the last convolution "
+            "as in Khakzar et al., 2021), 'stage1'..'stage4' or a module path"
+        ),
+    ] = "default",
+    steps: Annotated[
+        int,
+        Ge(1),
+        Doc("Riemann steps of the per-unit Integrated Gradients (Khakzar et al., 2021 give none)"),
+    ] = 50,
+    top_units: Annotated[
+        int, Ge(1), Doc("how many of the highest-contributing units to record with their maps")
+    ] = 3,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """The top unit's normalised, upsampled IG map (module doc); per-unit contributions stored."""
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"parameter steps must be an integer >= 1; got {steps!r}")
-    if isinstance(top_units, bool) or not isinstance(top_units, int) or top_units < 1:
-        raise ValueError(f"parameter top_units must be an integer >= 1; got {top_units!r}")
     modules = pathway_modules(model, [layer])
     with evaluation_mode(model):
         scores = neuron_intgrad(model, x, target, modules, steps=steps, max_batch=max_batch)
@@ -126,9 +115,9 @@ def normalise_unit_maps(maps: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def layer_gap(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, modules) -> torch.Tensor:
     """f(x) − f(a ← 0): the target logit minus its value with the layer's output set to zero."""
-    sites = _Sites(modules)
+    sites = ActivationSites(modules)
     with sites.attached():
-        full = _target_logits(sites.run(model, x), target)
+        full = target_logits(sites.run(model, x), target)
         sites.transform = lambda index, output: torch.zeros_like(output)
-        zeroed = _target_logits(sites.run(model, x), target)
+        zeroed = target_logits(sites.run(model, x), target)
     return full - zeroed

@@ -17,8 +17,8 @@ a cell gives back φ. Diagnostics: ``shapley_values`` (n, grid, grid), ``baselin
 ``output_delta`` and ``completeness_residual``.
 
 Cost per image: 2^P forward passes and no backward — 16 for 2×2, 512 for 3×3 and 65,536 for
-4×4. Grids above 4×4 (2^25 = 33 million passes for 5×5) are refused, by the config schema
-before any job and here with a clear error (`MAX_COALITIONS`). Coalitions of all samples run in
+4×4. Grids above 4×4 (2^25 = 33 million passes for 5×5) are refused by the parameter's bound
+(`MAX_GRID`), in the config before any job and in `call_method`. Coalitions of all samples run in
 chunks of ``max_batch`` model inputs, each built on the fly, so memory holds one chunk of
 images plus the (n, 2^P) worth table (512 KiB per image for 4×4 in float64) whatever the grid.
 """
@@ -26,32 +26,23 @@ images plus the (n, 2^P) worth table (512 KiB per image for 4×4 in float64) wha
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 
 from attrflow.methods._baselines import make_baseline
 from attrflow.methods._batching import check_max_batch, evaluate_outputs, validate_batch
-from attrflow.methods._superpixels import grid_segments
+from attrflow.methods.superpixels import RemovedFill, grid_segments
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Le
 
 MAX_GRID = 4
 MAX_COALITIONS = 2 ** (MAX_GRID * MAX_GRID)  # 65,536: 4×4 cells
-BASELINES = ("black", "white", "mean", "blur")
 
 
-def check_grid(grid: int, height: int | None = None, width: int | None = None) -> int:
-    """The grid side, or a ValueError that states the coalition limit."""
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
-        raise ValueError(f"exact_shapley: parameter grid must be an integer >= 1; got {grid!r}")
-    coalitions = 2 ** (grid * grid)
-    if coalitions > MAX_COALITIONS:
-        raise ValueError(
-            f"exact_shapley: parameter grid {grid} gives {grid}×{grid} = {grid * grid} cells and "
-            f"2^{grid * grid} = {coalitions:,} coalitions per image, above the limit of "
-            f"{MAX_COALITIONS:,} (grid <= {MAX_GRID}); use a coarser grid or a sampling method "
-            f"(kernel_shap, lime)"
-        )
-    if height is not None and width is not None and grid > min(height, width):
+def check_grid(grid: int, height: int, width: int) -> int:
+    """The grid side, or a ValueError when the images have fewer pixels a side than cells."""
+    if grid > min(height, width):
         raise ValueError(
             f"exact_shapley: parameter grid {grid} does not fit images of {height}×{width} pixels"
         )
@@ -82,42 +73,29 @@ def shapley_from_worths(worths: torch.Tensor, players: int) -> torch.Tensor:
     return values
 
 
-@register_method(
-    "exact_shapley",
-    channel_free=True,
-    completeness=True,
-    params={
-        "grid": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": 4,
-            "default": 4,
-            "description": "side of the grid of super-pixels (players): grid² cells, 2^(grid²) "
-            "coalitions per image; at most 4 (65,536 coalitions)",
-        },
-        "baseline": {
-            "type": "string",
-            "enum": ["black", "white", "mean", "blur"],
-            "default": "black",
-            "description": "what a removed cell shows (pixel space): black, white, the image's "
-            "mean colour or the image blurred with blur_sigma",
-        },
-        "blur_sigma": {
-            "type": "number",
-            "minimum": 0,
-            "default": 10.0,
-            "description": "Gaussian blur σ in pixels for baseline 'blur'",
-        },
-    },
-)
+@register_method("exact_shapley", channel_free=True, completeness=True)
 def exact_shapley(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    grid: int = 4,
-    baseline: str = "black",
-    blur_sigma: float = 10.0,
+    grid: Annotated[
+        int,
+        Ge(1),
+        Le(MAX_GRID),
+        Doc(
+            "side of the grid of super-pixels (players): grid² cells, 2^(grid²) coalitions per "
+            "image; at most 4 (65,536 coalitions: beyond, use kernel_shap or lime)"
+        ),
+    ] = 4,
+    baseline: Annotated[
+        RemovedFill,
+        Doc(
+            "what a removed cell shows (pixel space): black, white, the image's mean colour or the "
+            "image blurred with blur_sigma"
+        ),
+    ] = "black",
+    blur_sigma: Annotated[float, Ge(0), Doc("Gaussian blur σ in pixels for baseline 'blur'")] = 10.0,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
     """(n, H, W) exact Shapley values of the grid cells, spread evenly over each cell's pixels."""
@@ -125,10 +103,6 @@ def exact_shapley(
     check_max_batch(max_batch)
     n, _, height, width = x.shape
     side = check_grid(grid, height, width)
-    if baseline not in BASELINES:
-        raise ValueError(
-            f"exact_shapley: parameter baseline must be one of {', '.join(BASELINES)}; got {baseline!r}"
-        )
     players = side * side
     cells = grid_segments(height, width, side, device=x.device)  # (H, W)
     reference = make_baseline(model, x, baseline, blur_sigma=blur_sigma, method="exact_shapley")

@@ -31,106 +31,28 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from typing import Annotated
 
 import torch
 
 from attrflow.methods._baselines import make_baseline
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
-from attrflow.methods._superpixels import segment_images
+from attrflow.methods.superpixels import RemovedFill, Segmentation, segment_images
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, register_method
+from attrflow.params import Doc, Ge, Gt
 
-BASELINES = ("black", "white", "mean", "blur")
-
-# Literal schemas: the workflow reads registrations with ast.literal_eval (attrflow.catalog).
-KERNEL_SHAP_PARAMS = {
-    "n_samples": {
-        "type": "integer",
-        "minimum": 2,
-        "default": 256,
-        "description": "coalitions (perturbed copies) evaluated per image",
-    },
-    "segmentation": {
-        "type": "string",
-        "enum": ["grid", "slic"],
-        "default": "grid",
-        "description": "super-pixels: an n_segments × n_segments grid, or about n_segments SLIC segments",
-    },
-    "n_segments": {
-        "type": "integer",
-        "minimum": 1,
-        "default": 8,
-        "description": "grid side (grid) or the requested number of SLIC segments (slic)",
-    },
-    "compactness": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "default": 10.0,
-        "description": "SLIC compactness (scikit-image's default 10); slic only",
-    },
-    "baseline": {
-        "type": "string",
-        "enum": ["black", "white", "mean", "blur"],
-        "default": "black",
-        "description": "what a removed segment shows (pixel space)",
-    },
-    "blur_sigma": {
-        "type": "number",
-        "minimum": 0,
-        "default": 10.0,
-        "description": "Gaussian blur σ in pixels for baseline 'blur'",
-    },
-}
-
-LIME_PARAMS = {
-    "n_samples": {
-        "type": "integer",
-        "minimum": 2,
-        "default": 256,
-        "description": "coalitions (perturbed copies) evaluated per image",
-    },
-    "segmentation": {
-        "type": "string",
-        "enum": ["grid", "slic"],
-        "default": "grid",
-        "description": "super-pixels: an n_segments × n_segments grid, or about n_segments SLIC segments",
-    },
-    "n_segments": {
-        "type": "integer",
-        "minimum": 1,
-        "default": 8,
-        "description": "grid side (grid) or the requested number of SLIC segments (slic)",
-    },
-    "compactness": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "default": 10.0,
-        "description": "SLIC compactness (scikit-image's default 10); slic only",
-    },
-    "baseline": {
-        "type": "string",
-        "enum": ["black", "white", "mean", "blur"],
-        "default": "black",
-        "description": "what a removed segment shows (pixel space)",
-    },
-    "blur_sigma": {
-        "type": "number",
-        "minimum": 0,
-        "default": 10.0,
-        "description": "Gaussian blur σ in pixels for baseline 'blur'",
-    },
-    "kernel_width": {
-        "type": "number",
-        "exclusiveMinimum": 0,
-        "default": 1.0,
-        "description": "width of the exponential kernel on the cosine distance (Captum's default 1.0)",
-    },
-    "alpha": {
-        "type": "number",
-        "minimum": 0,
-        "default": 0.01,
-        "description": "Lasso regularisation of the surrogate (Captum's default 0.01)",
-    },
-}
+# The parameters LIME and KernelSHAP share, declared once (`attrflow.params`).
+Coalitions = Annotated[int, Ge(2), Doc("coalitions (perturbed copies) evaluated per image")]
+Segments = Annotated[
+    Segmentation, Doc("super-pixels: an n_segments × n_segments grid, or about n_segments SLIC segments")
+]
+SegmentCount = Annotated[int, Ge(1), Doc("grid side (grid) or the requested number of SLIC segments (slic)")]
+Compactness = Annotated[float, Gt(0), Doc("SLIC compactness (scikit-image's default 10); slic only")]
+SegmentFill = Annotated[
+    RemovedFill,
+    Doc("what a removed segment shows (pixel space): black, white, the image's mean colour or its blur"),
+]
+BlurSigma = Annotated[float, Ge(0), Doc("Gaussian blur σ in pixels for baseline 'blur'")]
 
 
 @contextmanager
@@ -148,10 +70,6 @@ def seeded_global_rng(generator: torch.Generator | None, device: torch.device):
 def _prepare(model, x, target, method, n_samples, segmentation, n_segments, compactness, baseline, blur_sigma, max_batch):
     x, target = validate_batch(model, x, target)
     check_max_batch(max_batch)
-    if baseline not in BASELINES:
-        raise ValueError(f"{method}: parameter baseline must be one of {', '.join(BASELINES)}; got {baseline!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise ValueError(f"{method}: parameter n_samples must be an integer >= 2; got {n_samples!r}")
     try:
         segments = segment_images(x, segmentation, n_segments, compactness)
     except ValueError as err:
@@ -177,20 +95,22 @@ def _run(explainer, model, x, target, segments, reference, n_samples, max_batch,
     return maps[:, 0].detach().to(x.dtype)
 
 
-@register_method("lime", channel_free=True, params=LIME_PARAMS)
+@register_method("lime", channel_free=True)
 def lime(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    n_samples: int = 256,
-    segmentation: str = "grid",
-    n_segments: int = 8,
-    compactness: float = 10.0,
-    baseline: str = "black",
-    blur_sigma: float = 10.0,
-    kernel_width: float = 1.0,
-    alpha: float = 0.01,
+    n_samples: Coalitions = 256,
+    segmentation: Segments = "grid",
+    n_segments: SegmentCount = 8,
+    compactness: Compactness = 10.0,
+    baseline: SegmentFill = "black",
+    blur_sigma: BlurSigma = 10.0,
+    kernel_width: Annotated[
+        float, Gt(0), Doc("width of the exponential kernel on the cosine distance (Captum's default 1.0)")
+    ] = 1.0,
+    alpha: Annotated[float, Ge(0), Doc("Lasso regularisation of the surrogate (Captum's default 0.01)")] = 0.01,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:
@@ -202,8 +122,6 @@ def lime(
     x, target, segments, reference = _prepare(
         model, x, target, "lime", n_samples, segmentation, n_segments, compactness, baseline, blur_sigma, max_batch
     )
-    if not kernel_width > 0:
-        raise ValueError(f"lime: parameter kernel_width must be > 0; got {kernel_width!r}")
     explainer = Lime(
         model,
         interpretable_model=SkLearnLasso(alpha=float(alpha)),
@@ -213,18 +131,18 @@ def lime(
     return Attribution(maps=maps, diagnostics={"baselines": reference})
 
 
-@register_method("kernel_shap", channel_free=True, params=KERNEL_SHAP_PARAMS)
+@register_method("kernel_shap", channel_free=True)
 def kernel_shap(
     model: torch.nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     *,
-    n_samples: int = 256,
-    segmentation: str = "grid",
-    n_segments: int = 8,
-    compactness: float = 10.0,
-    baseline: str = "black",
-    blur_sigma: float = 10.0,
+    n_samples: Coalitions = 256,
+    segmentation: Segments = "grid",
+    n_segments: SegmentCount = 8,
+    compactness: Compactness = 10.0,
+    baseline: SegmentFill = "black",
+    blur_sigma: BlurSigma = 10.0,
     generator: torch.Generator | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> Attribution:

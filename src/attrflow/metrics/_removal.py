@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from attrflow.metrics.base import NAN, OK, MetricInputs, MetricOutput
 from attrflow.params import Doc, Ge, Gt, Odd
+from attrflow.metrics.ranking import ORDERS, pixel_positions, rank_pixels, ranking_scores  # noqa: F401 (the removal metrics' API)
 
 # Parameters several removal metrics share, declared once (`attrflow.params`): their signatures
 # annotate with these.
@@ -35,7 +36,6 @@ TargetOutput = Annotated[Literal["prob", "logit"], Doc("the target's softmax pro
 Subsets = Annotated[int, Ge(2), Doc("random subsets per sample (at least two, to correlate)")]
 FILLS = get_args(get_args(Fill)[0])
 OUTPUTS = ("prob", "logit", "top1")
-ORDERS = ("signed", "absolute")
 NONFINITE_MAP = "attribution map has non-finite values"
 CONSTANT_MAP = "attribution map is constant: it ranks no pixel above another"
 
@@ -98,37 +98,6 @@ def fill_image(
     raise ValueError(f"unknown fill {fill!r}; use one of {FILLS}")
 
 
-def rank_pixels(scores: torch.Tensor, *, descending: bool = True) -> torch.Tensor:
-    """(n, H, W) scores → (n, H·W) flat pixel indices, most important first.
-
-    Ties keep the row-major pixel order (a stable sort), so equal scores always remove the same
-    pixels in the same order, on every device and for every batch size.
-    """
-    flat = scores.reshape(scores.shape[0], -1)
-    return torch.sort(flat, dim=1, descending=descending, stable=True).indices
-
-
-def pixel_positions(scores: torch.Tensor, *, descending: bool = True) -> torch.Tensor:
-    """(n, H·W): where each pixel stands in `rank_pixels` order (0 = removed first).
-
-    "The first k pixels" is then simply ``positions < k``, which builds the mask of any step
-    for a whole chunk of copies in one comparison.
-    """
-    order = rank_pixels(scores, descending=descending)
-    positions = torch.empty_like(order)
-    ranks = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return positions.scatter_(1, order, ranks)
-
-
-def ranking_scores(maps2d: torch.Tensor, order: str) -> torch.Tensor:
-    """The value pixels are ranked by: the signed map, or its magnitude."""
-    if order == "signed":
-        return maps2d
-    if order == "absolute":
-        return maps2d.abs()
-    raise ValueError(f"unknown order {order!r}; use one of {ORDERS}")
-
-
 def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> torch.Tensor:
     """How many pixels are removed (or inserted) at each point of a curve, 0 first, all last.
 
@@ -144,8 +113,17 @@ def step_counts(num_pixels: int, steps: int, pixels_per_step: int | None) -> tor
 
 def select_output(logits: torch.Tensor, targets: torch.Tensor, output: str) -> torch.Tensor:
     """The target's softmax probability or logit, or top-1 correctness (1.0 when the argmax is the
-    target, ties going to the lower class index), in float64."""
+    target, ties going to the lower class index), in float64.
+
+    A model with a single output (a regression model's score) has no class probability — its
+    softmax is 1 whatever the input — and no top-1 choice: those are refused, naming ``logit``.
+    """
     logits = logits.double()
+    if logits.shape[1] == 1 and output in ("prob", "top1"):
+        raise ValueError(
+            f"output {output!r} needs class probabilities, but the model has a single output (a "
+            "regression model's score); set the metric's output: logit to score that output"
+        )
     if output == "top1":
         return (logits.argmax(dim=1) == targets.view(-1).long()).double()
     if output == "prob":
@@ -216,6 +194,13 @@ def checked_maps(inputs: MetricInputs, metric: str) -> torch.Tensor:
             f"{tuple(inputs.images.shape)}"
         )
     return maps
+
+
+def finite_maps(inputs: MetricInputs, metric: str) -> tuple[torch.Tensor, list[bool]]:
+    """The checked maps with non-finite entries zeroed, and which samples were all finite."""
+    maps = checked_maps(inputs, metric)
+    finite = torch.isfinite(maps)
+    return torch.where(finite, maps, torch.zeros_like(maps)), finite.flatten(1).all(dim=1).tolist()
 
 
 def constant_maps(scores: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from attrflow.methods.base import RUNTIME_KWARGS, bound_function, refuse_old_style
-from attrflow.params import check_params, parameter_schemas
+from attrflow.params import METHOD_ENTRY_FORMAT, check_params, parameter_schemas
 from attrflow.registry import Registry, signature_params
 
 KINDS = ("map", "explainer", "diagnostic", "retraining")
@@ -51,7 +51,7 @@ class PeerMaps:
 
 def peer_parameters(params: dict[str, dict]) -> list[str]:
     """The parameters of a metric that name another method entry (``"format": "method-entry"``)."""
-    return sorted(k for k, schema in params.items() if schema.get("format") == "method-entry")
+    return sorted(k for k, schema in params.items() if schema.get("format") == METHOD_ENTRY_FORMAT)
 
 
 @dataclass
@@ -78,6 +78,8 @@ class MetricInputs:
     seed: int = 0
     # Stored maps of the method entries the metric's parameters name (`PeerMaps`), by entry name.
     peers: dict[str, PeerMaps] = field(default_factory=dict)
+    # (n, H, W) per-pixel severity scores, when the dataset has them (attrflow.data.regression)
+    severity: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -132,7 +134,7 @@ class MetricInfo:
 METRICS: Registry[MetricInfo] = Registry("metric")
 
 
-REQUIREMENTS = ("masks",)
+REQUIREMENTS = ("masks", "severity")
 
 
 def register_metric(
@@ -150,7 +152,8 @@ def register_metric(
 
     Its config parameters are its keyword parameters after ``inputs``, less the runtime keywords;
     each is declared once, by its annotation and default (`attrflow.params`). ``requires`` lists
-    what the dataset must provide (``"masks"``: ground-truth object masks); the config check
+    what the dataset must provide (``"masks"``: ground-truth object masks;
+    ``"severity"``: per-pixel severity maps); the config check
     refuses such a metric on a dataset kind that cannot provide it. A family registers one
     function under several names in a loop: ``bind`` fixes parameters for a variant (they stop
     being config parameters), ``defaults`` changes a default for it, ``doc`` describes it.

@@ -29,10 +29,14 @@ Cost per image: (steps + 1)·(1 + random_orders) forward passes, in chunks of ``
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 
 from attrflow.metrics._removal import (
     NONFINITE_MAP,
+    Fill,
+    TargetOutput,
     checked_maps,
     fill_image,
     masked_outputs,
@@ -43,6 +47,7 @@ from attrflow.metrics._removal import (
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge
 
 TINY_OUTPUT = 1e-12
 ZERO_OUTPUT = "|F(x)| is below 1e-12: the fractional output change is undefined"
@@ -77,20 +82,39 @@ def fractional_change_curves(
     return curves, counts.double() / (h * w), original.squeeze(1)
 
 
-def _degradation(
+def degradation(
     inputs: MetricInputs,
     *,
     metric: str,
     least_first: bool,
-    steps: int,
-    fill: str,
-    output: str,
-    order: str,
-    against_random: bool,
-    random_orders: int,
-    generator: torch.Generator | None,
-    max_batch: int,
+    steps: Annotated[
+        int, Ge(1), Doc("equal pixel-fraction steps; the curve has steps + 1 points")
+    ] = 20,
+    fill: Annotated[
+        Fill,
+        Doc("what removed pixels show: black, the image blurred (29 taps, σ = 15) or its mean colour"),
+    ] = "black",
+    output: TargetOutput = "prob",
+    order: Annotated[
+        Literal["signed", "absolute"],
+        Doc("rank pixels by the signed map, highest first, or by its magnitude"),
+    ] = "signed",
+    against_random: Annotated[
+        bool,
+        Doc(
+            "report the area minus the mean area of random removal orders (Samek et al., 2017): "
+            "0 means no better than random"
+        ),
+    ] = True,
+    random_orders: Annotated[
+        int, Ge(1), Doc("random removal orders averaged per image when against_random")
+    ] = 1,
+    generator: torch.Generator | None = None,
+    max_batch: int = 256,
 ) -> MetricOutput:
+    """Area under the fractional output change c(k) as pixels are removed least relevant first
+    (``least_first=True``, LeRF) or most relevant first (MoRF); with ``against_random``, minus the
+    mean area for random orders (module doc)."""
     maps = checked_maps(inputs, metric)
     broken = ~torch.isfinite(maps).flatten(1).all(dim=1)
     scores = ranking_scores(torch.where(torch.isfinite(maps), maps, torch.zeros_like(maps)), order)
@@ -99,8 +123,6 @@ def _degradation(
     )
     values = trapezoid_auc(curves, fractions)
     if against_random:
-        if random_orders < 1:
-            raise ValueError(f"{metric}: parameter random_orders must be >= 1; got {random_orders}")
         device = maps.device
         random_auc = torch.zeros_like(values)
         for _ in range(random_orders):
@@ -119,56 +141,20 @@ def _degradation(
     return with_reasons(values.cpu().numpy(), list(curves.cpu().numpy()), reasons)
 
 
-# One schema for both orders (the workflow reads registrations with ast.literal_eval).
-DEGRADATION_PARAMS = {
-    "steps": {"type": "integer", "minimum": 1, "default": 20},
-    "fill": {"enum": ["black", "blur", "mean"], "default": "black"},
-    "output": {"enum": ["prob", "logit"], "default": "prob"},
-    "order": {"enum": ["signed", "absolute"], "default": "signed"},
-    "against_random": {"type": "boolean", "default": True},
-    "random_orders": {"type": "integer", "minimum": 1, "default": 1},
+# LeRF and MoRF are one measurement with the removal order reversed.
+REGISTERED = {
+    "lerf": dict(
+        direction="lower",
+        bind={"metric": "lerf", "least_first": True},
+        doc="Area under the fractional output change as the LEAST relevant pixels are removed first "
+        "(lower is better; with against_random, minus the area for random orders).",
+    ),
+    "morf": dict(
+        direction="higher",
+        bind={"metric": "morf", "least_first": False},
+        doc="Area under the fractional output change as the MOST relevant pixels are removed first "
+        "(higher is better; with against_random, minus the area for random orders).",
+    ),
 }
-
-
-@register_metric("lerf", kind="map", direction="lower", params=DEGRADATION_PARAMS)
-def lerf(
-    inputs: MetricInputs,
-    *,
-    steps: int = 20,
-    fill: str = "black",
-    output: str = "prob",
-    order: str = "signed",
-    against_random: bool = True,
-    random_orders: int = 1,
-    generator: torch.Generator | None = None,
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Area under the fractional output change as the LEAST relevant pixels are removed first
-    (lower is better; with ``against_random``, minus the area for random orders)."""
-    return _degradation(
-        inputs, metric="lerf", least_first=True, steps=steps, fill=fill, output=output, order=order,
-        against_random=against_random, random_orders=random_orders, generator=generator,
-        max_batch=max_batch,
-    )  # fmt: skip
-
-
-@register_metric("morf", kind="map", direction="higher", params=DEGRADATION_PARAMS)
-def morf(
-    inputs: MetricInputs,
-    *,
-    steps: int = 20,
-    fill: str = "black",
-    output: str = "prob",
-    order: str = "signed",
-    against_random: bool = True,
-    random_orders: int = 1,
-    generator: torch.Generator | None = None,
-    max_batch: int = 256,
-) -> MetricOutput:
-    """Area under the fractional output change as the MOST relevant pixels are removed first
-    (higher is better; with ``against_random``, minus the area for random orders)."""
-    return _degradation(
-        inputs, metric="morf", least_first=False, steps=steps, fill=fill, output=output, order=order,
-        against_random=against_random, random_orders=random_orders, generator=generator,
-        max_batch=max_batch,
-    )  # fmt: skip
+for _name, _registration in REGISTERED.items():
+    register_metric(_name, kind="map", **_registration)(degradation)

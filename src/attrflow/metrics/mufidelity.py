@@ -59,9 +59,9 @@ from attrflow.metrics._removal import (
     Fill,
     Subsets,
     TargetOutput,
-    checked_maps,
     constant_maps,
     fill_image,
+    finite_maps,
     masked_outputs,
     target_outputs,
     with_reasons,
@@ -231,13 +231,6 @@ def correlate_removals(
     return correlate(attribution_sums, clean[:, None] - removed, correlation)
 
 
-def _finite_maps(inputs: MetricInputs, metric: str) -> tuple[torch.Tensor, list[bool]]:
-    """The checked maps with non-finite entries zeroed, and which samples were all finite."""
-    maps = checked_maps(inputs, metric)
-    finite = torch.isfinite(maps)
-    return torch.where(finite, maps, torch.zeros_like(maps)), finite.flatten(1).all(dim=1).tolist()
-
-
 def _reason(finite: bool, flat_attribution: bool, constant: bool, flat_output: bool) -> str | None:
     """Why a sample has no correlation, checked in this order. A constant map whose subset sums
     still vary (Xplique's variable-size subsets) would only correlate the *number* of cells
@@ -286,7 +279,7 @@ def subset_fidelity(
     `subsets` and `cells_of_pixels` are as in `correlate_removals`. Curves hold nothing: the S
     pairs are not an ordered curve.
     """
-    maps, finite = _finite_maps(inputs, metric)
+    maps, finite = finite_maps(inputs, metric)
     canvas = fill_image(inputs.images, fill, blur_kernel=blur_kernel, blur_sigma=blur_sigma)
     corr, flat_attribution, flat_output = correlate_removals(
         inputs,

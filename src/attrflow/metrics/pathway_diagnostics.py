@@ -18,11 +18,14 @@ Lens of Critical Pathways"), for ``pathway_grad`` methods.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 
 from attrflow.metrics._removal import with_reasons
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, Le
 
 PATHWAY_FN = "pathway_grad"
 
@@ -61,46 +64,30 @@ def jaccard(first: list[torch.Tensor], second: list[torch.Tensor]) -> tuple[torc
     return overall, per_site
 
 
-@register_metric(
-    "pathway_jaccard",
-    kind="explainer",
-    direction="higher",
-    params={
-        "criterion": {
-            "enum": ["neuron_mct", "neuron_intgrad"],
-            "default": "neuron_intgrad",
-            "description": "the criterion of the reference pathway (the paper's layer-wise "
-            "comparison is against NeuronIntGrad)",
-        },
-        "sparsity": {
-            "type": ["number", "null"],
-            "minimum": 0,
-            "maximum": 1,
-            "default": None,
-            "description": "sparsity of the reference pathway (default: the method's own)",
-        },
-        "steps": {
-            "type": "integer",
-            "minimum": 1,
-            "default": 50,
-            "description": "Riemann steps of a NeuronIntGrad reference (the paper: 50)",
-        },
-    },
-)
+@register_metric("pathway_jaccard", kind="explainer", direction="higher")
 def pathway_jaccard(
     inputs: MetricInputs,
     *,
-    criterion: str = "neuron_intgrad",
-    sparsity: float | None = None,
-    steps: int = 50,
+    criterion: Annotated[
+        Literal["neuron_mct", "neuron_intgrad"],
+        Doc(
+            "the criterion of the reference pathway (Khakzar et al., 2021 compare layer-wise "
+            "against NeuronIntGrad)"
+        ),
+    ] = "neuron_intgrad",
+    sparsity: Annotated[
+        float | None, Ge(0), Le(1), Doc("sparsity of the reference pathway (default: the method's own)")
+    ] = None,
+    steps: Annotated[
+        int, Ge(1), Doc("Riemann steps of a NeuronIntGrad reference (50 in Khakzar et al., 2021)")
+    ] = 50,
     max_batch: int = 256,
 ) -> MetricOutput:
     """Jaccard similarity of the method's pathway with a reference pathway (module doc)."""
     if inputs.method_fn != PATHWAY_FN:
         return MetricOutput.skipped(inputs.n, f"pathway_jaccard applies to {PATHWAY_FN} methods only; {_who(inputs)} is not one")
     from attrflow.methods import get_method
-    from attrflow.methods._batching import evaluation_mode
-    from attrflow.methods.pathway_grad import neuron_intgrad, neuron_mct, pathway_modules, select_pathway
+    from attrflow.methods.pathway_grad import evaluation_mode, neuron_intgrad, neuron_mct, pathway_modules, select_pathway
 
     defaults = {k: v.get("default") for k, v in get_method(PATHWAY_FN).params.items()}
     own = {**defaults, **inputs.method_params}

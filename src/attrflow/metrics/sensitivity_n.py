@@ -43,13 +43,13 @@ from attrflow.metrics._removal import (
     Subsets,
     TargetOutput,
     fill_image,
+    finite_maps,
     with_reasons,
 )
 from attrflow.metrics.base import MetricInputs, MetricOutput, register_metric
 from attrflow.metrics.mufidelity import (
     CONSTANT_ATTRIBUTION,
     CONSTANT_OUTPUT,
-    _finite_maps,
     correlate_removals,
     draw_index_subsets,
     grid_cells,
@@ -81,7 +81,7 @@ def sensitivity_n(
     (or `grid` cells), between the set's summed attribution and the drop of the target `output`
     when the set shows the `fill` canvas (higher is better); the curve holds one PCC per n.
     """
-    maps, finite = _finite_maps(inputs, "sensitivity_n")
+    maps, finite = finite_maps(inputs, "sensitivity_n")
     h, w = maps.shape[1:]
     if grid is None:
         cells_of_pixels, cells, unit = None, h * w, f"pixels ({h}x{w})"

@@ -22,12 +22,26 @@ a map whose pooled cells are all equal (no ranking, Spearman undefined) gets NaN
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 from scipy.stats import spearmanr
 
-from attrflow.methods._superpixels import grid_segments, pool_segments
+from attrflow.methods.superpixels import grid_segments, pool_segments
 from attrflow.metrics._removal import checked_maps
 from attrflow.metrics.base import NAN, OK, SKIPPED, MetricInputs, MetricOutput, register_metric
+from attrflow.params import Doc, Ge, MethodEntry
+
+# The parameters both agreement metrics take, declared once (`attrflow.params`).
+Reference = Annotated[
+    str,
+    MethodEntry(),
+    Doc("the method entry (fn exact_shapley) whose stored maps hold the exact Shapley values"),
+]
+CellOrder = Annotated[
+    Literal["signed", "absolute"],
+    Doc("rank the cells by their signed pooled map and Shapley values, or by their magnitudes"),
+]
 
 NO_REFERENCE = "no exact Shapley values of {reference!r} for this sample (model or sample not covered)"
 CONSTANT = "the pooled map is constant over the grid cells: it ranks no cell above another"
@@ -52,8 +66,6 @@ def _pooled_pairs(inputs: MetricInputs, reference: str, order: str, metric: str)
     pooled = pool_segments(maps.double(), cells.expand(maps.shape[0], -1, -1), side * side)
     if order == "absolute":
         pooled = pooled.abs()
-    elif order != "signed":
-        raise ValueError(f"{metric}: parameter order must be signed or absolute; got {order!r}")
     out = []
     for i, row in enumerate(peer.rows(inputs.ids)):
         if row is None:
@@ -82,22 +94,9 @@ def _output(scores: list[float | None], reasons: list[str | None]) -> MetricOutp
     return MetricOutput(values, None, status, why)
 
 
-@register_metric(
-    "shapley_spearman",
-    kind="map",
-    direction="higher",
-    params={
-        "reference": {
-            "type": "string",
-            "format": "method-entry",
-            "default": "exact_shapley",
-            "description": "the method entry (fn exact_shapley) whose stored maps hold the exact Shapley values",
-        },
-        "order": {"enum": ["signed", "absolute"], "default": "signed"},
-    },
-)
+@register_metric("shapley_spearman", kind="map", direction="higher")
 def shapley_spearman(
-    inputs: MetricInputs, *, reference: str = "exact_shapley", order: str = "signed"
+    inputs: MetricInputs, *, reference: Reference = "exact_shapley", order: CellOrder = "signed"
 ) -> MetricOutput:
     """Spearman's ρ between the map pooled over the grid cells and the cells' exact Shapley values."""
     scores: list[float | None] = []
@@ -115,23 +114,15 @@ def shapley_spearman(
     return _output(scores, reasons)
 
 
-@register_metric(
-    "shapley_topk",
-    kind="map",
-    direction="higher",
-    params={
-        "reference": {
-            "type": "string",
-            "format": "method-entry",
-            "default": "exact_shapley",
-            "description": "the method entry (fn exact_shapley) whose stored maps hold the exact Shapley values",
-        },
-        "top_k": {"type": "integer", "minimum": 1, "default": 4},
-        "order": {"enum": ["signed", "absolute"], "default": "signed"},
-    },
-)
+@register_metric("shapley_topk", kind="map", direction="higher")
 def shapley_topk(
-    inputs: MetricInputs, *, reference: str = "exact_shapley", top_k: int = 4, order: str = "signed"
+    inputs: MetricInputs,
+    *,
+    reference: Reference = "exact_shapley",
+    top_k: Annotated[
+        int, Ge(1), Doc("k: how many of the highest cells to compare (at most the grid's cell count)")
+    ] = 4,
+    order: CellOrder = "signed",
 ) -> MetricOutput:
     """|top-k cells of the pooled map ∩ top-k cells by exact Shapley value| / k.
 

@@ -8,10 +8,10 @@ without memory or weights), and reports every problem at once: missing and unexp
 shape mismatches, a prefix shared by all keys (``model.``, ``state_dict.``) and how to strip it,
 and tensors nested under a wrapper key that the loader does not unwrap.
 
-It mirrors `attrflow.models.loading` exactly: the same accepted suffixes, the same wrapper keys
+It mirrors `attrflow.models.checkpoints` and `attrflow.models.hub` exactly: the same accepted suffixes, the same wrapper keys
 (``state_dict``, ``model``, ``model_state_dict``) unwrapped, a ``module.`` prefix (DataParallel)
 stripped, the number of classes read from the checkpoint's classifier when the entry does not
-give ``num_classes``, and the architecture built by `loading.build_architecture` from the same
+give ``num_classes``, and the architecture built by `architectures.build_architecture` from the same
 ``{"library", "name", "kwargs", "x_dnn"}`` record the model card stores.
 
 ``.safetensors`` headers are parsed here (an 8-byte little-endian length, then a JSON table), so
@@ -107,7 +107,7 @@ class CheckpointHeader(dict):
 def checkpoint_header(path: str | os.PathLike) -> CheckpointHeader:
     """Names, shapes and dtypes of a checkpoint's tensors, without reading or running anything else.
 
-    Unwraps and strips exactly as `attrflow.models.loading.read_state_dict` does. Raises
+    Unwraps and strips exactly as `attrflow.models.checkpoints.read_state_dict` does. Raises
     `CheckpointError` naming the file for a missing, unreadable, unsafe or non-state-dict file.
     """
     path = Path(path)
@@ -315,7 +315,8 @@ def expected_shapes(
     """
     import torch
 
-    from attrflow.models.loading import build_architecture, classifier_outputs
+    from attrflow.models.architectures import build_architecture
+    from attrflow.models.checkpoints import classifier_outputs
 
     kind, arch_name = model_spec.get("kind"), model_spec.get("name")
     if kind not in ("timm", "torchvision"):
@@ -434,7 +435,7 @@ def _checker(name: str, spec: Mapping[str, Any], base_dir: str | os.PathLike | N
         except metadata.PackageNotFoundError:
             versions[package] = None
     here = Path(__file__).resolve().parent
-    sources = [here / "checkpoint_check.py", here / "loading.py", here / "xdnn.py"]
+    sources = [here / name for name in ("checkpoint_check.py", "checkpoints.py", "architectures.py", "hub.py", "xdnn.py")]
     return json.dumps(
         {
             "check": "attrflow checkpoint/1",

@@ -5,6 +5,11 @@ inside. It also exposes what methods need to know about the network: the number 
 layer CAM methods use by default, whether it is an X-DNN (bias-free, nonnegatively homogeneous)
 and, if so, its homogeneity origin in pixel space. It counts forward and backward samples so
 stores can record the cost of each method.
+
+A model's ``task`` is ``"classification"`` (logits over ``num_classes`` classes) or
+``"regression"`` (one output, a score such as a total severity; see
+`attrflow.models.regression`). A regression model has ``num_classes == 1``: methods explain
+output 0, and whatever needs a class probability must refuse it (`is_regression`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+TASKS = ("classification", "regression")
+
+
+def is_regression(model: nn.Module) -> bool:
+    """Whether `model` (a `WrappedModel`, or anything with a ``task``) predicts a score."""
+    return getattr(model, "task", "classification") == "regression"
 
 
 class WrappedModel(nn.Module):
@@ -26,8 +38,14 @@ class WrappedModel(nn.Module):
         cam_layer: str | None = None,
         is_x_dnn: bool = False,
         name: str = "",
+        task: str = "classification",
     ) -> None:
         super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"model {name!r}: task must be one of {TASKS}, not {task!r}")
+        if task == "regression" and int(num_classes) != 1:
+            raise ValueError(f"model {name!r}: a regression model has one output, not {num_classes}")
+        self.task = task
         self.net = net
         self.num_classes = int(num_classes)
         self.cam_layer = cam_layer

@@ -163,7 +163,7 @@ def dissection_section(
     sample_stores: Iterable[str], max_samples: int,
 ) -> None:  # fmt: skip
     """The report's Network Dissection and semantic attribution section (module doc)."""
-    from attrflow.report.html import _image_rgb, _map_rgb, _mosaic, _name
+    from attrflow.report.html import image_rgb, map_rgb, mosaic, figure_name
     from attrflow.store import open_store, read_attrs
 
     counts = pd.read_parquet(counts_path) if counts_path and Path(counts_path).exists() else pd.DataFrame()
@@ -203,10 +203,10 @@ def dissection_section(
             if sid not in all_ids:
                 continue
             image = np.asarray(store["images"][all_ids.index(sid)])
-            panels.append((sid, _image_rgb(image)))
+            panels.append((sid, image_rgb(image)))
             for j, unit in enumerate(top[r].tolist()):
                 title = unit_title(unit, by_unit, contributions[r])
-                panels.append((title, _map_rgb(_upsampled(unit_maps[r, j], image.shape[1:]))))
+                panels.append((title, map_rgb(_upsampled(unit_maps[r, j], image.shape[1:]))))
         if not panels:
             continue
         cols = 1 + top.shape[1]
@@ -217,4 +217,4 @@ def dissection_section(
             "share of the layer's total contribution; each map is the unit's IG map divided by its largest value. "
             + (f"Concepts from the dissection on {source}." if source else "This layer was not dissected.")
         )
-        page.figure(_mosaic(panels, cols), _name("semantic", dataset, model, method), f"Top units, {method} on {model}")
+        page.figure(mosaic(panels, cols), figure_name("semantic", dataset, model, method), f"Top units, {method} on {model}")

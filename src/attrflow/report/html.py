@@ -24,7 +24,7 @@ import pandas as pd
 from attrflow.report.evidence import UNINFORMATIVE
 
 GALLERY_SAMPLES = 3
-AXIOM_SAMPLES = 1
+AXIOM_SAMPLES = 2
 CURVE_METHODS = 5  # the best five by average rank, plus the random control
 DPI = 80
 WRAP = 12  # gallery panels per row
@@ -47,7 +47,7 @@ def _inches(fig, left: float, right: float, bottom: float, top: float, wspace: f
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h, wspace=wspace, hspace=hspace)
 
 
-def _name(*parts: str) -> str:
+def figure_name(*parts: str) -> str:
     return FIGURE_PREFIX + "-".join(_SAFE.sub("_", p) for p in parts) + ".png"
 
 
@@ -166,7 +166,7 @@ def _cd_diagrams(page: Page, ranks: pd.DataFrame) -> None:
             ax.axis("off")
         for ax, metric in zip(axes.ravel(), metrics):
             _cd_axis(ax, part[(part["metric"] == metric) & part["avg_rank"].notna()], metric)
-        page.figure(fig, _name("cd", dataset, model), f"Critical-difference diagrams, {model} on {dataset}")
+        page.figure(fig, figure_name("cd", dataset, model), f"Critical-difference diagrams, {model} on {dataset}")
 
 
 def _cd_axis(ax, g: pd.DataFrame, metric: str) -> None:
@@ -232,7 +232,7 @@ def _rank_heatmaps(page: Page, ranks: pd.DataFrame) -> None:
                 if text:
                     ax.text(j, i, text, ha="center", va="center", fontsize=6, color="w")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("ranks", dataset, model), f"Average ranks, {model} on {dataset}")
+        page.figure(fig, figure_name("ranks", dataset, model), f"Average ranks, {model} on {dataset}")
 
 
 def _agreement(page: Page, agreement: pd.DataFrame, quality: pd.DataFrame) -> None:
@@ -264,7 +264,7 @@ def _agreement(page: Page, agreement: pd.DataFrame, quality: pd.DataFrame) -> No
         ax.set_yticks(range(len(metrics)), metrics, fontsize=6)
         fig.colorbar(im, ax=ax, shrink=0.7, label="Kendall τ")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("agreement", dataset, model), f"Metric agreement, {model} on {dataset}")
+        page.figure(fig, figure_name("agreement", dataset, model), f"Metric agreement, {model} on {dataset}")
 
 
 def _mufidelity_draws(page: Page, ranks: pd.DataFrame, scores_fn: dict[str, str]) -> None:
@@ -328,29 +328,35 @@ def _galleries(page: Page, sample_stores: Iterable[str], attribution_stores: Ite
         names = sorted(maps)
         panels = []
         for r, sid in enumerate(chosen):
-            panels.append((sid, _image_rgb(images[r], [] if masks is None else [masks[r]])))
-            panels += [(method, _map_rgb(maps[method][sid])) for method in names]
+            panels.append((sid, image_rgb(images[r], [] if masks is None else [masks[r]])))
+            panels += [(method, map_rgb(maps[method][sid])) for method in names]
             panels += [None] * (-len(panels) % min(WRAP, 1 + len(names)))  # each sample starts a row
-        fig = _mosaic(panels, min(WRAP, 1 + len(names)))
-        page.figure(fig, _name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
+        fig = mosaic(panels, min(WRAP, 1 + len(names)))
+        page.figure(fig, figure_name("gallery", dataset, model), f"Maps of every method, {model} on {dataset}")
 
 
-def _image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = ()) -> np.ndarray:
-    """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted green."""
+OUTLINE_COLOURS = ((0.0, 1.0, 0.0), (1.0, 0.55, 0.0))  # green, orange: first and second patch
+
+
+def image_rgb(image: np.ndarray, outlines: Iterable[np.ndarray] = (), colours: Iterable[tuple[float, float, float]] | None = None) -> np.ndarray:
+    """(H, W, 3) in [0, 1] from a (C, H, W) image, with each mask's boundary painted (green unless
+    ``colours`` gives one per mask)."""
     img = np.clip(np.moveaxis(np.asarray(image, dtype=np.float64), 0, -1), 0, 1)
     rgb = np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3].copy()
-    for mask in outlines:
+    outlines = list(outlines)
+    colours = list(colours) if colours is not None else [OUTLINE_COLOURS[0]] * len(outlines)
+    for mask, colour in zip(outlines, colours, strict=True):
         mask = np.asarray(mask, dtype=bool)
         inner = mask.copy()
         inner[1:, :] &= mask[:-1, :]
         inner[:-1, :] &= mask[1:, :]
         inner[:, 1:] &= mask[:, :-1]
         inner[:, :-1] &= mask[:, 1:]
-        rgb[mask & ~inner] = (0.0, 1.0, 0.0)
+        rgb[mask & ~inner] = colour
     return rgb
 
 
-def _map_rgb(m: np.ndarray) -> np.ndarray:
+def map_rgb(m: np.ndarray) -> np.ndarray:
     """(H, W, 3): red positive, blue negative, scaled to the map's own largest magnitude."""
     from matplotlib import colormaps
 
@@ -362,7 +368,7 @@ def _map_rgb(m: np.ndarray) -> np.ndarray:
     return colormaps["bwr"]((m / scale + 1) / 2)[..., :3]
 
 
-def _mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
+def mosaic(panels: list[tuple[str, np.ndarray] | None], cols: int):
     """One figure, one image: panels laid out `cols` to a row with their titles above them (far
     cheaper to draw than an axes per panel); None leaves a panel blank."""
     plt = _plt()
@@ -418,7 +424,7 @@ def _curves(page: Page, scores_path: Path, ranks: pd.DataFrame, max_methods: int
         for ax in axes[0]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=5, loc="best")
-        page.figure(fig, _name("curves", dataset, model), f"Curves, {model} on {dataset}")
+        page.figure(fig, figure_name("curves", dataset, model), f"Curves, {model} on {dataset}")
 
 
 def _curve_axis(ax, part: pd.DataFrame, ranks: pd.DataFrame, max_methods: int) -> None:
@@ -461,7 +467,7 @@ def _quality_vs_cost(page: Page, ranks: pd.DataFrame, costs: pd.DataFrame | None
         ax.set_xlabel("ms per image")
         ax.set_ylabel("mean relative rank (lower = better)")
         ax.set_title(f"{model} on {dataset}", fontsize=8)
-        page.figure(fig, _name("cost", dataset, model), f"Quality against cost, {model} on {dataset}")
+        page.figure(fig, figure_name("cost", dataset, model), f"Quality against cost, {model} on {dataset}")
 
 
 def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
@@ -475,8 +481,9 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         return
     page.h(2, "Axiom scenarios")
     page.p(
-        "Generated inputs with their patches outlined, and each method's maps explaining the first (class a) and "
-        "second (class b) target (Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022)."
+        "Accepted generated inputs with their patches outlined (green: the first patch, orange: the second), "
+        "each shown twice — explained for target class a, then for class b — followed by each method's map for "
+        "that target (Khakzar et al., 'Do Explanations Explain? Model Knows Best', CVPR 2022)."
     )
     for path in sorted(inputs):
         model, entry = path.parents[1].name, path.parent.name
@@ -488,6 +495,16 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         ids = [str(i) for i in np.asarray(store["ids"][:])[accepted]]
         images = np.asarray(store["inputs"][:])[accepted]
         masks = np.asarray(store["masks"][:])[accepted]
+        targets = np.asarray(store["targets"][:])[accepted] if "targets" in store else None
+        robust = np.asarray(store["robust_pass_fraction"][:])[accepted] if "robust_pass_fraction" in store else None
+        names = list(dict(store.attrs).get("patch_names") or [])
+        described = [
+            f"{sid}: class a = {int(targets[si][0])}, class b = {int(targets[si][1])}"
+            + (f", property held on {robust[si]:.0%} of fresh draws" if robust is not None and np.isfinite(robust[si]) else "")
+            for si, sid in enumerate(ids)
+        ] if targets is not None else ids
+        patches = ", ".join(f"{name} ({colour})" for name, colour in zip(names, ("green", "orange"), strict=False))
+        page.p(f"{entry} on {model}" + (f" — patches {patches}" if patches else "") + ": " + "; ".join(described) + ".")
         method_maps: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
         for mp in sorted(p for p in maps if p.parents[1].name == model):
             group = open_store(mp, deep=False)
@@ -497,13 +514,15 @@ def _axioms(page: Page, axiom_stores: Iterable[str], max_samples: int) -> None:
         panels = []
         for si, sid in enumerate(ids):
             outlines = [masks[si][i] for i in range(masks.shape[1])] if masks.ndim == 4 else [masks[si]]
+            colours = [OUTLINE_COLOURS[i % len(OUTLINE_COLOURS)] for i in range(len(outlines))]
             for target, label in ((0, "a"), (1, "b")):
-                panels.append((f"{sid} → {label}", _image_rgb(images[si], outlines)))
+                cls = f" = {int(targets[si][target])}" if targets is not None else ""
+                panels.append((f"#{accepted[si]} → {label}{cls}", image_rgb(images[si], outlines, colours)))
                 for method, (ma, mb, mids) in sorted(method_maps.items()):
                     if sid in mids:
-                        panels.append((f"{method} ({label})", _map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
-        fig = _mosaic(panels, 1 + len(method_maps))
-        page.figure(fig, _name("axioms", model, entry), f"{entry} on {model}")
+                        panels.append((f"{method} ({label})", map_rgb((ma if target == 0 else mb)[mids.index(sid)])))
+        fig = mosaic(panels, 1 + len(method_maps))
+        page.figure(fig, figure_name("axioms", model, entry), f"{entry} on {model}")
 
 
 def _dissection(page: Page, outputs: Iterable[str], attribution_stores: Iterable[str], sample_stores: Iterable[str], max_samples: int) -> None:
@@ -552,7 +571,7 @@ def _probes(page: Page, probe_outputs: Iterable[str]) -> None:
             ax.set_title(metric, fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=5)
-        page.figure(fig, _name("probes", model), f"Loss on corrupted inputs per corruption family, {model}")
+        page.figure(fig, figure_name("probes", model), f"Loss on corrupted inputs per corruption family, {model}")
 
 
 def write_report(

@@ -40,8 +40,11 @@ def card_classes(models_dir: str | Path) -> dict[str, int]:
     found = {}
     for card in Path(models_dir).glob("*/card.json"):
         try:
-            found[card.parent.name] = int(json.loads(card.read_text())["num_classes"])
-        except (OSError, ValueError, KeyError, TypeError):
+            content = json.loads(card.read_text())
+            if content.get("task") == "regression":  # a score, no classes: no chance level
+                continue
+            found[card.parent.name] = int(content["num_classes"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
     return found
 
@@ -57,6 +60,8 @@ def accuracy_table(accuracy: pd.DataFrame) -> str:
             if row.at_chance
             else f"yes (p = {row.p_above_chance:.2g})"
         )
+        if row.chance != row.chance:  # NaN: no class count, e.g. a regression model (rounded score = label)
+            verdict = "n/a (no chance level: not a classifier, or no class count)"
         lines.append(
             f"| {row.dataset} | {row.model} | {row.n} | {row.accuracy:.1%} ({row.correct}/{row.n}) | "
             f"{row.chance:.1%} | {verdict} |"

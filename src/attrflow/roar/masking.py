@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from attrflow.data.sample_store import SampleSet
-from attrflow.metrics._removal import ORDERS, pixel_positions, ranking_scores
+from attrflow.metrics.ranking import ORDERS, pixel_positions, ranking_scores
 
 # Images ranked per sort call: bounds the int64 index arrays for a 50 000-image train split.
 RANK_CHUNK = 4096

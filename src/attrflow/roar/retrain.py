@@ -19,7 +19,8 @@ from typing import Any, TextIO
 import torch
 
 from attrflow.data.sample_store import SampleSet
-from attrflow.models.loading import _normalisation_for_training, trainable_network
+from attrflow.models.architectures import trainable_network
+from attrflow.models.normalisation import normalisation_for_training
 from attrflow.models.training import reproducible_torch, train_classifier
 from attrflow.models.wrapper import WrappedModel
 
@@ -62,7 +63,7 @@ def retrain(
         net = trainable_network(
             recipe.arch, num_classes, in_channels=train.images.shape[1], width=recipe.width
         )
-        mean, std = _normalisation_for_training(train, x_dnn=False)
+        mean, std = normalisation_for_training(train, x_dnn=False)
         model = WrappedModel(net, num_classes=num_classes, mean=mean, std=std, name=run_name)
         try:
             metrics = train_classifier(

@@ -11,9 +11,15 @@ A segmentation is an (H, W) int64 map of segment indices 0 … S − 1 (per imag
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
-SEGMENTATIONS = ("grid", "slic")
+Segmentation = Literal["grid", "slic"]
+SEGMENTATIONS = get_args(Segmentation)
+# What a removed super-pixel shows, in pixel space (exact_shapley, lime, kernel_shap): black,
+# white, the image's mean colour or the image blurred.
+RemovedFill = Literal["black", "white", "mean", "blur"]
 
 
 def grid_boundaries(size: int, side: int) -> list[int]:
