@@ -504,7 +504,10 @@ def compare(
     ``seed`` and the names (``dataset``, ``model_name``, each entry's name) exactly as a workflow
     run derives them, shard by shard of ``shard_size`` samples — so a run of the same samples under
     the same names and seed gives the same table. ``target`` is class indices or "predicted";
-    ``labels`` (the ground truth, for the ``correct`` column) default to the targets.
+    ``labels`` (the ground truth, for the ``correct`` column) default to the targets. Two
+    provenance columns differ from a run's by construction: ``model_fingerprint`` hashes the
+    module's state (a run hashes its weights file) and ``dataset_fingerprint`` covers the images,
+    labels, ids and masks given here (a run's also covers concept labels and severity maps).
     """
     import pandas as pd
     import pyarrow as pa
