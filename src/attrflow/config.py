@@ -65,7 +65,18 @@ def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
 class ConfigError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         self.key_path = path
+        self.detail = message
         super().__init__(f"config error at '{path}': {message}" if path else f"config error: {message}")
+
+
+class ParameterError(ConfigError):
+    """A method's or metric's parameters given in Python (`attrflow.explain`, `attrflow.score`)
+    fail the check a config entry gets (`check_entry`); same message, key path `<fn>.<key>`."""
+
+    def __init__(self, path: str, message: str) -> None:
+        ValueError.__init__(self, f"invalid parameter at '{path}': {message}")
+        self.key_path = path
+        self.detail = message
 
 
 def _key_path(parts: Any) -> str:

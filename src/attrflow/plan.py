@@ -639,6 +639,19 @@ def _metric_code_cached(fn: str) -> str:
     return symbols_fingerprint([SCORE_METRIC_JOB, *registered_symbols("metrics", fn)])
 
 
+def method_code_fingerprint(entry: dict) -> str:
+    """The code fingerprint a workflow records for the maps of a method entry (``{"fn": ..., **params}``)."""
+    import json
+
+    planned = canonical({k: v for k, v in entry.items() if k not in SELECTION_KEYS})
+    return _method_code(planned["fn"], json.dumps(planned))
+
+
+def metric_code_fingerprint(fn: str) -> str:
+    """The code fingerprint a workflow records for the scores of metric function ``fn``."""
+    return _metric_code_cached(fn)
+
+
 def _strings(value: Any) -> list[str]:
     """Every string inside a JSON-like value (a method entry may name other methods)."""
     if isinstance(value, str):

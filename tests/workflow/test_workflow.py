@@ -88,6 +88,49 @@ def test_a2_labels_correctness_and_progress(finished_run: Workflow):
     assert scores[scores.metric == "deletion"].value_retest.isna().all()
 
 
+def test_a3_the_python_api_gives_the_runs_table(finished_run: Workflow):
+    """`attrflow.compare` on the plain networks, the same samples, entries, names and seed gives
+    the rows the run wrote: every value, retest, target, status, reason and code fingerprint."""
+    import numpy as np
+    import torch
+
+    import attrflow
+    from attrflow.data.sample_store import read_samples
+    from attrflow.models.cards import load_model
+
+    results = finished_run.workdir / "results"
+    config = TINY_CONFIG
+    samples = read_samples(results / "data" / "tiny" / "samples.zarr")
+    key = ["method", "metric", "sample_id"]
+    # Not the fingerprints of the model (a weights file's hash in the run, the module's state in the
+    # API) nor of the samples (the run's also cover what no score reads: concept labels, severity).
+    same = ["target", "label", "correct", "status", "reason", "method_fn", "metric_fn", "method_fingerprint",
+            "metric_fingerprint"]  # fmt: skip
+    for model_name in config["run"]["models"]:
+        loaded = load_model(results / "models" / model_name)
+        net = loaded.net  # the plain network, as a notebook would hold it
+        model = attrflow.wrap(
+            net, mean=loaded.mean.flatten().tolist(), std=loaded.std.flatten().tolist(), x_dnn=loaded.is_x_dnn, name=model_name
+        )  # the name is in the reasons of skipped rows
+        torch.set_num_threads(1)
+        table = attrflow.compare(
+            model, samples.images, config["target"] if "target" in config else "predicted", labels=samples.labels,
+            ids=samples.ids, masks=samples.masks, methods={m: config["methods"][m] for m in config["run"]["methods"]},
+            metrics={m: config["metrics"][m] for m in config["run"]["metrics"]}, random_control=False,
+            dataset="tiny", model_name=model_name, seed=config["seed"], shard_size=config["shard_size"],
+            max_batch=config["max_batch"], draws=100,
+        )  # fmt: skip
+        ours = table.scores.sort_values(key).reset_index(drop=True)
+        theirs = attrflow.open_results(results).scores(model=model_name).sort_values(key).reset_index(drop=True)
+        assert ours[key].equals(theirs[key]), model_name
+        def plain(frame: pd.DataFrame) -> pd.DataFrame:  # Arrow strings (NaN) vs DuckDB's objects (None)
+            return frame[same].astype(object).where(frame[same].notna(), None)
+
+        pd.testing.assert_frame_equal(plain(ours), plain(theirs), check_dtype=False)
+        for column in ("value", "value_retest"):
+            np.testing.assert_array_equal(ours[column].to_numpy(float), theirs[column].to_numpy(float))
+
+
 def test_b_second_run_has_nothing_to_do(finished_run: Workflow):
     proc = finished_run.snakemake("-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,27 +12,20 @@ import numpy as np
 import torch
 
 from attrflow.data.sample_store import read_samples
+from attrflow.explainer import Explainer
 from attrflow.jobs.runtime import (
     derive_seed,
     device_description,
     generator_for,
     library_versions,
+    model_card_fingerprint,
     peak_memory_bytes,
-    progress,
     resolve_device,
 )
-from attrflow.methods import MethodNotApplicable, call_method, get_method, reduce_channels
+from attrflow.methods import MethodNotApplicable
 from attrflow.store import write_store
 
 LOG = logging.getLogger("attrflow")
-ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets")
-# Samples handed to a method per call. Methods batch their own steps/noise/references up to
-# `max_batch` model inputs inside a call; this only bounds host memory and paces the progress log.
-SAMPLES_PER_CALL = 64
-
-
-def method_params(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
 
 
 @torch.no_grad()
@@ -82,7 +76,6 @@ def attribute_shard(
     started = time.perf_counter()
     dev = resolve_device(device)
     start, stop = (int(v) for v in sample_range)
-    card_path = Path(model_dir) / "card.json"
     cache = ResultCache.beside(out_path)
     result_key = cache.key(
         "attribution",
@@ -92,7 +85,7 @@ def attribute_shard(
         dataset_spec=dataset_spec or {},
         sample_range=[start, stop],
         samples=str(read_attrs(samples_path).get("fingerprint", "")),
-        model=_card_fingerprint(card_path),
+        model=model_card_fingerprint(model_dir),
         references=content_key(references_path) if references_path else None,
         runtime=[device, int(seed), int(max_batch), target],
     )
@@ -106,19 +99,17 @@ def attribute_shard(
             "shorter than the plan expects — re-run prepare_dataset"
         )
     model = load_model(model_dir, dev)
-    info = get_method(entry["fn"])
-    params = method_params(entry)
-    keep_channels = bool(entry.get("keep_channels", False))
+    explainer = Explainer.from_entry(entry, model, max_batch=max_batch)
     # Eval shards keep their original seed derivation; another split gets its own stream.
     identity = (shard,) if split == "eval" else (split, shard)
     gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, *identity))
-    references = reference_weights = None
-    if info.references is not None:
+    if explainer.info.references is not None:
         from attrflow.jobs.references import load_references
 
         if references_path is None:
-            raise ValueError(f"method {method!r} needs {info.references!r} references and none were given")
+            raise ValueError(f"method {method!r} needs {explainer.info.references!r} references and none were given")
         references, reference_weights = load_references(references_path, dev)
+        explainer = replace(explainer, references=references, reference_weights=reference_weights)
 
     images = torch.from_numpy(samples.images).to(dev)
     labels = torch.from_numpy(samples.labels).to(dev)
@@ -129,14 +120,10 @@ def attribute_shard(
         "kind": "attribution",
         "result_key": result_key,
         "method": method,
-        "fn": entry["fn"],
-        "params": params,
-        "keep_channels": keep_channels,
-        "channel_reduction": "none" if keep_channels or info.channel_free else "sum",
-        "claims_completeness": info.completeness,
+        **explainer.provenance(),
         "code_fingerprint": code,
         "model": model_name,
-        "model_fingerprint": _card_fingerprint(card_path),
+        "model_fingerprint": model_card_fingerprint(model_dir),
         "dataset": dataset,
         "dataset_fingerprint": samples.fingerprint(),
         "dataset_spec": dataset_spec or {},
@@ -157,9 +144,7 @@ def attribute_shard(
     }
     groups: dict[str, dict[str, np.ndarray]] = {}
     try:
-        maps, diagnostics = _explain(
-            info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights
-        )
+        maps, diagnostics = explainer.explain_all(images, targets, generator=gen, progress=True)
     except MethodNotApplicable as why:
         LOG.warning("%s is not applicable to model %s: %s", method, model_name, why)
         attrs.update(applicable=False, reason=str(why))
@@ -181,29 +166,3 @@ def attribute_shard(
     written = write_store(out_path, arrays, attrs, groups=groups)
     cache.keep_dir("attributions", result_key, written)
     return written
-
-
-def _explain(info, model, images, targets, params, gen, max_batch, keep_channels, references, reference_weights):
-    maps, diagnostics = [], {}
-    n = images.shape[0]
-    with progress(n, info.name) as bar:
-        for lo in range(0, n, SAMPLES_PER_CALL):
-            hi = min(lo + SAMPLES_PER_CALL, n)
-            result = call_method(
-                info, model, images[lo:hi], targets[lo:hi], params, generator=gen, max_batch=max_batch,
-                references=references, reference_weights=reference_weights,
-            )
-            chunk = result.maps.detach()
-            maps.append((chunk if keep_channels else reduce_channels(chunk)).float().cpu().numpy())
-            for key, value in result.diagnostics.items():
-                diagnostics.setdefault(key, []).append(value.detach().cpu().numpy())
-            bar.update(hi - lo)
-    joined = {k: np.concatenate(v) for k, v in diagnostics.items()}
-    return np.concatenate(maps), joined
-
-
-def _card_fingerprint(card_path: Path) -> str:
-    import json
-
-    card = json.loads(Path(card_path).read_text())
-    return str(card.get("fingerprint", ""))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,15 @@ import torch
 
 from attrflow.axioms.metrics import score_scenario
 from attrflow.axioms.settings import SCENARIOS
-from attrflow.jobs.attribute import _card_fingerprint, _explain, method_params
-from attrflow.jobs.runtime import derive_seed, device_description, generator_for, library_versions, resolve_device
+from attrflow.explainer import Explainer
+from attrflow.jobs.runtime import (
+    derive_seed,
+    device_description,
+    generator_for,
+    library_versions,
+    model_card_fingerprint,
+    resolve_device,
+)
 from attrflow.report.schema import SCORES, write_table
 from attrflow.store import open_store, write_store
 
@@ -100,7 +108,7 @@ def synthesize_axioms(
         "constraints": [[c.cls, list(c.with_patches), list(c.without_patches)] for c in scenario.constraints],
         "setting": setting,
         "model": model_name,
-        "model_fingerprint": _card_fingerprint(Path(model_dir) / "card.json"),
+        "model_fingerprint": model_card_fingerprint(model_dir),
         "code_fingerprint": code,
         "seed": int(seed),
         "device": device_description(dev),
@@ -129,21 +137,19 @@ def attribute_axioms(
     one built on the model's training dataset (``references_path``); without it, it is recorded
     as not applicable.
     """
-    from attrflow.methods import MethodNotApplicable, get_method
+    from attrflow.methods import MethodNotApplicable
     from attrflow.models.cards import load_model
 
     if len(inputs_paths) != len(entries):
         raise ValueError(f"{len(inputs_paths)} input stores for {len(entries)} axiom entries {entries}")
     dev = resolve_device(device)
     model = load_model(model_dir, dev)
-    info = get_method(method_entry["fn"])
-    params = method_params(method_entry)
-    keep = bool(method_entry.get("keep_channels", False))
-    references = reference_weights = None
-    if info.references is not None and references_path is not None:
+    explainer = Explainer.from_entry(method_entry, model, max_batch=max_batch)
+    if explainer.info.references is not None and references_path is not None:
         from attrflow.jobs.references import load_references
 
         references, reference_weights = load_references(references_path, dev)
+        explainer = replace(explainer, references=references, reference_weights=reference_weights)
     groups: dict[str, dict[str, np.ndarray]] = {}
     per_entry: dict[str, dict[str, Any]] = {}
     for entry, inputs_path in zip(entries, inputs_paths, strict=True):
@@ -154,17 +160,14 @@ def attribute_axioms(
         arrays = {"ids": np.array(group["ids"][:].tolist(), dtype=str)[rows], "targets": targets.cpu().numpy()}
         status: dict[str, Any] = {"inputs_fingerprint": dict(group.attrs).get("code_fingerprint", ""), "samples": len(rows)}
         try:
-            if info.references is not None and references is None:
-                raise MethodNotApplicable(
-                    f"{info.name} draws {info.references!r} references from the model's training dataset, "
-                    f"and model {model_name!r} names none"
-                )
+            explainer.check_references(
+                f"{explainer.fn} draws {explainer.info.references!r} references from the model's training "
+                f"dataset, and model {model_name!r} names none"
+            )
             if len(rows):
                 for column, name in ((0, "maps_a"), (1, "maps_b")):
                     gen = generator_for(dev, derive_seed(seed, model_name, entry, method, name))
-                    arrays[name], _ = _explain(
-                        info, model, images, targets[:, column], params, gen, max_batch, keep, references, reference_weights
-                    )
+                    arrays[name], _ = explainer.explain_all(images, targets[:, column], generator=gen, progress=True)
         except MethodNotApplicable as why:
             LOG.warning("%s is not applicable to model %s on %s: %s", method, model_name, entry, why)
             status.update(applicable=False, reason=str(why))
@@ -173,10 +176,10 @@ def attribute_axioms(
         status["wall_time_s"] = round(time.perf_counter() - started, 3)
         groups[entry], per_entry[entry] = arrays, status
     attrs = {
-        "kind": "axiom_attribution", "method": method, "fn": method_entry["fn"], "params": params,
-        "keep_channels": keep, "code_fingerprint": code, "model": model_name, "entries": per_entry,
+        "kind": "axiom_attribution", "method": method, "fn": explainer.fn, "params": explainer.params,
+        "keep_channels": explainer.keep_channels, "code_fingerprint": code, "model": model_name, "entries": per_entry,
         "seed": int(seed), "device": device_description(dev), "versions": library_versions(),
-        "references": str(references_path) if references is not None else None,
+        "references": str(references_path) if explainer.references is not None else None,
         "forward_samples": int(model.forward_samples), "backward_samples": int(model.backward_samples),
     }
     return write_store(out_path, {}, attrs, groups=groups)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -63,14 +64,31 @@ def job_log(log_path: str | os.PathLike | None, threads: int | None = None) -> I
             stream.close()
 
 
+_QUIET: contextvars.ContextVar[bool] = contextvars.ContextVar("attrflow_quiet_progress", default=False)
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No progress bars inside (the Python API: a notebook call is not a job with a log)."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
 def progress(total: int, desc: str):
     """A progress bar over samples for the job log: images done, images per second and ETA.
 
     Written to the log (stderr is redirected there), at most every two seconds, so
-    `tail -f logs/attribute/…/shard-0.log` shows how far a long job is."""
+    `tail -f logs/attribute/…/shard-0.log` shows how far a long job is. Silent inside
+    `quiet_progress`."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", mininterval=2.0, file=sys.stderr, dynamic_ncols=False, ascii=True)
+    return tqdm(
+        total=total, desc=desc, unit="img", mininterval=2.0, file=sys.stderr, dynamic_ncols=False, ascii=True,
+        disable=_QUIET.get(),
+    )  # fmt: skip
 
 
 def mark_ready() -> None:
@@ -152,3 +170,11 @@ def peak_memory_bytes(device: Any) -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     except Exception:
         return -1
+
+
+def model_card_fingerprint(model_dir: str | os.PathLike) -> str:
+    """The fingerprint (SHA-256 of the weights) a prepared model's ``card.json`` records."""
+    import json
+
+    card = json.loads((Path(model_dir) / "card.json").read_text())
+    return str(card.get("fingerprint", ""))

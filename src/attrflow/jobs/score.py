@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pyarrow as pa
 import torch
 
 from attrflow.data.sample_store import read_samples
-from attrflow.jobs.attribute import method_params
+from attrflow.explainer import Explainer
 from attrflow.jobs.runtime import derive_seed, generator_for, progress, resolve_device
 from attrflow.metrics import MetricInputs, MetricOutput, call_metric, get_metric
 from attrflow.metrics.base import PeerMaps, peer_parameters
@@ -29,29 +28,48 @@ SAMPLES_PER_CALL = 32
 METRIC_ENTRY_KEYS = ("fn", "samples", "retest")
 
 
+@dataclass
 class ShardMaps:
-    """One attribution shard store of one (dataset, model, method), verified."""
+    """One attribution shard of one (dataset, model, method): its maps and what they are."""
 
-    def __init__(self, path: str | Path) -> None:
+    ids: list[str]
+    targets: np.ndarray
+    labels: np.ndarray
+    maps: np.ndarray | None  # None when the method was not applicable
+    diagnostics: dict[str, np.ndarray]
+    method_fn: str
+    applicable: bool = True
+    reason: str | None = None
+    claims_completeness: bool = False
+    model_fingerprint: str = ""
+    dataset_fingerprint: str = ""
+    # What the maps are, whatever their path: the key they were computed under.
+    result_key: str = ""
+
+    @classmethod
+    def read(cls, path: str | Path) -> ShardMaps:
+        """The maps of a verified attribution shard store."""
         group = open_store(path)
-        self.attrs: dict[str, Any] = dict(group.attrs)
-        self.ids: list[str] = group["ids"][:].tolist()
-        self.targets = group["targets"][:]
-        self.labels = group["labels"][:]
-        self.applicable = bool(self.attrs.get("applicable", True))
-        self.reason = self.attrs.get("reason")
-        self.maps = group["maps"][:] if self.applicable else None
-        self.diagnostics = (
-            {k: group["diagnostics"][k][:] for k in group["diagnostics"].array_keys()}
-            if self.applicable and "diagnostics" in group
-            else {}
+        attrs: dict[str, Any] = dict(group.attrs)
+        applicable = bool(attrs.get("applicable", True))
+        return cls(
+            ids=group["ids"][:].tolist(),
+            targets=group["targets"][:],
+            labels=group["labels"][:],
+            maps=group["maps"][:] if applicable else None,
+            diagnostics=(
+                {k: group["diagnostics"][k][:] for k in group["diagnostics"].array_keys()}
+                if applicable and "diagnostics" in group
+                else {}
+            ),
+            method_fn=attrs.get("fn", ""),
+            applicable=applicable,
+            reason=attrs.get("reason"),
+            claims_completeness=bool(attrs.get("claims_completeness", False)),
+            model_fingerprint=attrs.get("model_fingerprint", ""),
+            dataset_fingerprint=attrs.get("dataset_fingerprint", ""),
+            result_key=attrs.get("result_key", ""),
         )
-        self.method_fn = self.attrs.get("fn", "")
-        self.claims_completeness = bool(self.attrs.get("claims_completeness", False))
-        self.model_fingerprint = self.attrs.get("model_fingerprint", "")
-        self.dataset_fingerprint = self.attrs.get("dataset_fingerprint", "")
-        # What the maps are, whatever their path: the key they were computed under.
-        self.result_key = self.attrs.get("result_key", "")
 
 
 def score_shard(
@@ -90,7 +108,7 @@ def score_shard(
     from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
-    shards = ShardMaps(maps_path)
+    shards = ShardMaps.read(maps_path)
     start, stop = (int(v) for v in sample_range)
     samples = read_samples(samples_path, "eval", start, stop)
     if samples.ids != shards.ids:
@@ -100,7 +118,7 @@ def score_shard(
         )
     cache = ResultCache.beside(out_path)
     samples_key = _samples_key(samples_path)
-    peer_shards = {name: ShardMaps(path) for name, path in (peer_paths or {}).items()}
+    peer_shards = {name: ShardMaps.read(path) for name, path in (peer_paths or {}).items()}
     keys = {
         metric: cache.key(
             "score",
@@ -134,7 +152,7 @@ def score_shard(
             references = load_references(references_path, dev)
         context = _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev)
         context = replace(context, peers=_peer_maps(peer_shards, dev))
-        predictions = _predictions(net, context.images, max_batch)
+        predictions = predictions_of(net, context.images, max_batch)
         for metric in todo:
             tables[metric] = score_metric(
                 context, metric, metrics[metric], metrics_code[metric], method_code, predictions,
@@ -177,7 +195,7 @@ def _samples_key(samples_path: str | Path) -> str:
 
 
 @torch.no_grad()
-def _predictions(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> np.ndarray:
+def predictions_of(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> np.ndarray:
     """Predicted classes; for a regression model its score rounded to the nearest integer (so a
     row is ``correct`` when the rounded score is the integer label, e.g. the total severity)."""
     from attrflow.models.wrapper import is_regression
@@ -190,6 +208,7 @@ def _predictions(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> 
 
 
 def _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev):
+    pool, weights = references if references is not None else (None, None)
     return ScoringContext(
         model=net,
         images=torch.from_numpy(samples.images).to(dev),
@@ -201,14 +220,19 @@ def _context(net, samples, shards, dataset, model, method, method_entry, seed, m
         diagnostics={k: torch.from_numpy(v).to(dev) for k, v in shards.diagnostics.items()},
         ids=samples.ids,
         method=method,
-        method_entry=method_entry,
         shards=shards,
-        explain=_explainer(
-            method_entry, net, max_batch, derive_seed(seed, dataset, model, method, "re-explain"), references
+        explainer=Explainer.from_entry(
+            method_entry, net, references=pool, reference_weights=weights, max_batch=max_batch,
+            seed=reexplain_seed(seed, dataset, model, method),
         ),
         max_batch=max_batch,
         seed=derive_seed(seed, dataset, model, method),
     )
+
+
+def reexplain_seed(seed: int, dataset: str, model: str, method: str) -> int:
+    """The seed of the generator explainer metrics re-run a method with (fresh on every call)."""
+    return derive_seed(seed, dataset, model, method, "re-explain")
 
 
 def score_metric(
@@ -236,11 +260,11 @@ def score_metric(
         output = MetricOutput.skipped(n, f"method not applicable: {context.shards.reason}")
         retest = None
     else:
-        output = _score_batches(context, n, info, params, metric_seed, first_index)
+        output = score_batches(context, n, info, params, metric_seed, first_index)
         retest = None
         if is_stochastic(info) and entry.get("retest", True):
             retest_context = replace(context, seed=derive_seed(context.seed, "retest"))
-            retest = _score_batches(retest_context, n, info, params, derive_seed(metric_seed, "retest"), first_index)
+            retest = score_batches(retest_context, n, info, params, derive_seed(metric_seed, "retest"), first_index)
     ok = np.array(output.status) == "ok"
     LOG.info("%s: %d ok, mean %.4f", metric, ok.sum(), np.nanmean(output.values[ok]) if ok.any() else float("nan"))
     return _rows(output, retest, predictions, n, names, metric, info, entry, context.shards, method_code, metric_code)
@@ -264,9 +288,8 @@ class ScoringContext:
     diagnostics: dict[str, torch.Tensor]
     ids: list[str]
     method: str
-    method_entry: dict[str, Any]
     shards: ShardMaps
-    explain: Callable[..., torch.Tensor]
+    explainer: Explainer | None  # the method that made the maps, for explainer metrics
     max_batch: int
     seed: int
     peers: dict[str, PeerMaps] = field(default_factory=dict)
@@ -286,14 +309,14 @@ class ScoringContext:
             method=self.method,
             method_fn=self.shards.method_fn,
             method_claims_completeness=self.shards.claims_completeness,
-            explain=self.explain,
-            method_params=method_params(self.method_entry),
+            explain=self.explainer,
+            method_params=dict(self.explainer.params) if self.explainer is not None else {},
             seed=self.seed,
             peers=self.peers,
         )
 
 
-def _score_batches(
+def score_batches(
     context: ScoringContext, n: int, info, params: dict[str, Any], seed: int, first_index: int = 0
 ) -> MetricOutput:
     """One metric over the first ``n`` samples of the context, in calls of `SAMPLES_PER_CALL`.
@@ -327,32 +350,6 @@ def _score_batches(
                 curves.extend([None] * (hi - lo))
             bar.update(hi - lo)
     return MetricOutput(np.concatenate(values) if values else np.zeros(0), curves if any_curve else None, status, reasons)
-
-
-def _explainer(method_entry, net, max_batch, seed, references=None):
-    """Re-runs the method, for explainer metrics (attack robustness, sanity checks, …).
-
-    `explain(x, target, model=None, **overrides)` returns maps reduced like the stored ones;
-    `model` swaps the network (e.g. a randomised copy) and `overrides` replace method
-    parameters (e.g. `steps` for Riemann-step stability).
-    """
-    from attrflow.methods import call_method, get_method, reduce_channels
-
-    info = get_method(method_entry["fn"])
-    params = method_params(method_entry)
-    keep = bool(method_entry.get("keep_channels", False))
-
-    def explain(x: torch.Tensor, target: torch.Tensor, model=None, **overrides) -> torch.Tensor:
-        gen = generator_for(x.device, seed)
-        chosen = {**params, **overrides}
-        pool, weights = references if references is not None else (None, None)
-        maps = call_method(
-            info, model or net, x, target, chosen, generator=gen, max_batch=max_batch,
-            references=pool, reference_weights=weights,
-        ).maps
-        return maps if keep else reduce_channels(maps)
-
-    return explain
 
 
 def _rows(output, retest, predictions, n, names, metric, info, entry, shards, method_code, metric_code) -> pa.Table:
