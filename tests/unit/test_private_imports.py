@@ -19,12 +19,6 @@ from pathlib import Path
 from attrflow.catalog import PACKAGE_DIR
 
 ROOT = "attrflow"
-# The attribution job's explainer helpers, still shared with the axiom job until the bound
-# explainer object replaces both (issue "A Python API as direct as Captum's", item 3).
-PENDING = {
-    ("attrflow.jobs.axioms", "attrflow.jobs.attribute", "_explain"),
-    ("attrflow.jobs.axioms", "attrflow.jobs.attribute", "_card_fingerprint"),
-}
 
 
 def _module_name(path: Path, package_dir: Path) -> str:
@@ -83,7 +77,7 @@ def violations(package_dir: Path = PACKAGE_DIR) -> list[str]:
                     name = alias.name
                     if source == module:
                         continue
-                    if _is_private(name) and (module, source, name) not in PENDING:
+                    if _is_private(name):
                         found.append(f"{where}: imports private name {name} from {source}")
                     submodule = f"{source}.{name}"
                     if (package_dir.parent / Path(*submodule.split("."))).with_suffix(".py").is_file():
