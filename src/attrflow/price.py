@@ -65,7 +65,7 @@ def job_counts(plan: Plan) -> dict[str, int]:
     return {rule: n for rule, n in jobs.items() if n}
 
 
-# Keys of a method entry that are not its parameters (as attrflow.jobs.attribute.ENTRY_KEYS,
+# Keys of a method entry that are not its parameters (as attrflow.explainer.ENTRY_KEYS,
 # repeated here so pricing does not import torch; a unit test keeps them equal).
 ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets")
 

@@ -36,7 +36,7 @@ def _costs(path: Path, rows: list[dict]) -> Path:
 
 
 def test_entry_keys_are_the_attribute_jobs():
-    from attrflow.jobs.attribute import ENTRY_KEYS as JOB_KEYS
+    from attrflow.explainer import ENTRY_KEYS as JOB_KEYS
 
     assert tuple(ENTRY_KEYS) == tuple(JOB_KEYS)
 
@@ -89,7 +89,7 @@ def _small(tmp_path: Path) -> Path:
 
 def _params(config_path: Path, tmp_path: Path, method: str) -> str:
     from attrflow.config import validate_config
-    from attrflow.jobs.attribute import method_params
+    from attrflow.explainer import method_params
 
     checked = validate_config(yaml.safe_load(config_path.read_text()), workdir=tmp_path)
     return params_json(method_params(checked["methods"][method]))

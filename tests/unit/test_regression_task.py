@@ -85,11 +85,11 @@ def test_regression_models_explain_output_zero_and_score_rounded_predictions():
     labels = torch.tensor([5, 12, 0])
     for mode in ("predicted", "label"):
         assert choose_targets(model, images, labels, mode, 2).tolist() == [0, 0, 0]
-    from attrflow.jobs.score import _predictions
+    from attrflow.jobs.score import predictions_of
 
     with torch.no_grad():
         expected = model(images)[:, 0].round().long().tolist()
-    assert _predictions(model, images, 2).tolist() == expected
+    assert predictions_of(model, images, 2).tolist() == expected
     with pytest.raises(ValueError, match="one output"):
         WrappedModel(torch.nn.Linear(2, 3), num_classes=3, task="regression")
 
