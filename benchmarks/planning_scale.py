@@ -28,7 +28,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from attrflow.config import validate_config  # noqa: E402
+from attrflow.catalog import catalog  # noqa: E402
+from attrflow.config import dataset_provides, validate_config  # noqa: E402
 from attrflow.plan import Plan  # noqa: E402
 from attrflow.price import job_counts  # noqa: E402
 
@@ -74,9 +75,15 @@ def study_config(n_test: int) -> dict:
         for key in ("samples", "methods"):
             entry.pop(key, None)
     config["run"]["methods"] = [m for m, e in config["methods"].items() if e["fn"] != "x_gradient"]
-    config["run"]["metrics"] = list(config["metrics"])
-    config["shard_size"] = SHARD
     dataset = config["run"]["datasets"][0]
+    # every metric the dataset can feed (severity and concept metrics need data shapes lacks)
+    provides = dataset_provides(config["datasets"][dataset], config["datasets"])
+    metrics = catalog("metrics")
+    config["run"]["metrics"] = [
+        name for name, entry in config["metrics"].items()
+        if set(metrics[entry["fn"]].options.get("requires", [])) <= provides
+    ]
+    config["shard_size"] = SHARD
     config["datasets"][dataset]["n_test"] = n_test
     return config
 
