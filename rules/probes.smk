@@ -4,7 +4,7 @@
 
 rule probe_report:
     input:
-        scores=rules.aggregate.output.scores,
+        scores=f"{RESULTS}/reports/scores.parquet",
     output:
         markdown=f"{RESULTS}/reports/probes.md",
         table=f"{RESULTS}/reports/probes.parquet",

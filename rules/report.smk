@@ -21,7 +21,7 @@ rule aggregate:
 
 rule evidence:
     input:
-        scores=rules.aggregate.output.scores,
+        scores=f"{RESULTS}/reports/scores.parquet",
     output:
         comparisons=f"{RESULTS}/reports/comparisons.parquet",
         ranks=f"{RESULTS}/reports/ranks.parquet",
@@ -38,14 +38,17 @@ rule evidence:
         "../workflow_scripts/evidence.py"
 
 
+# Inputs are paths, never `rules.aggregate.output…`: a rule that names another rule's output makes
+# Snakemake look each of its inputs up in that rule's dependencies, hashing the whole `maps` list
+# once per map — quadratic in the study (a third of a 5,000-job dry run's time).
 rule report:
     input:
-        scores=rules.aggregate.output.scores,
-        summary=rules.aggregate.output.summary,
-        costs=rules.aggregate.output.costs,
-        ranks=rules.evidence.output.ranks,
-        quality=rules.evidence.output.quality,
-        agreement=rules.evidence.output.agreement,
+        scores=f"{RESULTS}/reports/scores.parquet",
+        summary=f"{RESULTS}/reports/summary.parquet",
+        costs=f"{RESULTS}/reports/costs.parquet",
+        ranks=f"{RESULTS}/reports/ranks.parquet",
+        quality=f"{RESULTS}/reports/metric_quality.parquet",
+        agreement=f"{RESULTS}/reports/metric_agreement.parquet",
         samples=PLAN.sample_stores(RESULTS),
         maps=PLAN.attribution_stores(RESULTS),
         axioms=PLAN.axiom_stores(RESULTS),
