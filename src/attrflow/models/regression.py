@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from attrflow.data.sample_store import SampleSet
-from attrflow.models.training import WARMUP_FRACTION, WEIGHT_DECAY, reproducible_torch
+from attrflow.models.training import fit_one_cycle, optimiser_record, reproducible_torch
 from attrflow.models.wrapper import WrappedModel
 
 TASK = "regression"
@@ -86,36 +86,12 @@ def train_regressor(
     device = torch.device(device)
     images = torch.from_numpy(train.images)
     targets = torch.from_numpy(train.labels.astype(np.float32))
-    steps_per_epoch = math.ceil(len(train) / batch_size)
     started = time.perf_counter()
-    history = []
     with reproducible_torch(seed, threads):
-        order_generator = torch.Generator().manual_seed(seed)
-        net.to(device, memory_format=torch.channels_last).train()
-        stepper = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            stepper, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=WARMUP_FRACTION, anneal_strategy="cos"
+        history = fit_one_cycle(
+            net, images, targets, lambda outputs, y: torch.nn.functional.mse_loss(outputs[:, 0], y),
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, device=device, loss_name="train MSE",
         )
-        for epoch in range(1, epochs + 1):
-            net.train()
-            order = torch.randperm(len(train), generator=order_generator)
-            loss_sum = 0.0
-            for start in range(0, len(train), batch_size):
-                batch = order[start : start + batch_size]
-                x = images[batch].to(device).contiguous(memory_format=torch.channels_last)
-                y = targets[batch].to(device)
-                loss = torch.nn.functional.mse_loss(net(x)[:, 0], y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at epoch {epoch} (loss {float(loss.detach())}); lower lr={lr}")
-                stepper.zero_grad(set_to_none=True)
-                loss.backward()
-                stepper.step()
-                schedule.step()
-                loss_sum += float(loss.detach()) * len(batch)
-            entry = {"epoch": epoch, "loss": loss_sum / len(train), "seconds": time.perf_counter() - started}
-            history.append(entry)
-            print(f"epoch {epoch}/{epochs}: train MSE {entry['loss']:.4f}, {entry['seconds']:.1f} s", file=log, flush=True)
-        net.to(memory_format=torch.contiguous_format)
         quality = regression_quality(predict_scores(net, test), test.labels)
     net.eval()
     seconds = time.perf_counter() - started
@@ -129,12 +105,10 @@ def train_regressor(
         "loss": "mean squared error against the integer label",
         "final_loss": history[-1]["loss"],
         "epochs": epochs,
-        "steps": epochs * steps_per_epoch,
+        "steps": epochs * math.ceil(len(train) / batch_size),
         "batch_size": batch_size,
         "lr": lr,
-        "optimiser": "AdamW",
-        "weight_decay": WEIGHT_DECAY,
-        "schedule": f"one-cycle cosine, warm-up {WARMUP_FRACTION:.0%}",
+        **optimiser_record("adamw"),
         "seed": seed,
         "threads": torch.get_num_threads() if threads is None else threads,
         "n_train": len(train),

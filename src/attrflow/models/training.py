@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -72,6 +72,97 @@ def evaluate_accuracy(model: nn.Module, samples: SampleSet, batch_size: int = 25
     return correct / len(samples)
 
 
+def fit_one_cycle(
+    net: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    log: TextIO,
+    device: torch.device,
+    optimiser: str = "adamw",
+    hits: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
+    loss_name: str = "loss",
+) -> list[dict[str, Any]]:
+    """The training loop every model the workflow trains shares: `optimiser` under a one-cycle
+    schedule with peak `lr`, shuffled by a generator seeded with `seed`, `loss_of(net(x), y)` per
+    batch. Call it inside `reproducible_torch`. ``hits(outputs, y)`` (the correct predictions of a
+    batch) adds a running train accuracy to each epoch's entry. A non-finite loss raises
+    `FloatingPointError` at once, and so do non-finite weights after the last step. Returns the
+    per-epoch history; `net` is left in train mode, in the contiguous memory format."""
+    if optimiser not in OPTIMISERS:
+        raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {optimiser!r}")
+    n = len(images)
+    steps_per_epoch = math.ceil(n / batch_size)
+    started = time.perf_counter()
+    history = []
+    order_generator = torch.Generator().manual_seed(seed)
+    # Channels-last lets oneDNN pick faster convolution kernels: ~1.3x on a 2-core CPU.
+    net.to(device, memory_format=torch.channels_last).train()
+    if optimiser == "sgd":
+        stepper: torch.optim.Optimizer = torch.optim.SGD(
+            net.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_WEIGHT_DECAY
+        )
+    else:
+        stepper = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        stepper,
+        max_lr=lr,
+        total_steps=epochs * steps_per_epoch,
+        pct_start=WARMUP_FRACTION,
+        anneal_strategy="cos",
+    )
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = torch.randperm(n, generator=order_generator)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            x = images[batch].to(device).contiguous(memory_format=torch.channels_last)
+            y = targets[batch].to(device)
+            outputs = net(x)
+            loss = loss_of(outputs, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch} (loss {float(loss.detach())}); lower lr={lr}"
+                )
+            stepper.zero_grad(set_to_none=True)
+            loss.backward()
+            stepper.step()
+            schedule.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            if hits is not None:
+                correct += hits(outputs, y)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n}
+        message = f"epoch {epoch}/{epochs}: {loss_name} {entry['loss']:.4f}"
+        if hits is not None:
+            entry["train_accuracy"] = correct / n
+            message += f", train accuracy {entry['train_accuracy']:.3f}"
+        entry["seconds"] = time.perf_counter() - started
+        history.append(entry)
+        print(f"{message}, {entry['seconds']:.1f} s", file=log, flush=True)
+    net.to(memory_format=torch.contiguous_format)
+    broken = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:
+        raise FloatingPointError(
+            f"training diverged: parameters {broken[:5]} are not finite after the last step; lower lr={lr}"
+        )
+    return history
+
+
+def optimiser_record(optimiser: str) -> dict[str, Any]:
+    """What a model card records of the optimiser and schedule `fit_one_cycle` used."""
+    return {
+        "optimiser": "SGD (Nesterov, momentum 0.9)" if optimiser == "sgd" else "AdamW",
+        "weight_decay": SGD_WEIGHT_DECAY if optimiser == "sgd" else WEIGHT_DECAY,
+        "schedule": f"one-cycle cosine, warm-up {WARMUP_FRACTION:.0%}",
+    }
+
+
 def train_classifier(
     net: nn.Module,
     train: SampleSet,
@@ -97,8 +188,6 @@ def train_classifier(
     number of optimisation `steps` and the wall time in `seconds`. `net` is left in eval mode.
     """
     _check_training_inputs(train, epochs, batch_size, lr)
-    if optimiser not in OPTIMISERS:
-        raise ValueError(f"optimiser must be one of {OPTIMISERS}, got {optimiser!r}")
     log = log if log is not None else sys.stderr
     device = torch.device(device)
     images = torch.from_numpy(train.images)
@@ -108,65 +197,13 @@ def train_classifier(
         raise ValueError(
             f"train labels go up to {int(labels.max())} but the network has only {outputs} outputs"
         )
-    steps_per_epoch = math.ceil(len(train) / batch_size)
     started = time.perf_counter()
-    history = []
     with reproducible_torch(seed, threads):
-        order_generator = torch.Generator().manual_seed(seed)
-        # Channels-last lets oneDNN pick faster convolution kernels: ~1.3x on a 2-core CPU.
-        net.to(device, memory_format=torch.channels_last).train()
-        if optimiser == "sgd":
-            stepper: torch.optim.Optimizer = torch.optim.SGD(
-                net.parameters(), lr=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_WEIGHT_DECAY
-            )
-        else:
-            stepper = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
-            stepper,
-            max_lr=lr,
-            total_steps=epochs * steps_per_epoch,
-            pct_start=WARMUP_FRACTION,
-            anneal_strategy="cos",
+        history = fit_one_cycle(
+            net, images, labels, F.cross_entropy,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, log=log, device=device, optimiser=optimiser,
+            hits=lambda logits, y: int((logits.argmax(dim=1) == y).sum()),
         )
-        for epoch in range(1, epochs + 1):
-            net.train()
-            order = torch.randperm(len(train), generator=order_generator)
-            loss_sum, correct = 0.0, 0
-            for start in range(0, len(train), batch_size):
-                batch = order[start : start + batch_size]
-                x = images[batch].to(device).contiguous(memory_format=torch.channels_last)
-                y = labels[batch].to(device)
-                logits = net(x)
-                loss = F.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged at epoch {epoch} (loss {float(loss.detach())}); lower lr={lr}"
-                    )
-                stepper.zero_grad(set_to_none=True)
-                loss.backward()
-                stepper.step()
-                schedule.step()
-                loss_sum += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(dim=1) == y).sum())
-            entry = {
-                "epoch": epoch,
-                "loss": loss_sum / len(train),
-                "train_accuracy": correct / len(train),
-                "seconds": time.perf_counter() - started,
-            }
-            history.append(entry)
-            print(
-                f"epoch {epoch}/{epochs}: loss {entry['loss']:.4f}, "
-                f"train accuracy {entry['train_accuracy']:.3f}, {entry['seconds']:.1f} s",
-                file=log,
-                flush=True,
-            )
-        net.to(memory_format=torch.contiguous_format)
-        broken = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p).all())]
-        if broken:
-            raise FloatingPointError(
-                f"training diverged: parameters {broken[:5]} are not finite after the last step; lower lr={lr}"
-            )
         test_accuracy = evaluate_accuracy(net, test, batch_size=max(batch_size, 256))
     net.eval()
     seconds = time.perf_counter() - started
@@ -176,12 +213,10 @@ def train_classifier(
         "train_accuracy": history[-1]["train_accuracy"],
         "final_loss": history[-1]["loss"],
         "epochs": epochs,
-        "steps": epochs * steps_per_epoch,
+        "steps": epochs * math.ceil(len(train) / batch_size),
         "batch_size": batch_size,
         "lr": lr,
-        "optimiser": "SGD (Nesterov, momentum 0.9)" if optimiser == "sgd" else "AdamW",
-        "weight_decay": SGD_WEIGHT_DECAY if optimiser == "sgd" else WEIGHT_DECAY,
-        "schedule": f"one-cycle cosine, warm-up {WARMUP_FRACTION:.0%}",
+        **optimiser_record(optimiser),
         "seed": seed,
         "threads": torch.get_num_threads() if threads is None else threads,
         "n_train": len(train),
