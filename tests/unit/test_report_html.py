@@ -159,3 +159,20 @@ def test_chromium_reports_a_broken_image(tmp_path):
     page.write_text('<!DOCTYPE html><html><body><p>x</p><img src="figures/missing.png"></body></html>')
     seen = inspect_page(binary, page)
     assert seen["images"][0][2] == 0 and seen["errors"]
+
+
+def test_samples_per_cell_counts_unscored_methods_apart():
+    import pandas as pd
+
+    from attrflow.report.html import samples_per_cell
+
+    # completeness applies to path methods only: gradient has no value, so it must not pull
+    # n_own_min to 0 nor count among the methods whose common samples are ranked
+    ranks = pd.DataFrame({
+        "dataset": ["d"] * 4, "model": ["m"] * 4, "metric": ["completeness"] * 3 + ["deletion"],
+        "method": ["ig", "random", "gradient", "ig"],
+        "n_own": [8, 6, 0, 32], "n_common": [6, 6, 6, 32],
+    })
+    cells = samples_per_cell(ranks).set_index("metric")
+    assert cells.loc["completeness", ["methods", "not_scored", "n_own_min", "n_own_max", "n_common"]].tolist() == [2, 1, 6, 8, 6]
+    assert cells.loc["deletion", ["methods", "not_scored", "n_own_min", "n_own_max"]].tolist() == [1, 0, 32, 32]

@@ -128,18 +128,27 @@ def _what_ran(
         page.table(accuracy)
     page.h(3, "Samples per cell")
     page.p(
-        "n own: how many samples each method was scored on (smallest and largest over methods); n common: "
-        "the samples every method shares, on which ranks, Friedman tests and bold marks are computed."
+        "methods: how many methods were scored on the metric; not scored: methods it gives no value for "
+        "(not applicable, e.g. completeness to a method without a path, or skipped), left out of the "
+        "common set; n own: how many samples each scored method has (smallest and largest); n common: "
+        "the samples every scored method shares, on which ranks, Friedman tests and bold marks are computed."
     )
-    cells = ranks.groupby(["dataset", "model", "metric"], sort=True).agg(
-        methods=("method", "size"), n_own_min=("n_own", "min"), n_own_max=("n_own", "max"), n_common=("n_common", "first")
-    )
-    page.table(cells.reset_index())
+    page.table(samples_per_cell(ranks))
     if costs is not None and len(costs):
         page.h(3, "Cost")
         page.table(
             costs[["dataset", "model", "method", "n", "wall_ms_per_image", "backward_per_image", "forward_per_image", "peak_memory_mb", "device"]]
         )
+
+
+def samples_per_cell(ranks: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, model, metric): methods scored and not, their own sample counts, the common set."""
+    scored = ranks.assign(scored=ranks["n_own"] > 0, n_scored=ranks["n_own"].where(ranks["n_own"] > 0))
+    cells = scored.groupby(["dataset", "model", "metric"], sort=True).agg(
+        methods=("scored", "sum"), not_scored=("scored", lambda s: int((~s).sum())),
+        n_own_min=("n_scored", "min"), n_own_max=("n_scored", "max"), n_common=("n_common", "first"),
+    )
+    return cells.reset_index().astype({"methods": int, "not_scored": int, "n_own_min": "Int64", "n_own_max": "Int64"})
 
 
 def _cd_diagrams(page: Page, ranks: pd.DataFrame) -> None:
