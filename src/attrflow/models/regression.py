@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from attrflow.data.sample_store import SampleSet
-from attrflow.models.training import fit_one_cycle, optimiser_record, reproducible_torch
+from attrflow.models.training import fit_one_cycle, reproducible_torch, training_record
 from attrflow.models.wrapper import WrappedModel
 
 TASK = "regression"
@@ -103,18 +103,10 @@ def train_regressor(
     return {
         **{f"test_{k}": v for k, v in quality.items()},
         "loss": "mean squared error against the integer label",
-        "final_loss": history[-1]["loss"],
-        "epochs": epochs,
-        "steps": epochs * math.ceil(len(train) / batch_size),
-        "batch_size": batch_size,
-        "lr": lr,
-        **optimiser_record("adamw"),
-        "seed": seed,
-        "threads": torch.get_num_threads() if threads is None else threads,
-        "n_train": len(train),
-        "n_test": len(test),
-        "seconds": seconds,
-        "history": history,
+        **training_record(
+            history, optimiser="adamw", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            threads=threads, n_train=len(train), n_test=len(test), seconds=seconds,
+        ),
     }
 
 

@@ -154,12 +154,26 @@ def fit_one_cycle(
     return history
 
 
-def optimiser_record(optimiser: str) -> dict[str, Any]:
-    """What a model card records of the optimiser and schedule `fit_one_cycle` used."""
+def training_record(
+    history: list[dict[str, Any]], *, optimiser: str, epochs: int, batch_size: int, lr: float, seed: int,
+    threads: int | None, n_train: int, n_test: int, seconds: float,
+) -> dict[str, Any]:
+    """What a model card records of a `fit_one_cycle` run, beside the model's own test figures."""
     return {
+        "final_loss": history[-1]["loss"],
+        "epochs": epochs,
+        "steps": epochs * math.ceil(n_train / batch_size),
+        "batch_size": batch_size,
+        "lr": lr,
         "optimiser": "SGD (Nesterov, momentum 0.9)" if optimiser == "sgd" else "AdamW",
         "weight_decay": SGD_WEIGHT_DECAY if optimiser == "sgd" else WEIGHT_DECAY,
         "schedule": f"one-cycle cosine, warm-up {WARMUP_FRACTION:.0%}",
+        "seed": seed,
+        "threads": torch.get_num_threads() if threads is None else threads,
+        "n_train": n_train,
+        "n_test": n_test,
+        "seconds": seconds,
+        "history": history,
     }
 
 
@@ -211,18 +225,10 @@ def train_classifier(
     return {
         "test_accuracy": test_accuracy,
         "train_accuracy": history[-1]["train_accuracy"],
-        "final_loss": history[-1]["loss"],
-        "epochs": epochs,
-        "steps": epochs * math.ceil(len(train) / batch_size),
-        "batch_size": batch_size,
-        "lr": lr,
-        **optimiser_record(optimiser),
-        "seed": seed,
-        "threads": torch.get_num_threads() if threads is None else threads,
-        "n_train": len(train),
-        "n_test": len(test),
-        "seconds": seconds,
-        "history": history,
+        **training_record(
+            history, optimiser=optimiser, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            threads=threads, n_train=len(train), n_test=len(test), seconds=seconds,
+        ),
     }
 
 
