@@ -47,6 +47,8 @@ MAX_LAMBDA = 1.0 - 1e-6
 BottleneckLayer = Annotated[
     str, MinLen(1), Doc("where the feature bottleneck sits: 'stage1'..'stage4', 'default' or a module path")
 ]
+InformationBeta = Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")]
+AdamSteps = Annotated[int, Ge(1), Doc("Adam steps per image")]
 LearningRate = Annotated[float, Gt(0), Doc("Adam's learning rate for the bottleneck's α")]
 Copies = Annotated[int, Ge(1), Doc("noisy copies of each image per optimisation step")]
 InitialAlpha = Annotated[float, Doc("α at the start (λ = sigmoid(α); 5 gives λ ≈ 0.993)")]

@@ -36,17 +36,18 @@ Cost: 1 forward per image to record R, then ``steps`` × ``copies`` forward + ba
 from __future__ import annotations
 
 import math
-from typing import Annotated
 
 import torch
 
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
     ActiveThreshold,
+    AdamSteps,
     BottleneckLayer,
     BottleneckSettings,
     Copies,
     FeatureBottleneck,
+    InformationBeta,
     InitialAlpha,
     LearningRate,
     MinStd,
@@ -57,7 +58,6 @@ from attrflow.methods._bottleneck import (
     layer_statistics,
 )
 from attrflow.methods.base import DEFAULT_MAX_BATCH, Attribution, MethodNotApplicable, register_method
-from attrflow.params import Doc, Ge
 from attrflow.models.wrapper import is_regression
 
 
@@ -68,8 +68,8 @@ def iba(
     target: torch.Tensor,
     *,
     layer: BottleneckLayer = "stage2",
-    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
-    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    beta: InformationBeta = 10.0,
+    steps: AdamSteps = 10,
     lr: LearningRate = 1.0,
     copies: Copies = 10,
     initial_alpha: InitialAlpha = 5.0,

@@ -76,8 +76,10 @@ import torch
 from attrflow.methods._batching import check_max_batch, evaluation_mode, validate_batch
 from attrflow.methods._bottleneck import (
     ActiveThreshold,
+    AdamSteps,
     BottleneckLayer,
     Copies,
+    InformationBeta,
     InitialAlpha,
     LearningRate,
     MinStd,
@@ -144,7 +146,7 @@ def inverse_iba(
     beta: Annotated[
         float, Ge(0), Doc("weight β of the information loss (not stated by Khakzar et al., 2021; the authors' code: 30)")
     ] = 30.0,
-    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    steps: AdamSteps = 10,
     lr: LearningRate = 1.0,
     copies: Copies = 10,
     initial_alpha: InitialAlpha = 5.0,
@@ -232,8 +234,8 @@ def regression_iba(
         Doc("y of the mse loss: the score the bottleneck should keep the output at"),
     ] = 0.0,
     layer: BottleneckLayer = "stage2",
-    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
-    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    beta: InformationBeta = 10.0,
+    steps: AdamSteps = 10,
     lr: LearningRate = 1.0,
     copies: Copies = 10,
     initial_alpha: InitialAlpha = 5.0,
@@ -304,8 +306,8 @@ def multi_layer_iba(
         Le(1),
         Doc("each layer's map is binarised at threshold × its maximum"),
     ] = 0.5,
-    beta: Annotated[float, Ge(0), Doc("weight β of the information loss (Zhang et al., 2021: 10)")] = 10.0,
-    steps: Annotated[int, Ge(1), Doc("Adam steps per image")] = 10,
+    beta: InformationBeta = 10.0,
+    steps: AdamSteps = 10,
     lr: LearningRate = 1.0,
     copies: Copies = 10,
     initial_alpha: InitialAlpha = 5.0,
