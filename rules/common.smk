@@ -92,11 +92,21 @@ def references_store(dataset, model, kind):
     return f"{RESULTS}/references/{dataset}/{model}/{kind}.zarr"
 
 
+def job_eval_stores(wildcards):
+    # A job reads the evaluation shard stores of its samples (one unless the method's entry sets
+    # `shards_per_job`): a changed image re-runs the jobs (and scores) that hold it, and a grown
+    # dataset adds jobs without touching finished ones.
+    return [
+        eval_shard_store(wildcards.dataset, s)
+        for s in PLAN.job_eval_shards(
+            wildcards.dataset, int(wildcards.shard), wildcards.method
+        )
+    ]
+
+
 def attribute_inputs(wildcards):
-    # A shard reads its own evaluation shard store: a changed image re-runs the shards (and
-    # scores) that hold it, and a grown dataset adds shards without touching finished ones.
     return {
-        "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
+        "samples": job_eval_stores(wildcards),
         **model_files(wildcards.model),
         **method_references_input(wildcards),
     }
@@ -166,7 +176,7 @@ def score_inputs(wildcards):
     return {
         **extra,
         **{f"peer_{name}": path for name, path in peers.items()},
-        "samples": eval_shard_store(wildcards.dataset, wildcards.shard),
+        "samples": job_eval_stores(wildcards),
         **model_files(wildcards.model),
         "maps": f"{RESULTS}/attributions/{wildcards.dataset}/{wildcards.model}/{wildcards.method}/shard-{wildcards.shard}.zarr",
     }

@@ -11,7 +11,7 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
 
     setting = dict(snakemake.params.setting)
     attribute_shard(
-        samples_path=snakemake.input.samples,
+        samples_path=list(snakemake.input.samples),
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
         dataset=snakemake.wildcards.dataset,

@@ -10,13 +10,13 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
     mark_ready()
 
     score_shard(
-        samples_path=snakemake.input.samples,
+        samples_path=list(snakemake.input.samples),
         model_dir=Path(snakemake.input.card).parent,
         maps_path=snakemake.input.maps,
         references_path=snakemake.input.get("references"),
         peer_paths={
-            key.removeprefix("peer_"): path
-            for key, path in snakemake.input.items()
+            key.removeprefix("peer_"): list(paths)
+            for key, paths in snakemake.input.items()
             if key.startswith("peer_")
         },
         out_path=snakemake.output[0],

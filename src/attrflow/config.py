@@ -35,7 +35,7 @@ SCHEMA_PATH = Path(str(resources.files("attrflow") / "schemas" / "config.schema.
 # Keys every entry may carry besides its function's parameters: how maps are stored, how many
 # samples a costly entry is limited to (the first N, so results stay comparable across entries),
 # which of the selected models and datasets a method runs on, and which methods a metric scores.
-GENERIC_METHOD_KEYS = {"fn", "keep_channels", "samples", "models", "datasets"}
+GENERIC_METHOD_KEYS = {"fn", "keep_channels", "samples", "models", "datasets", "shards_per_job"}
 GENERIC_METRIC_KEYS = {"fn", "samples", "methods", "retest"}
 def dataset_provides(spec: dict, datasets: dict | None = None) -> set[str]:
     """What a dataset entry can give to metrics (`requires=[...]`) and methods (`references=...`).

@@ -22,8 +22,9 @@ from attrflow.methods import Attribution, MethodInfo, MethodNotApplicable, call_
 from attrflow.methods.base import DEFAULT_MAX_BATCH
 
 # Keys of a method entry that are not the method function's parameters: how its maps are
-# stored (`keep_channels`) and what it runs on (`samples`, `models`, `datasets`).
-ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets")
+# stored (`keep_channels`) and what it runs on and in how many jobs (`samples`, `models`,
+# `datasets`, `shards_per_job`).
+ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets", "shards_per_job")
 # Samples handed to a method per call when a whole set is explained (`explain_all`). Methods
 # batch their own steps/noise/references up to `max_batch` model inputs inside a call; this only
 # bounds host memory and paces the progress log.

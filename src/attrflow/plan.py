@@ -22,8 +22,8 @@ from attrflow.params import METHOD_ENTRY_FORMAT
 # depend on them (adapters are prefix-stable), so they are left out of the spec each shard job
 # sees: growing the evaluation set adds shards and leaves finished ones alone.
 SAMPLE_COUNT_KEYS = {"n", "n_test"}
-# Keys of a method entry that choose where it runs, not what it computes.
-SELECTION_KEYS = {"samples", "models", "datasets"}
+# Keys of a method entry that choose where and in how many jobs it runs, not what it computes.
+SELECTION_KEYS = {"samples", "models", "datasets", "shards_per_job"}
 
 
 # The functions each kind of job runs: with the registered function it computes, the roots of
@@ -73,13 +73,30 @@ class Plan:
         limit = self.config["methods"][method].get("samples") if method else None
         return min(count, limit) if limit else count
 
+    def shards_per_job(self, method: str | None = None) -> int:
+        """Evaluation shards one attribution (and score) job of ``method`` covers: 1 unless its
+        entry says `shards_per_job`, so cheap methods run as few long jobs while costly ones keep
+        one job per shard. It groups work, never changes numbers: each evaluation shard inside a
+        job is explained and scored as its own job would have done it."""
+        if method is None:
+            return 1
+        return int(self.config["methods"][method].get("shards_per_job", 1))
+
     def shards(self, dataset: str, method: str | None = None) -> list[int]:
-        return list(range(math.ceil(self.eval_count(dataset, method) / self.config["shard_size"])))
+        """The jobs of ``method`` on ``dataset`` (without a method: the evaluation shards)."""
+        size = self.config["shard_size"] * self.shards_per_job(method)
+        return list(range(math.ceil(self.eval_count(dataset, method) / size)))
 
     def shard_range(self, dataset: str, shard: int, method: str | None = None) -> list[int]:
-        size = self.config["shard_size"]
+        size = self.config["shard_size"] * self.shards_per_job(method)
         start = int(shard) * size
         return [start, min(start + size, self.eval_count(dataset, method))]
+
+    def job_eval_shards(self, dataset: str, shard: int, method: str) -> list[int]:
+        """The evaluation shards job ``shard`` of ``method`` reads its samples from, in order."""
+        start, stop = self.shard_range(dataset, shard, method)
+        size = self.config["shard_size"]
+        return list(range(start // size, math.ceil(stop / size)))
 
     def shard_dataset_spec(self, dataset: str) -> dict:
         return _without_sample_counts(self.dataset_spec(dataset))
@@ -291,16 +308,20 @@ class Plan:
 
     def peer_stores(
         self, dataset: str, model: str, method: str, shard: int, results: str = "results"
-    ) -> dict[str, str]:
-        """The attribution shard of each `metric_peers` entry that covers shard ``shard`` of
-        ``method`` (same shard index: shards start at the same samples), where it runs."""
-        return {
-            peer: f"{results}/attributions/{dataset}/{model}/{peer}/shard-{shard}.zarr"
-            for peer in self.metric_peers(method)
-            if peer in self.config["methods"]
-            and self.runs_on(peer, model, dataset)
-            and shard in self.shards(dataset, peer)
-        }
+    ) -> dict[str, list[str]]:
+        """The attribution stores of each `metric_peers` entry that hold samples of job ``shard``
+        of ``method`` (entries with another `shards_per_job` may need several or a part of one),
+        where it runs. Entries covering none of them are left out."""
+        start, stop = self.shard_range(dataset, shard, method)
+        found = {}
+        for peer in self.metric_peers(method):
+            if peer not in self.config["methods"] or not self.runs_on(peer, model, dataset):
+                continue
+            size = self.config["shard_size"] * self.shards_per_job(peer)
+            covering = range(start // size, min(math.ceil(stop / size), len(self.shards(dataset, peer))))
+            if covering:
+                found[peer] = [f"{results}/attributions/{dataset}/{model}/{peer}/shard-{s}.zarr" for s in covering]
+        return found
 
     def metric_fingerprints(self, method: str | None = None) -> dict[str, str]:
         """The code each metric's scores depend on: the per-metric scoring step, the registered

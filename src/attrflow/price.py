@@ -67,7 +67,7 @@ def job_counts(plan: Plan) -> dict[str, int]:
 
 # Keys of a method entry that are not its parameters (as attrflow.explainer.ENTRY_KEYS,
 # repeated here so pricing does not import torch; a unit test keeps them equal).
-ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets")
+ENTRY_KEYS = ("fn", "keep_channels", "samples", "models", "datasets", "shards_per_job")
 
 
 def _side(plan: Plan, dataset: str) -> int:
@@ -162,6 +162,33 @@ def shard_sizes(compute_table, target_minutes: float) -> dict[str, int]:
     }
 
 
+def shards_per_job(plan: Plan, compute_table, target_minutes: float) -> dict[str, int]:
+    """Per method entry, the `shards_per_job` whose attribution jobs take about
+    ``target_minutes`` at the configured `shard_size` (its costliest model and dataset decide; at
+    least 1, at most the shards it has). Costs span orders of magnitude — a gradient is one
+    backward pass per image, exact Shapley values on a 4×4 grid 65,536 forwards — so one shard size
+    for all either floods the scheduler with seconds-long jobs or makes hours-long ones."""
+    seconds_per_image = (compute_table["gpu_hours"] * 3600 / compute_table["images"]).groupby(compute_table["method"]).max()
+    size = plan.config["shard_size"]
+    out = {}
+    for method, seconds in seconds_per_image.dropna().items():
+        most = max(len(plan.shards(d, method)) for d, _, me in plan.triples() if me == method)
+        # A method without passes (the random control) costs next to nothing: one job.
+        out[method] = most if seconds <= 0 else int(min(most, max(1, 60 * target_minutes / seconds // size)))
+    return out
+
+
+def with_shards_per_job(config: dict, grouping: dict[str, int]) -> dict:
+    """``config`` with each method entry's `shards_per_job` set as ``grouping`` says (1: left out)."""
+    methods = {}
+    for name, entry in config["methods"].items():
+        entry = {k: v for k, v in entry.items() if k != "shards_per_job"}
+        if grouping.get(name, 1) > 1:
+            entry["shards_per_job"] = grouping[name]
+        methods[name] = entry
+    return {**config, "methods": methods}
+
+
 def price(config_path: Path, costs_path: Path, forward_ms: dict[str, float], default_ms: float = 1.0, workdir: Path | None = None, target_minutes: float | None = None) -> dict:
     """Everything `main` prints, as data: jobs per rule, the compute table, storage and, with
     ``target_minutes``, shard sizes from the cost model with the job count each would plan."""
@@ -177,6 +204,9 @@ def price(config_path: Path, costs_path: Path, forward_ms: dict[str, float], def
         for name, size in shard_sizes(table, target_minutes).items():
             resized = Plan({**checked, "shard_size": size}, workdir=str(workdir or Path.cwd()))
             result["shard_sizes"][name] = (size, sum(job_counts(resized).values()))
+        grouping = shards_per_job(plan, table, target_minutes)
+        grouped = Plan(with_shards_per_job(checked, grouping), workdir=str(workdir or Path.cwd()))
+        result["shards_per_job"] = (grouping, sum(job_counts(grouped).values()))
     return result
 
 
@@ -236,6 +266,12 @@ def main(argv: list[str] | None = None) -> None:
         for name, (size, total_jobs) in result["shard_sizes"].items():
             what = "every method within the target" if name == "costliest" else "the median method at the target"
             print(f"  {size:>7,}  ({what}): {total_jobs:,} jobs")
+        grouping, total_jobs = result["shards_per_job"]
+        print(f"\nor keep shard_size {result['shard_size']} and group shards per method ({total_jobs:,} jobs; the numbers do not change):")
+        print("methods:")
+        for method, k in sorted(grouping.items(), key=lambda item: -item[1]):
+            if k > 1:
+                print(f"  {method}: {{shards_per_job: {k}}}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,34 @@ def test_a_limited_method_explains_a_prefix_of_the_shards():
     assert "results/attributions/tiny/cnn/ig/shard-2.zarr" not in stores
 
 
+def test_shards_per_job_groups_evaluation_shards_into_fewer_jobs():
+    def grouped(c):
+        c["shard_size"] = 5  # 12 samples: evaluation shards [0, 5) [5, 10) [10, 12)
+        c["methods"]["gradient"]["shards_per_job"] = 2
+        c["methods"]["ig"].update(shards_per_job=4, samples=7)
+
+    plan = plan_of(grouped)
+    assert plan.eval_shards("tiny") == [0, 1, 2]
+    assert plan.shards("tiny", "gradient") == [0, 1]
+    assert plan.shard_range("tiny", 0, "gradient") == [0, 10]
+    assert plan.shard_range("tiny", 1, "gradient") == [10, 12]
+    assert plan.job_eval_shards("tiny", 0, "gradient") == [0, 1]
+    assert plan.job_eval_shards("tiny", 1, "gradient") == [2]
+    assert plan.shards("tiny", "ig") == [0]  # 7 samples in one job, from two evaluation shards
+    assert plan.job_eval_shards("tiny", 0, "ig") == [0, 1]
+    assert plan.shards("tiny", "xg") == [0, 1, 2]  # other entries keep a job per shard
+    assert plan.job_eval_shards("tiny", 1, "xg") == [1]
+    # Grouping is not what the maps are: it stays out of the entry jobs key their results on.
+    assert "shards_per_job" not in plan.method_entry("gradient")
+    assert plan.method_fingerprint("gradient") == plan_of().method_fingerprint("gradient")
+
+
+def test_shards_per_job_below_one_is_refused_with_its_key():
+    with pytest.raises(ConfigError) as err:
+        plan_of(lambda c: c["methods"]["ig"].update(shards_per_job=0))
+    assert "methods.ig.shards_per_job" in str(err.value)
+
+
 def test_a_limit_above_the_dataset_size_changes_nothing():
     plan = plan_of(lambda c: c["methods"]["ig"].update(samples=1000))
     assert plan.eval_count("tiny", "ig") == plan.eval_count("tiny") == 12

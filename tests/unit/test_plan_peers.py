@@ -21,7 +21,7 @@ def test_score_jobs_read_the_named_entrys_shards_where_it_has_them():
     plan = plan_of(with_shapley)  # shap is not selected in run.methods: it is built as an input
     assert plan.metric_peers("gradient") == ["shap"]
     assert plan.peer_stores("tiny", "cnn", "gradient", 0) == {
-        "shap": "results/attributions/tiny/cnn/shap/shard-0.zarr"
+        "shap": ["results/attributions/tiny/cnn/shap/shard-0.zarr"]
     }
     assert plan.peer_stores("tiny", "cnn", "gradient", 1) == {}  # shap covers the first 3 only
     setting = plan.score_setting("tiny", "cnn", "gradient", 0)
@@ -73,3 +73,21 @@ def test_only_score_jobs_of_shards_the_reference_covers_carry_it():
     plan = plan_of(with_shapley)
     assert "peers" in plan.score_setting("tiny", "cnn", "gradient", 0)
     assert "peers" not in plan.score_setting("tiny", "cnn", "gradient", 1)
+
+
+def test_jobs_grouping_shards_differently_read_every_peer_store_that_holds_their_samples():
+    def grouped(c):
+        with_shapley(c, samples=12)  # shap: jobs [0, 5) [5, 10) [10, 12)
+        c["methods"]["gradient"]["shards_per_job"] = 2  # gradient: jobs [0, 10) [10, 12)
+
+    plan = plan_of(grouped)
+    stores = "results/attributions/tiny/cnn/shap/shard-{}.zarr".format
+    assert plan.peer_stores("tiny", "cnn", "gradient", 0) == {"shap": [stores(0), stores(1)]}
+    assert plan.peer_stores("tiny", "cnn", "gradient", 1) == {"shap": [stores(2)]}
+
+    def reversed_grouping(c):
+        with_shapley(c, samples=12)
+        c["methods"]["shap"]["shards_per_job"] = 3  # shap: one job [0, 12)
+
+    plan = plan_of(reversed_grouping)
+    assert plan.peer_stores("tiny", "cnn", "gradient", 2) == {"shap": [stores(0)]}

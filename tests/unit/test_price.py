@@ -159,3 +159,39 @@ def test_shard_size_from_the_cost_model(tmp_path):
     assert jobs_costliest == 6 + 2 * (6 + 5) + 5
     # shard 4: 3 eval shards, gradient 3 + IG 3 (10 images: 4, 4, 2)
     assert jobs_median == 3 + 2 * (3 + 3) + 5
+
+
+def test_shards_per_job_from_the_cost_model(tmp_path, capsys):
+    path = _small(tmp_path)  # shard_size 5: gradient 12 images in 3 shards, IG 10 images in 2
+    costs = _costs(
+        tmp_path / "costs.parquet",
+        [
+            dict(method="gradient", method_fn="gradient", n=64, forward_per_image=1.0, backward_per_image=1.0, params=_params(path, tmp_path, "gradient"), image_size=32),
+            dict(method="ig", method_fn="integrated_gradients", n=64, forward_per_image=9.0, backward_per_image=8.0, params=_params(path, tmp_path, "ig"), image_size=32),
+        ],
+    )
+    # at 1000 ms per forward: gradient 3 s per image, IG 25 s. A 1-minute job holds 20 gradient
+    # images (4 shards of 5, cut to the 3 it has) and 2.4 IG images (less than a shard: 1).
+    grouping, jobs = price(path, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=1.0)["shards_per_job"]
+    assert grouping == {"gradient": 3, "ig": 1}
+    # 3 eval shards; gradient 1 attribute + 1 score, IG 2 + 2; dataset, model, aggregate, evidence, report
+    assert jobs == 3 + 2 * (1 + 2) + 5
+    # 5 minutes: 12 IG images, 2 shards (all it has)
+    grouping, jobs = price(path, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=5.0)["shards_per_job"]
+    assert grouping == {"gradient": 3, "ig": 2}
+    assert jobs == 3 + 2 * (1 + 1) + 5
+    main(["--configfile", str(path), "--costs", str(costs), "--forward-ms", "r18=1000", "--target-job-minutes", "1"])
+    out = capsys.readouterr().out
+    assert "gradient: {shards_per_job: 3}" in out and "ig: {shards_per_job" not in out
+
+
+def test_a_method_without_passes_runs_as_one_job(tmp_path):
+    path = _small(tmp_path)
+    costs = _costs(
+        tmp_path / "costs.parquet",
+        [
+            dict(method="gradient", method_fn="gradient", n=64, forward_per_image=0.0, backward_per_image=0.0, params=_params(path, tmp_path, "gradient"), image_size=32),
+        ],
+    )
+    grouping, _ = price(path, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=1.0)["shards_per_job"]
+    assert grouping == {"gradient": 3}  # IG has no recorded passes: not grouped, not listed

@@ -125,6 +125,52 @@ def write_eval_shard(path: str | os.PathLike, samples: SampleSet, sample_range: 
     return write_store(path, samples.arrays(), meta)
 
 
+@dataclass(frozen=True)
+class EvalPart:
+    """The samples [start, stop) a job reads from one evaluation store: evaluation shard
+    ``shard``, or None for a whole-dataset store."""
+
+    path: str
+    start: int
+    stop: int
+    shard: int | None
+
+
+def eval_parts(paths: str | os.PathLike | list, start: int, stop: int) -> list[EvalPart]:
+    """The evaluation shard stores holding samples [start, stop), each with its part of the
+    range, in sample order; an error names the range no store holds (a job given the wrong
+    stores must fail before it writes, not explain fewer samples)."""
+    from attrflow.store import read_attrs
+
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    parts, at = [], int(start)
+    for path in paths:
+        attrs = read_attrs(path)
+        first, last = (int(v) for v in attrs.get("sample_range", [0, int(attrs.get("n_eval", 0))]))
+        lo, hi = max(first, at), min(last, int(stop))
+        if lo != at or hi <= lo:
+            break
+        shard = attrs.get("shard") if "sample_range" in attrs else None
+        parts.append(EvalPart(str(path), lo, hi, None if shard is None else int(shard)))
+        at = hi
+    if at != int(stop) or len(parts) != len(paths):
+        raise ValueError(
+            f"the evaluation stores {[str(p) for p in paths]} do not hold samples [{start}, {stop}) "
+            f"in order (held up to {at}); re-run prepare_eval_shard"
+        )
+    return parts
+
+
+def joined_fingerprint(fingerprints: list[str]) -> str:
+    """One fingerprint for samples read from several stores: a single store's own, else a hash
+    of the parts' fingerprints in order."""
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    import hashlib
+
+    return hashlib.sha256("\0".join(fingerprints).encode()).hexdigest()[:16]
+
+
 def read_samples(
     path: str | os.PathLike,
     split: str = "eval",

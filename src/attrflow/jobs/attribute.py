@@ -46,7 +46,7 @@ def choose_targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
 
 def attribute_shard(
     *,
-    samples_path: str | Path,
+    samples_path: str | Path | list[str],
     model_dir: str | Path,
     out_path: str | Path,
     dataset: str,
@@ -66,16 +66,29 @@ def attribute_shard(
 ) -> Path:
     """Maps of samples [start, stop) of `split`: the eval split's shards, or (ROAR) a train split.
 
+    ``samples_path`` may list several evaluation shard stores (a method with `shards_per_job`):
+    each one's samples are explained as that shard's own job would (its own random stream and
+    batches), so the maps do not depend on how shards are grouped into jobs.
+
     The result is filed in the results cache under a key of everything it depends on; a job
     whose key is already there (a config that came back) links that result instead of computing.
     """
     from attrflow.cache import ResultCache
+    from attrflow.data.sample_store import EvalPart, eval_parts, joined_fingerprint
     from attrflow.models.cards import load_model
     from attrflow.store import content_key, read_attrs
 
     started = time.perf_counter()
     dev = resolve_device(device)
     start, stop = (int(v) for v in sample_range)
+    paths = [samples_path] if isinstance(samples_path, str | Path) else list(samples_path)
+    if split == "eval":
+        parts = eval_parts(paths, start, stop)
+    else:
+        if len(paths) != 1:
+            raise ValueError(f"the {split} split is read from one store, not {len(paths)}")
+        parts = [EvalPart(str(paths[0]), start, stop, None)]
+    fingerprints = [str(read_attrs(part.path).get("fingerprint", "")) for part in parts]
     cache = ResultCache.beside(out_path)
     result_key = cache.key(
         "attribution",
@@ -84,7 +97,7 @@ def attribute_shard(
         code=code,
         dataset_spec=dataset_spec or {},
         sample_range=[start, stop],
-        samples=str(read_attrs(samples_path).get("fingerprint", "")),
+        samples=fingerprints[0] if len(fingerprints) == 1 else fingerprints,
         model=model_card_fingerprint(model_dir),
         references=content_key(references_path) if references_path else None,
         runtime=[device, int(seed), int(max_batch), target],
@@ -92,17 +105,8 @@ def attribute_shard(
     if cache.fetch_dir("attributions", result_key, out_path):
         LOG.info("%s shard %d: reused the result computed earlier under the same key %s", method, shard, result_key)
         return Path(out_path)
-    samples = read_samples(samples_path, split, start, stop)
-    if len(samples) != stop - start:
-        raise ValueError(
-            f"{samples_path} holds {len(samples)} samples in [{start}, {stop}); the dataset is "
-            "shorter than the plan expects — re-run prepare_dataset"
-        )
     model = load_model(model_dir, dev)
     explainer = Explainer.from_entry(entry, model, max_batch=max_batch)
-    # Eval shards keep their original seed derivation; another split gets its own stream.
-    identity = (shard,) if split == "eval" else (split, shard)
-    gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, *identity))
     if explainer.info.references is not None:
         from attrflow.jobs.references import load_references
 
@@ -111,10 +115,42 @@ def attribute_shard(
         references, reference_weights = load_references(references_path, dev)
         explainer = replace(explainer, references=references, reference_weights=reference_weights)
 
-    images = torch.from_numpy(samples.images).to(dev)
-    labels = torch.from_numpy(samples.labels).to(dev)
-    targets = choose_targets(model, images, labels, target, max_batch)
-    model.reset_counters()
+    ids: list[str] = []
+    labels: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    diagnostics: list[dict[str, np.ndarray]] = []
+    sample_fingerprints: list[str] = []
+    not_applicable: MethodNotApplicable | None = None
+    passes = {"forward": 0, "backward": 0}  # the method's own passes, not the target choice
+    for part in parts:
+        samples = read_samples(part.path, split, part.start, part.stop)
+        if len(samples) != part.stop - part.start:
+            raise ValueError(
+                f"{part.path} holds {len(samples)} samples in [{part.start}, {part.stop}); the dataset "
+                "is shorter than the plan expects — re-run prepare_dataset"
+            )
+        # Each evaluation shard keeps its own seed, so grouping shards into jobs changes no
+        # number; another split gets its own stream.
+        identity = (shard if part.shard is None else part.shard,) if split == "eval" else (split, shard)
+        gen = generator_for(dev, derive_seed(seed, dataset, model_name, method, *identity))
+        images = torch.from_numpy(samples.images).to(dev)
+        part_targets = choose_targets(model, images, torch.from_numpy(samples.labels).to(dev), target, max_batch)
+        ids += samples.ids
+        labels.append(samples.labels)
+        targets.append(part_targets.cpu().numpy().astype(np.int64))
+        sample_fingerprints.append(samples.fingerprint())
+        if not_applicable is None:
+            model.reset_counters()
+            try:
+                part_maps, part_diagnostics = explainer.explain_all(images, part_targets, generator=gen, progress=True)
+            except MethodNotApplicable as why:
+                not_applicable = why
+            else:
+                maps.append(part_maps)
+                diagnostics.append(part_diagnostics)
+            passes["forward"] += int(model.forward_samples)
+            passes["backward"] += int(model.backward_samples)
 
     attrs: dict[str, Any] = {
         "kind": "attribution",
@@ -125,7 +161,7 @@ def attribute_shard(
         "model": model_name,
         "model_fingerprint": model_card_fingerprint(model_dir),
         "dataset": dataset,
-        "dataset_fingerprint": samples.fingerprint(),
+        "dataset_fingerprint": joined_fingerprint(sample_fingerprints),
         "dataset_spec": dataset_spec or {},
         "shard": int(shard),
         "sample_range": [start, stop],
@@ -138,29 +174,29 @@ def attribute_shard(
         "versions": library_versions(),
     }
     arrays: dict[str, np.ndarray] = {
-        "ids": np.asarray(samples.ids, dtype=str),
-        "targets": targets.cpu().numpy().astype(np.int64),
-        "labels": samples.labels,
+        "ids": np.asarray(ids, dtype=str),
+        "targets": np.concatenate(targets),
+        "labels": np.concatenate(labels),
     }
     groups: dict[str, dict[str, np.ndarray]] = {}
-    try:
-        maps, diagnostics = explainer.explain_all(images, targets, generator=gen, progress=True)
-    except MethodNotApplicable as why:
-        LOG.warning("%s is not applicable to model %s: %s", method, model_name, why)
-        attrs.update(applicable=False, reason=str(why))
+    if not_applicable is not None:
+        LOG.warning("%s is not applicable to model %s: %s", method, model_name, not_applicable)
+        attrs.update(applicable=False, reason=str(not_applicable))
     else:
-        nonfinite = ~np.isfinite(maps.reshape(maps.shape[0], -1)).all(axis=1)
+        all_maps = np.concatenate(maps)
+        joined = {k: np.concatenate([d[k] for d in diagnostics]) for k in diagnostics[0]}
+        nonfinite = ~np.isfinite(all_maps.reshape(all_maps.shape[0], -1)).all(axis=1)
         if nonfinite.any():
-            bad = [samples.ids[i] for i in np.flatnonzero(nonfinite)]
+            bad = [ids[i] for i in np.flatnonzero(nonfinite)]
             LOG.warning("%s produced non-finite maps for %d sample(s): %s", method, len(bad), bad[:10])
-        diagnostics["nonfinite"] = nonfinite
-        arrays["maps"] = maps
-        groups["diagnostics"] = diagnostics
+        joined["nonfinite"] = nonfinite
+        arrays["maps"] = all_maps
+        groups["diagnostics"] = joined
         attrs.update(applicable=True, reason=None, nonfinite_samples=int(nonfinite.sum()))
     attrs.update(
         wall_time_s=round(time.perf_counter() - started, 3),
-        forward_samples=int(model.forward_samples),
-        backward_samples=int(model.backward_samples),
+        forward_samples=passes["forward"],
+        backward_samples=passes["backward"],
         peak_memory_bytes=peak_memory_bytes(dev),
     )
     written = write_store(out_path, arrays, attrs, groups=groups)

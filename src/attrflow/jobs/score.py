@@ -71,10 +71,44 @@ class ShardMaps:
             result_key=attrs.get("result_key", ""),
         )
 
+    @classmethod
+    def read_joined(cls, paths: list[str | Path]) -> ShardMaps:
+        """The maps of several stores of one entry, in order, as one (a peer entry whose jobs
+        group evaluation shards differently from the scored method's)."""
+        stores = [cls.read(path) for path in paths]
+        if len(stores) == 1:
+            return stores[0]
+        first = stores[0]
+        applicable = all(s.applicable for s in stores)
+        return replace(
+            first,
+            ids=[i for s in stores for i in s.ids],
+            targets=np.concatenate([s.targets for s in stores]),
+            labels=np.concatenate([s.labels for s in stores]),
+            maps=np.concatenate([s.maps for s in stores]) if applicable else None,
+            diagnostics=(
+                {k: np.concatenate([s.diagnostics[k] for s in stores]) for k in first.diagnostics} if applicable else {}
+            ),
+            applicable=applicable,
+            reason=next((s.reason for s in stores if not s.applicable), None),
+            result_key=",".join(s.result_key for s in stores),
+        )
+
+    def rows(self, lo: int, hi: int) -> ShardMaps:
+        """Samples [lo, hi) of these maps (positions in the store, not dataset indices)."""
+        return replace(
+            self,
+            ids=self.ids[lo:hi],
+            targets=self.targets[lo:hi],
+            labels=self.labels[lo:hi],
+            maps=self.maps[lo:hi] if self.maps is not None else None,
+            diagnostics={k: v[lo:hi] for k, v in self.diagnostics.items()},
+        )
+
 
 def score_shard(
     *,
-    samples_path: str | Path,
+    samples_path: str | Path | list[str],
     model_dir: str | Path,
     maps_path: str | Path,
     out_path: str | Path,
@@ -91,7 +125,7 @@ def score_shard(
     max_batch: int,
     target: str,
     references_path: str | Path | None = None,
-    peer_paths: dict[str, str | Path] | None = None,
+    peer_paths: dict[str, str | Path | list[str]] | None = None,
     peers: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Every selected metric on one attribution shard, into one Parquet file.
@@ -100,25 +134,35 @@ def score_shard(
     entry and code, the maps' own result key, the model, the samples, the seed and runtime):
     a job re-run because another metric was added or changed computes only what is new.
 
-    ``peer_paths`` maps a method entry name to its attribution shard of the same samples, for
+    ``samples_path`` may list several evaluation shard stores (a method with `shards_per_job`):
+    each one's samples are scored as that shard's own job would (same batches and seeds), so
+    the scores do not depend on how shards are grouped into jobs.
+
+    ``peer_paths`` maps a method entry name to its attribution stores holding these samples, for
     metrics whose parameters name another method entry (`peer_parameters`); ``peers`` is that
     entry's planned setting (entry and code), which only makes its changes re-plan this job.
     """
     from attrflow.cache import ResultCache
+    from attrflow.data.sample_store import eval_parts
     from attrflow.models.cards import load_model
 
     dev = resolve_device(device)
     shards = ShardMaps.read(maps_path)
     start, stop = (int(v) for v in sample_range)
-    samples = read_samples(samples_path, "eval", start, stop)
-    if samples.ids != shards.ids:
+    parts = eval_parts(samples_path, start, stop)
+    part_samples = [read_samples(part.path, "eval", part.start, part.stop) for part in parts]
+    if [i for samples in part_samples for i in samples.ids] != shards.ids:
         raise StoreError(
             f"the sample ids in {samples_path} do not match those in {maps_path}; the dataset changed "
             "since the maps were computed"
         )
     cache = ResultCache.beside(out_path)
-    samples_key = _samples_key(samples_path)
-    peer_shards = {name: ShardMaps.read(path) for name, path in (peer_paths or {}).items()}
+    part_keys = [_samples_key(part.path) for part in parts]
+    samples_key = part_keys[0] if len(part_keys) == 1 else part_keys
+    peer_shards = {
+        name: ShardMaps.read_joined([paths] if isinstance(paths, str | Path) else list(paths))
+        for name, paths in (peer_paths or {}).items()
+    }
     keys = {
         metric: cache.key(
             "score",
@@ -150,14 +194,22 @@ def score_shard(
             from attrflow.jobs.references import load_references
 
             references = load_references(references_path, dev)
-        context = _context(net, samples, shards, dataset, model, method, method_entry, seed, max_batch, references, dev)
-        context = replace(context, peers=_peer_maps(peer_shards, dev))
-        predictions = predictions_of(net, context.images, max_batch)
+        peer_maps = _peer_maps(peer_shards, dev)
+        scored = []  # (context, predictions, first index) per evaluation shard, in order
+        at = 0
+        for part, samples in zip(parts, part_samples, strict=True):
+            part_maps = shards.rows(at, at + len(samples))
+            at += len(samples)
+            context = _context(net, samples, part_maps, dataset, model, method, method_entry, seed, max_batch, references, dev)
+            scored.append((replace(context, peers=peer_maps), predictions_of(net, context.images, max_batch), part.start))
         for metric in todo:
-            tables[metric] = score_metric(
-                context, metric, metrics[metric], metrics_code[metric], method_code, predictions,
-                names=(dataset, model, method), first_index=start, seed=seed,
-            )
+            tables[metric] = pa.concat_tables([
+                score_metric(
+                    context, metric, metrics[metric], metrics_code[metric], method_code, predictions,
+                    names=(dataset, model, method), first_index=first, seed=seed,
+                )
+                for context, predictions, first in scored
+            ])
             cache.write_table("scores", keys[metric], tables[metric])
     table = pa.concat_tables([tables[m] for m in metrics]) if metrics else SCORES.empty_table()
     # The keys the rows were computed under, so `attrflow.clean --cache` keeps their entries.
