@@ -1,7 +1,7 @@
 """Planning time against job count: attrflow's DAG beside a trivial DAG of as many jobs.
 
     python benchmarks/planning_scale.py --jobs 1000 5000 25000 [--rounds 1] [--profile OUT.prof]
-        [--group-minutes 10 --costs results/reports/costs.parquet --forward-ms 1]
+        [--group-minutes 10 [--costs benchmarks/catalogue_costs.parquet] [--forward-ms 1]]
 
 For each target it builds the embedded default with every catalogue entry on both models (no
 per-entry `samples:`/`models:`/`methods:` limits) and `shard_size: 64`, grows `n_test` until
@@ -174,8 +174,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--profile", type=Path, help="also profile the largest attrflow dry run into this .prof file")
     parser.add_argument("--group-minutes", type=float, help="also plan each config with shards grouped into jobs of ~this long")
-    parser.add_argument("--costs", type=Path, default=REPO / "results" / "reports" / "costs.parquet",
-                        help="passes per image per method, from a finished run (default: %(default)s)")
+    parser.add_argument("--costs", type=Path, default=REPO / "benchmarks" / "catalogue_costs.parquet",
+                        help="passes per image per method from finished runs (default: every catalogue entry of "
+                        "config.yaml, recorded by `make run` and a run of the entries it does not select)")
     parser.add_argument("--forward-ms", type=float, default=1.0, help="assumed ms per forward pass per image (default 1)")
     parser.add_argument("--skip-ungrouped", action="store_true", help="with --group-minutes, time the grouped configs only")
     args = parser.parse_args()
