@@ -2,6 +2,7 @@ import copy
 from pathlib import Path
 
 from attrflow.config import ConfigError, validate_config
+from attrflow.fingerprint import remember_fingerprints_in
 from attrflow.plan import Plan, score_file
 from attrflow.preflight import PreflightError, preflight
 
@@ -16,6 +17,9 @@ try:
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
+# Code fingerprints are kept between planning runs, keyed by the package's content (a changed
+# byte anywhere discards them): following the closures is most of planning's fixed cost.
+remember_fingerprints_in(Path(".snakemake") / "attrflow")
 PLAN = Plan(config, workdir=str(Path.cwd()))
 RESULTS = "results"
 SCRIPTS = Path(workflow.basedir) / "workflow_scripts"

@@ -327,10 +327,81 @@ def symbol_closure(roots: list[Symbol]) -> dict[Symbol, str]:
 
 
 def symbols_fingerprint(roots: list[Symbol]) -> str:
+    memo = _memo()
+    key = json.dumps(sorted([list(root) for root in roots]))
+    if memo is not None and key in memo.fingerprints:
+        return memo.fingerprints[key]
     h = hashlib.sha256()
     for (module, name), dump in sorted(symbol_closure(roots).items()):
         h.update(f"{module}:{name}\0{dump}\0".encode())
-    return h.hexdigest()[:16]
+    fingerprint = h.hexdigest()[:16]
+    if memo is not None:
+        memo.keep(key, fingerprint)
+    return fingerprint
+
+
+# ------------------------------------------------------------------------------ memo between runs
+# Following the closures parses and dumps most of the package: about a second of every plan.
+# A fingerprint is a function of the package's files (and of the Python version, whose AST dump
+# it hashes), so the fingerprints of one planning run hold for the next exactly as long as every
+# file of the package is byte-for-byte the same; the memo is keyed by that content, never by
+# mtimes, and a single changed byte anywhere in the package discards all of it.
+_MEMO_FOLDER: list[Path] = []  # where `remember_fingerprints_in` keeps it (empty: no memo)
+
+
+@dataclass
+class _FingerprintMemo:
+    path: Path
+    package: str  # digest of every file of the package, and the Python version
+    fingerprints: dict[str, str]
+
+    def keep(self, key: str, fingerprint: str) -> None:
+        """Add one fingerprint and write the memo atomically (concurrent planners — cluster job
+        steps — may each write; the last complete file wins, a lost entry is recomputed)."""
+        import os
+        import sys
+
+        self.fingerprints[key] = fingerprint
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"package": self.package, "python": list(sys.version_info[:2]), "fingerprints": self.fingerprints}))
+        os.replace(tmp, self.path)
+
+
+def remember_fingerprints_in(folder: Path | None) -> None:
+    """Keep code fingerprints in ``folder`` (the workflow's `.snakemake/attrflow`) between planning
+    runs; None stops. Planning without it computes every fingerprint afresh."""
+    _MEMO_FOLDER[:] = [Path(folder)] if folder is not None else []
+    _memo.cache_clear()
+
+
+def package_digest() -> str:
+    """sha256 of the path and bytes of every source and data file of the package, and the
+    Python version (≈ 4 ms)."""
+    import sys
+
+    h = hashlib.sha256(repr(sys.version_info[:2]).encode())
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts and path.is_file():
+            h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _memo() -> _FingerprintMemo | None:
+    if not _MEMO_FOLDER:
+        return None
+    path = _MEMO_FOLDER[0] / "code-fingerprints.json"
+    package = package_digest()
+    try:
+        stored = json.loads(path.read_text())
+        fingerprints = stored["fingerprints"] if stored.get("package") == package else {}
+        if not isinstance(fingerprints, dict):
+            fingerprints = {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        fingerprints = {}  # none yet, or unreadable: computed afresh and written anew
+    return _FingerprintMemo(path, package, {k: v for k, v in fingerprints.items() if isinstance(v, str)})
 
 
 def code_fingerprint(path: Path) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import os
 
+import pytest
+
 from attrflow.catalog import PACKAGE_DIR
 from attrflow.fingerprint import (
     NON_COMPUTE_MODULES,
@@ -132,3 +134,65 @@ def test_a_name_re_exported_by_a_module_is_followed_to_its_definition():
     # deletion imports pixel_positions from metrics._removal, which re-exports metrics.ranking's.
     closure = symbol_closure([registered_symbol("metrics", "deletion")])
     assert ("attrflow.metrics.ranking", "pixel_positions") in closure
+
+
+# ------------------------------------------------------------------------------ memo between runs
+IG_ROOTS = [ATTRIBUTE_JOB, registered_symbol("methods", "integrated_gradients")]
+
+
+@pytest.fixture()
+def memo_in(tmp_path):
+    from attrflow.fingerprint import remember_fingerprints_in
+
+    remember_fingerprints_in(tmp_path / "attrflow")
+    yield tmp_path / "attrflow" / "code-fingerprints.json"
+    remember_fingerprints_in(None)
+
+
+def test_the_memo_gives_what_computing_afresh_gives_and_spares_the_work(memo_in, monkeypatch):
+    import attrflow.fingerprint as fingerprint
+
+    fingerprint.remember_fingerprints_in(None)
+    fresh = symbols_fingerprint(IG_ROOTS)
+    fingerprint.remember_fingerprints_in(memo_in.parent)
+    assert symbols_fingerprint(IG_ROOTS) == fresh  # computed, then written
+    assert fresh in memo_in.read_text()
+    fingerprint.remember_fingerprints_in(memo_in.parent)  # a new planning run reads the file
+
+    def no_closure(roots):
+        raise AssertionError("the memo should have answered")
+
+    monkeypatch.setattr(fingerprint, "symbol_closure", no_closure)
+    assert symbols_fingerprint(IG_ROOTS) == fresh
+
+
+@pytest.mark.parametrize("stored", ["other package", None])
+def test_a_memo_of_other_package_content_or_unreadable_is_not_used(memo_in, stored):
+    import json
+
+    import attrflow.fingerprint as fingerprint
+
+    fingerprint.remember_fingerprints_in(None)
+    fresh = symbols_fingerprint(IG_ROOTS)
+    key = json.dumps(sorted([list(root) for root in IG_ROOTS]))
+    memo_in.parent.mkdir(parents=True)
+    memo_in.write_text("{not json" if stored is None else json.dumps({"package": stored, "fingerprints": {key: "stale"}}))
+    fingerprint.remember_fingerprints_in(memo_in.parent)
+    assert symbols_fingerprint(IG_ROOTS) == fresh
+    assert json.loads(memo_in.read_text())["fingerprints"] == {key: fresh}  # written anew
+
+
+def test_the_package_digest_follows_content_not_mtimes(tmp_path, monkeypatch):
+    import shutil
+
+    import attrflow.fingerprint as fingerprint
+
+    copy = tmp_path / "attrflow"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
+    before = fingerprint.package_digest()
+    helper = copy / "methods" / "_batching.py"
+    os.utime(helper, (1, 1))
+    assert fingerprint.package_digest() == before
+    helper.write_text(helper.read_text() + "\n# one more line\n")
+    assert fingerprint.package_digest() != before
