@@ -11,6 +11,9 @@ same run and interleaved, a trivial Snakefile with the same shape — one job pe
 shard, two jobs per (model, method, shard) (the second reading the first, each with a params
 function), one job reading them all — so the ratio is what attrflow adds to Snakemake's own
 work. With --profile, the largest attrflow run is also run under cProfile (a .prof file).
+Each row is the best of --rounds dry runs in the same working directory: from the second on,
+attrflow's code fingerprints come from its memo in `.snakemake/attrflow/` (as in any plan of a
+project after its first); with --rounds 1 every dry run computes them.
 
 With --group-minutes, each sized config is also planned with every method's `shards_per_job`
 from the cost model (`attrflow.price.shards_per_job`: passes per image from a finished run's
