@@ -82,20 +82,23 @@ class Plan:
             return 1
         return int(self.config["methods"][method].get("shards_per_job", 1))
 
+    def job_size(self, method: str | None = None) -> int:
+        """Samples one job of ``method`` covers (without a method: one evaluation shard's)."""
+        return self.config["shard_size"] * self.shards_per_job(method)
+
     def shards(self, dataset: str, method: str | None = None) -> list[int]:
         """The jobs of ``method`` on ``dataset`` (without a method: the evaluation shards)."""
-        size = self.config["shard_size"] * self.shards_per_job(method)
-        return list(range(math.ceil(self.eval_count(dataset, method) / size)))
+        return list(range(math.ceil(self.eval_count(dataset, method) / self.job_size(method))))
 
     def shard_range(self, dataset: str, shard: int, method: str | None = None) -> list[int]:
-        size = self.config["shard_size"] * self.shards_per_job(method)
+        size = self.job_size(method)
         start = int(shard) * size
         return [start, min(start + size, self.eval_count(dataset, method))]
 
     def job_eval_shards(self, dataset: str, shard: int, method: str) -> list[int]:
         """The evaluation shards job ``shard`` of ``method`` reads its samples from, in order."""
         start, stop = self.shard_range(dataset, shard, method)
-        size = self.config["shard_size"]
+        size = self.job_size()
         return list(range(start // size, math.ceil(stop / size)))
 
     def shard_dataset_spec(self, dataset: str) -> dict:
@@ -317,7 +320,7 @@ class Plan:
         for peer in self.metric_peers(method):
             if peer not in self.config["methods"] or not self.runs_on(peer, model, dataset):
                 continue
-            size = self.config["shard_size"] * self.shards_per_job(peer)
+            size = self.job_size(peer)
             covering = range(start // size, min(math.ceil(stop / size), len(self.shards(dataset, peer))))
             if covering:
                 found[peer] = [f"{results}/attributions/{dataset}/{model}/{peer}/shard-{s}.zarr" for s in covering]

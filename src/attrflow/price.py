@@ -172,7 +172,8 @@ def shards_per_job(plan: Plan, compute_table, target_minutes: float) -> dict[str
     size = plan.config["shard_size"]
     out = {}
     for method, seconds in seconds_per_image.dropna().items():
-        most = max(len(plan.shards(d, method)) for d, _, me in plan.triples() if me == method)
+        # the evaluation shards it explains (not its jobs: the config may group them already)
+        most = max(math.ceil(plan.eval_count(d, method) / size) for d, _, me in plan.triples() if me == method)
         # A method without passes (the random control) costs next to nothing: one job.
         out[method] = most if seconds <= 0 else int(min(most, max(1, 60 * target_minutes / seconds // size)))
     return out

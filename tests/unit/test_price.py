@@ -174,6 +174,12 @@ def test_shards_per_job_from_the_cost_model(tmp_path, capsys):
     # images (4 shards of 5, cut to the 3 it has) and 2.4 IG images (less than a shard: 1).
     grouping, jobs = price(path, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=1.0)["shards_per_job"]
     assert grouping == {"gradient": 3, "ig": 1}
+    # A config that already groups shards is capped by its evaluation shards, not its jobs.
+    config = yaml.safe_load(path.read_text())
+    config["methods"]["gradient"]["shards_per_job"] = 2
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text(yaml.safe_dump(config))
+    assert price(grouped, costs, {"r18": 1000.0}, workdir=tmp_path, target_minutes=1.0)["shards_per_job"][0] == grouping
     # 3 eval shards; gradient 1 attribute + 1 score, IG 2 + 2; dataset, model, aggregate, evidence, report
     assert jobs == 3 + 2 * (1 + 2) + 5
     # 5 minutes: 12 IG images, 2 shards (all it has)

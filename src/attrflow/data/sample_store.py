@@ -128,12 +128,13 @@ def write_eval_shard(path: str | os.PathLike, samples: SampleSet, sample_range: 
 @dataclass(frozen=True)
 class EvalPart:
     """The samples [start, stop) a job reads from one evaluation store: evaluation shard
-    ``shard``, or None for a whole-dataset store."""
+    ``shard``, or None for a whole-dataset store; ``fingerprint`` is the store's."""
 
     path: str
     start: int
     stop: int
     shard: int | None
+    fingerprint: str = ""
 
 
 def eval_parts(paths: str | os.PathLike | list, start: int, stop: int) -> list[EvalPart]:
@@ -151,7 +152,7 @@ def eval_parts(paths: str | os.PathLike | list, start: int, stop: int) -> list[E
         if lo != at or hi <= lo:
             break
         shard = attrs.get("shard") if "sample_range" in attrs else None
-        parts.append(EvalPart(str(path), lo, hi, None if shard is None else int(shard)))
+        parts.append(EvalPart(str(path), lo, hi, None if shard is None else int(shard), str(attrs.get("fingerprint", ""))))
         at = hi
     if at != int(stop) or len(parts) != len(paths):
         raise ValueError(

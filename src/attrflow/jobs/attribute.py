@@ -87,8 +87,8 @@ def attribute_shard(
     else:
         if len(paths) != 1:
             raise ValueError(f"the {split} split is read from one store, not {len(paths)}")
-        parts = [EvalPart(str(paths[0]), start, stop, None)]
-    fingerprints = [str(read_attrs(part.path).get("fingerprint", "")) for part in parts]
+        parts = [EvalPart(str(paths[0]), start, stop, None, str(read_attrs(paths[0]).get("fingerprint", "")))]
+    fingerprints = [part.fingerprint for part in parts]
     cache = ResultCache.beside(out_path)
     result_key = cache.key(
         "attribution",

@@ -72,10 +72,10 @@ class ShardMaps:
         )
 
     @classmethod
-    def read_joined(cls, paths: list[str | Path]) -> ShardMaps:
+    def read_joined(cls, paths: str | Path | list[str | Path]) -> ShardMaps:
         """The maps of several stores of one entry, in order, as one (a peer entry whose jobs
         group evaluation shards differently from the scored method's)."""
-        stores = [cls.read(path) for path in paths]
+        stores = [cls.read(path) for path in ([paths] if isinstance(paths, str | Path) else paths)]
         if len(stores) == 1:
             return stores[0]
         first = stores[0]
@@ -157,12 +157,9 @@ def score_shard(
             "since the maps were computed"
         )
     cache = ResultCache.beside(out_path)
-    part_keys = [_samples_key(part.path) for part in parts]
+    part_keys = [part.fingerprint for part in parts]
     samples_key = part_keys[0] if len(part_keys) == 1 else part_keys
-    peer_shards = {
-        name: ShardMaps.read_joined([paths] if isinstance(paths, str | Path) else list(paths))
-        for name, paths in (peer_paths or {}).items()
-    }
+    peer_shards = {name: ShardMaps.read_joined(paths) for name, paths in (peer_paths or {}).items()}
     keys = {
         metric: cache.key(
             "score",
@@ -239,11 +236,6 @@ def _peer_maps(peer_shards: dict[str, ShardMaps], dev: torch.device) -> dict[str
         if shard.applicable
     }
 
-
-def _samples_key(samples_path: str | Path) -> str:
-    from attrflow.store import read_attrs
-
-    return str(read_attrs(samples_path).get("fingerprint", ""))
 
 
 @torch.no_grad()
