@@ -424,7 +424,11 @@ PATH_CASES = [
 
 @pytest.mark.parametrize("name,params", PATH_CASES)
 def test_maps_do_not_depend_on_max_batch_and_repeat_with_the_seed(name, params):
-    model, x, target, info = regular_cnn(), images(n=5), targets(n=5), get_method(name)
+    # In float64: float32 convolutions round differently with the batch size (oneDNN blocks the
+    # batch), and Guided IG's choice of which features move is discontinuous in the gradient, so
+    # such rounding alone moves its float32 maps (25 % relative L2 on this model); this test is
+    # about the batching logic, which must give the same path whatever the chunking.
+    model, x, target, info = regular_cnn(dtype=F64), images(n=5, dtype=F64), targets(n=5), get_method(name)
     runs = []
     for max_batch in (1, 7, 1000):
         model.reset_counters()

@@ -4,6 +4,8 @@ exception interrupts the call), per-sample unlearning, determinism, bad input.""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -463,3 +465,14 @@ def test_bad_inputs_name_the_sample():
         uni(model, x, targets(3))
     with pytest.raises(ValueError, match="sample 2: parameter target"):
         uni(model, images(3, dtype=F64), torch.tensor([0, 1, 99]))
+
+
+def test_a_channels_last_cnn_is_unlearned_batched_by_vmap():
+    # WrappedModel runs convolutions channels-last; vmap cannot batch that layout, so the
+    # wrapper must leave inputs under torch.func transforms as they are (no per-sample fallback).
+    model, x, target = regular_cnn(), images(3), targets(3)
+    assert model.channels_last
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = uni(model, x, target, **FAST, generator=seeded())
+    assert torch.isfinite(result.maps).all()

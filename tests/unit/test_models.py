@@ -324,6 +324,35 @@ def test_save_load_roundtrip_gives_identical_logits(trained_x_model):
     torch.testing.assert_close(loaded.mean, model.mean)
 
 
+def test_wrapped_convolutions_run_channels_last_with_the_same_function():
+    torch.manual_seed(0)
+    net = SmallCNN(3, in_channels=3, width=4)
+    plain = SmallCNN(3, in_channels=3, width=4)
+    plain.load_state_dict(net.state_dict())
+    model = WrappedModel(net, num_classes=3, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3]).eval()
+    assert model.channels_last
+    assert all(
+        m.weight.is_contiguous(memory_format=torch.channels_last) for m in net.modules() if isinstance(m, nn.Conv2d)
+    )
+    x = torch.rand(5, 3, 32, 32, requires_grad=True)
+    logits = model(x)
+    expected = plain.eval()((x.detach() - model.mean) / model.std)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    (grad,) = torch.autograd.grad(logits[:, 0].sum(), x)
+    assert grad.shape == x.shape and grad.is_contiguous()  # the input's own layout
+    assert (model.forward_samples, model.backward_samples) == (5, 5)
+    # saved weights are dense and load back with the same logits
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    assert all(v.is_contiguous() for v in state.values())
+
+
+def test_a_network_without_convolutions_is_left_as_it_is():
+    net = nn.Sequential(nn.Flatten(), nn.LazyLinear(2))  # lazy parameters must stay untouched
+    model = WrappedModel(net, num_classes=2)
+    assert not model.channels_last
+    assert model(torch.rand(2, 3, 4, 4)).shape == (2, 2)
+
+
 def test_a_flipped_byte_in_the_weights_is_detected(trained_x_model, tmp_path):
     _, _, out = trained_x_model
     damaged = tmp_path / "damaged"
