@@ -6,6 +6,11 @@ layer CAM methods use by default, whether it is an X-DNN (bias-free, nonnegative
 and, if so, its homogeneity origin in pixel space. It counts forward and backward samples so
 stores can record the cost of each method.
 
+A network with convolutions runs channels-last (its ``Conv2d`` weights are stored in that
+layout when it is wrapped; values and results are unchanged up to float rounding): on a CPU its
+forward passes are about twice as fast (benchmarks/RESULTS.md). Inputs and input gradients keep
+the ordinary NCHW layout.
+
 A model's ``task`` is ``"classification"`` (logits over ``num_classes`` classes) or
 ``"regression"`` (one output, a score such as a total severity; see
 `attrflow.models.regression`). A regression model has ``num_classes == 1``: methods explain
