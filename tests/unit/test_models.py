@@ -341,9 +341,10 @@ def test_wrapped_convolutions_run_channels_last_with_the_same_function():
     (grad,) = torch.autograd.grad(logits[:, 0].sum(), x)
     assert grad.shape == x.shape and grad.is_contiguous()  # the input's own layout
     assert (model.forward_samples, model.backward_samples) == (5, 5)
-    # saved weights are dense and load back with the same logits
-    state = {k: v.contiguous() for k, v in net.state_dict().items()}
-    assert all(v.is_contiguous() for v in state.values())
+    # only the layout changed: every weight holds the same values (saving and loading a wrapped
+    # channels-last model: test_save_load_roundtrip_gives_identical_logits)
+    plain_state = plain.state_dict()
+    assert all(torch.equal(value, plain_state[key]) for key, value in net.state_dict().items())
 
 
 def test_a_network_without_convolutions_is_left_as_it_is():

@@ -237,7 +237,6 @@ def _peer_maps(peer_shards: dict[str, ShardMaps], dev: torch.device) -> dict[str
     }
 
 
-
 @torch.no_grad()
 def predictions_of(net: torch.nn.Module, images: torch.Tensor, max_batch: int) -> np.ndarray:
     """Predicted classes; for a regression model its score rounded to the nearest integer (so a
