@@ -24,6 +24,20 @@ include: "rules/probes.smk"
 include: "rules/dissection.smk"
 
 
+# A local run's torch jobs start as forks of one process that has imported torch already,
+# instead of paying the imports in every job (attrflow.jobs.forkserver; same results).
+onstart:
+    forkserver.start(workflow)
+
+
+onsuccess:
+    forkserver.stop()
+
+
+onerror:
+    forkserver.stop()
+
+
 rule all:
     default_target: True
     input:

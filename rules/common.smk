@@ -3,6 +3,7 @@ from pathlib import Path
 
 from attrflow.config import ConfigError, validate_config
 from attrflow.fingerprint import remember_fingerprints_in
+from attrflow.jobs import forkserver
 from attrflow.plan import Plan, score_file
 from attrflow.preflight import PreflightError, preflight
 

@@ -2,15 +2,11 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.attribute import attribute_shard
-
-    mark_ready()
-
-    setting = dict(snakemake.params.setting)
-    attribute_shard(
+run_job(
+    "attrflow.jobs.attribute:attribute_shard",
+    dict(
         samples_path=list(snakemake.input.samples),
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
@@ -18,5 +14,8 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         model_name=snakemake.wildcards.model,
         shard=int(snakemake.wildcards.shard),
         references_path=snakemake.input.get("references"),
-        **setting,
-    )
+        **dict(snakemake.params.setting),
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
 
 def paths(named) -> list[str]:
@@ -10,16 +10,16 @@ def paths(named) -> list[str]:
     return [named] if isinstance(named, str) else list(named)
 
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.axioms import attribute_axioms
-
-    mark_ready()
-
-    attribute_axioms(
+run_job(
+    "attrflow.jobs.axioms:attribute_axioms",
+    dict(
         inputs_paths=paths(snakemake.input.inputs),
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
         model_name=snakemake.wildcards.model,
         references_path=snakemake.input.get("references"),
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

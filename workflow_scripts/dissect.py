@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.dissection.job import dissect_layer
-
-    mark_ready()
-
-    dissect_layer(
+run_job(
+    "attrflow.dissection.job:dissect_layer",
+    dict(
         samples_path=snakemake.input.samples,
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

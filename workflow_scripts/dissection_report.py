@@ -1,12 +1,14 @@
 """Rule dissection_report → attrflow.report.dissection.write_dissection_reports."""
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0]):
-    from attrflow.report.dissection import write_dissection_reports
-
-    mark_ready()
-
-    write_dissection_reports(
-        snakemake.input.tables, snakemake.output.counts, snakemake.output.units, snakemake.output.markdown
-    )
+run_job(
+    "attrflow.report.dissection:write_dissection_reports",
+    dict(
+        tables=snakemake.input.tables,
+        out_counts=snakemake.output.counts,
+        out_units=snakemake.output.units,
+        out_markdown=snakemake.output.markdown,
+    ),
+    log=snakemake.log[0],
+)

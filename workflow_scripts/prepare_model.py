@@ -2,19 +2,19 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.prepare import prepare_model_files
-
-    mark_ready()
-
-    setting = snakemake.params.setting
-    prepare_model_files(
+setting = snakemake.params.setting
+run_job(
+    "attrflow.jobs.prepare:prepare_model_files",
+    dict(
         name=setting["model"],
         spec=setting["spec"],
         samples_path=snakemake.input.get("samples"),
         out_dir=Path(snakemake.output.card).parent,
         seed=setting["seed"],
         threads=snakemake.threads,
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -2,14 +2,11 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.roar import attribute_train_split
-
-    mark_ready()
-
-    attribute_train_split(
+run_job(
+    "attrflow.jobs.roar:attribute_train_split",
+    dict(
         samples_path=snakemake.input.samples,
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
@@ -17,4 +14,7 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         model_name=snakemake.wildcards.model,
         references_path=snakemake.input.get("references"),
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -2,14 +2,11 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.score import score_shard
-
-    mark_ready()
-
-    score_shard(
+run_job(
+    "attrflow.jobs.score:score_shard",
+    dict(
         samples_path=list(snakemake.input.samples),
         model_dir=Path(snakemake.input.card).parent,
         maps_path=snakemake.input.maps,
@@ -21,4 +18,7 @@ with job_log(snakemake.log[0], threads=snakemake.threads):
         },
         out_path=snakemake.output[0],
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

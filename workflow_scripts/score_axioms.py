@@ -1,6 +1,6 @@
 """Rule score_axioms → attrflow.jobs.axioms.score_axioms."""
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
 
 def paths(named) -> list[str]:
@@ -8,15 +8,14 @@ def paths(named) -> list[str]:
     return [named] if isinstance(named, str) else list(named)
 
 
-with job_log(snakemake.log[0]):
-    from attrflow.jobs.axioms import score_axioms
-
-    mark_ready()
-
-    score_axioms(
+run_job(
+    "attrflow.jobs.axioms:score_axioms",
+    dict(
         inputs_paths=paths(snakemake.input.inputs),
         maps_paths=paths(snakemake.input.maps),
         out_path=snakemake.output[0],
         model_name=snakemake.wildcards.model,
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+)

@@ -2,16 +2,16 @@
 
 from pathlib import Path
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0], threads=snakemake.threads):
-    from attrflow.jobs.axioms import synthesize_axioms
-
-    mark_ready()
-
-    synthesize_axioms(
+run_job(
+    "attrflow.jobs.axioms:synthesize_axioms",
+    dict(
         model_dir=Path(snakemake.input.card).parent,
         out_path=snakemake.output[0],
         model_name=snakemake.wildcards.model,
         **dict(snakemake.params.setting),
-    )
+    ),
+    log=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -366,3 +366,43 @@ def test_h_a_config_that_comes_back_reuses_its_results(tmp_path):
     assert verify_store(maps) == []
     if original is not None:
         assert (maps / "maps" / "c" / "0" / "0" / "0").read_bytes() == original
+
+
+def test_i_jobs_forked_by_the_fork_server_give_the_same_numbers(finished_run: Workflow, tmp_path, monkeypatch):
+    """A local run's torch jobs are children of the warm fork server; jobs in fresh interpreters
+    (ATTRFLOW_NO_FORKSERVER=1, as on a cluster) give every score and map bit for bit."""
+    import numpy as np
+    import zarr
+
+    def forked_jobs(wf: Workflow) -> int:
+        return sum("run by a child of the fork server" in p.read_text() for p in (wf.workdir / "logs").rglob("*.log"))
+
+    assert forked_jobs(finished_run) > 0, "no job of the local run went through the fork server"
+    monkeypatch.setenv("ATTRFLOW_NO_FORKSERVER", "1")
+    fresh = Workflow(finished_run.root, tmp_path / "work")
+    fresh.workdir.mkdir()
+    fresh.write_config(TINY_CONFIG)
+    fresh.snakemake()
+    assert forked_jobs(fresh) == 0
+    ours, theirs = finished_run.workdir / "results", fresh.workdir / "results"
+    tables = [p.relative_to(ours) for p in ours.rglob("*.parquet") if p.parts[-2:] != ("reports", "costs.parquet")]
+    assert any(p.parts[0] == "scores" for p in tables)
+    for table in tables:
+        if table.parts[0] == "benchmarks":
+            continue
+        pd.testing.assert_frame_equal(pd.read_parquet(ours / table), pd.read_parquet(theirs / table), obj=str(table))
+
+    def arrays(group, prefix=""):
+        for name, array in group.arrays():
+            yield prefix + name, array[:]
+        for name, sub in group.groups():
+            yield from arrays(sub, f"{prefix}{name}/")
+
+    stores = [p.relative_to(ours) for p in ours.rglob("*.zarr") if ".cache" not in p.parts]
+    assert any(p.parts[0] == "attributions" for p in stores)
+    for store in stores:
+        mine = dict(arrays(zarr.open_group(str(ours / store), mode="r")))
+        other = dict(arrays(zarr.open_group(str(theirs / store), mode="r")))
+        assert mine.keys() == other.keys(), store
+        for name, values in mine.items():
+            np.testing.assert_array_equal(values, other[name], err_msg=f"{store}/{name}")

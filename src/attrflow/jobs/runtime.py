@@ -17,14 +17,68 @@ from typing import Any, TextIO
 LOG = logging.getLogger("attrflow")
 
 
-def process_age() -> float:
-    """Seconds since this process started (the interpreter's own start-up included)."""
+# When the job's script started, where that was another process (`forkserver` sets it in the
+# child that runs the job): start-up is then counted from the script's own start.
+STARTED_AT: float | None = None
+
+
+def process_start() -> float:
+    """When this process started (epoch seconds), the interpreter's own start-up included.
+
+    On Linux it is read as the process's start in clock ticks since boot against the seconds
+    since boot (both to 10 ms). psutil's `create_time()` adds the boot time, which the kernel
+    gives in whole seconds, so its ages are off by a constant of up to a second per boot (0.40 s
+    on the machine of benchmarks/RESULTS.md): the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            since_boot = float(uptime.read().split()[0])
+        return time.time() - (since_boot - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 
-        return time.time() - psutil.Process().create_time()
+        return psutil.Process().create_time()
     except Exception:  # psutil ships with snakemake; tolerate its absence outside the workflow
         return float("nan")
+
+
+def process_age() -> float:
+    """Seconds since the job's script started (the interpreter's own start-up included)."""
+    return time.time() - (STARTED_AT if STARTED_AT is not None else process_start())
+
+
+def run_job(target: str, arguments: dict[str, Any], *, log: str | None, threads: int | None = None) -> None:
+    """A workflow script's one call: ``target`` ("module:function") called with ``arguments``,
+    inside the job's log (see `job_log`; ``threads`` caps torch's threads, None for a job that
+    never imports torch).
+
+    A torch job of a local run goes to the fork server, which runs it in a child of a process
+    that has imported torch already (`attrflow.jobs.forkserver`): the same result without
+    ≈ 1.5 s of imports per job. Otherwise, or when no server takes it, the job runs here.
+    """
+    if threads is not None:
+        from attrflow.jobs.forkserver import submit
+
+        code = submit(log, target, int(threads), arguments, started=process_start())
+        if code is not None:
+            if code:
+                raise SystemExit(code)
+            return
+    run_here(log, target, threads, arguments)
+
+
+def run_here(log: str | None, target: str, threads: int | None, arguments: dict[str, Any]) -> None:
+    """Run ``target`` in this process, inside `job_log`; start-up is logged once it is imported."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    with job_log(log, threads=threads):
+        function = getattr(importlib.import_module(module), name)
+        mark_ready()
+        function(**arguments)
 
 
 @contextlib.contextmanager
@@ -97,7 +151,11 @@ def mark_ready() -> None:
     That is the interpreter, Snakemake's script preamble and our imports (torch alone is ~3 s
     on the CI machine); benchmarks/ sums these lines across jobs to report the start-up share.
     """
-    LOG.info("startup %.3f s (process start to job code ready)", process_age())
+    LOG.info(
+        "startup %.3f s (process start to job code ready%s)",
+        process_age(),
+        "; run by a child of the fork server" if STARTED_AT is not None else "",
+    )
 
 
 def resolve_device(name: str) -> Any:
