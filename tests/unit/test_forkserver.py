@@ -83,7 +83,8 @@ def test_a_failing_job_fails_its_script_with_the_traceback_in_its_log(server, tm
     assert stopped.value.code == 3
 
 
-def test_a_killed_script_ends_its_child(server, tmp_path):
+def start_sleeping_job(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A workflow script (its own process) whose job sleeps in a child of the server: (script, child pid)."""
     pid_file = tmp_path / "child.pid"
     body = script(tmp_path, f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
     client = subprocess.Popen(
@@ -97,33 +98,28 @@ def test_a_killed_script_ends_its_child(server, tmp_path):
         time.sleep(0.05)
     child = int(pid_file.read_text())
     assert child != client.pid
+    return client, child
+
+
+def wait_until_gone(pid: int, why: str) -> None:
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)
+
+
+def test_a_killed_script_ends_its_child(server, tmp_path):
+    client, child = start_sleeping_job(tmp_path)
     client.send_signal(signal.SIGKILL)
     client.wait()
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "the child outlived its script"
-        time.sleep(0.05)
+    wait_until_gone(child, "the child outlived its script")
 
 
 def test_sigterm_to_the_script_reaches_the_child(server, tmp_path):
-    pid_file = tmp_path / "child.pid"
-    body = script(tmp_path, f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(120)\n")
-    client = subprocess.Popen(
-        [sys.executable, "-c",
-         f"from attrflow.jobs.runtime import run_job; run_job('runpy:run_path', {{'path_name': {body!r}}}, "
-         f"log={str(tmp_path / 'job.log')!r}, threads=1)"],
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline and client.poll() is None, "the job never started"
-        time.sleep(0.05)
-    child = int(pid_file.read_text())
+    client, child = start_sleeping_job(tmp_path)
     client.terminate()
     assert client.wait(timeout=10) == -signal.SIGTERM  # ends as SIGTERM would have ended it
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, "SIGTERM never reached the child"
-        time.sleep(0.05)
+    wait_until_gone(child, "SIGTERM never reached the child")
 
 
 def test_jobs_run_here_where_no_server_can_take_them(tmp_path, monkeypatch):
