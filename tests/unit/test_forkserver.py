@@ -189,3 +189,22 @@ def test_start_up_is_counted_from_the_scripts_own_start():
     )  # fmt: skip
     wall = time.perf_counter() - before
     assert 0 < float(out.stdout) < wall
+
+
+def test_a_new_run_removes_the_folders_of_killed_servers(tmp_path, monkeypatch):
+    monkeypatch.delenv(forkserver.OPT_OUT, raising=False)
+    log = str(tmp_path / "forkserver.log")
+    killed = forkserver.start(LOCAL_RUN, log)
+    assert forkserver.wait_until_listening(killed)
+    killed.process.kill()  # as `kill -9` of the whole run: its socket stays behind
+    killed.process.wait()
+    forkserver._RUNNING.clear()
+    assert (Path(killed.directory) / "socket").exists()
+    alive = forkserver.start(LOCAL_RUN, log)
+    try:
+        assert forkserver.wait_until_listening(alive)
+        assert not Path(killed.directory).exists()
+        forkserver._remove_dead_servers()  # a live server's folder stays
+        assert (Path(alive.directory) / "socket").exists()
+    finally:
+        forkserver.stop()

@@ -62,6 +62,7 @@ _THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
 )  # fmt: skip
 _HEADER = struct.Struct("!Q")
+_PREFIX = "attrflow-forkserver-"
 
 
 def _identity() -> dict[str, str]:
@@ -181,6 +182,8 @@ def _child(conn: socket.socket) -> None:
     try:
         conn.settimeout(None)
         header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+        if not header:  # a connection that only checked whether the server is alive
+            os._exit(0)
         request = pickle.loads(_receive(conn, _HEADER.unpack(header)[0]))
         for number, fd in enumerate(fds):
             os.dup2(fd, number)
@@ -259,7 +262,8 @@ def start(workflow: Any, log_path: str = "logs/forkserver.log") -> ForkServer | 
         return None
     if not (getattr(workflow, "local_exec", False) and getattr(workflow, "is_main_process", False)):
         return None
-    directory = tempfile.mkdtemp(prefix="attrflow-forkserver-")  # mode 0700: this user only
+    _remove_dead_servers()
+    directory = tempfile.mkdtemp(prefix=_PREFIX)  # mode 0700: this user only
     socket_path = os.path.join(directory, "socket")
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
@@ -272,6 +276,28 @@ def start(workflow: Any, log_path: str = "logs/forkserver.log") -> ForkServer | 
     atexit.register(server.stop)
     _RUNNING.append(server)
     return server
+
+
+def _remove_dead_servers() -> None:
+    """Remove the folders of servers that were killed with their run (`kill -9` leaves its
+    socket behind): those whose socket no longer accepts a connection."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        socket_path = folder / "socket"
+        if not (folder.is_dir() and folder.stat().st_uid == os.getuid() and socket_path.exists()):
+            continue  # another user's, or a server still importing
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(socket_path))
+        except ConnectionRefusedError:
+            for leftover in folder.glob("*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 def stop() -> None:
