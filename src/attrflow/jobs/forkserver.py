@@ -1,8 +1,9 @@
 """Run the workflow's torch jobs in processes forked from one warm server, not fresh interpreters.
 
-Every job of a local run used to pay ≈ 1.7 s before its first line of work: a new interpreter,
-Snakemake's script preamble and `import torch` (1.1 s of it on its own). With a hundred short
-jobs that was a fifth of all job time. During a local run (`make run`, `snakemake --cores N`)
+Every torch job of a local run used to pay ≈ 1.3 s before its first line of work (a new
+interpreter, Snakemake's script preamble, `import torch` at 1.1 s) and more while it imported
+the model loader and the method's code: with a hundred short jobs, a fifth of all job time
+(benchmarks/RESULTS.md). During a local run (`make run`, `snakemake --cores N`)
 the Snakefile's `onstart` starts one server process that imports torch, numpy, zarr and the job
 modules once and then waits on a Unix socket. A workflow script (`runtime.run_job`) sends its
 job — the function's name and arguments, its log, its threads, its working directory,
@@ -12,8 +13,9 @@ script would have run itself; the script waits for the child's exit status and e
 Nothing about a result changes: the child is a copy of a process that has only imported
 modules, it takes the job's environment, working directory and thread limits, and every job sets
 its own seeds. Anything the server cannot serve falls back to running in the script's own
-process: no server (cluster jobs, dry runs, `ATTRFLOW_NO_FORKSERVER=1`), another interpreter or
-another attrflow (a `--sdm conda` job), a socket that does not answer.
+process: no server (cluster jobs, dry runs, `ATTRFLOW_NO_FORKSERVER=1`, a system other than
+Linux, where forking a process that has loaded system frameworks is not safe), another
+interpreter or another attrflow (a `--sdm conda` job), a socket that does not answer.
 
 The child ends with its script: a killed script (Ctrl-C, `kill -9`, a cluster's time limit)
 closes the socket, and the child exits at once; SIGTERM, SIGINT and SIGHUP sent to the script
@@ -80,7 +82,7 @@ def submit(log: str | None, target: str, threads: int, arguments: dict[str, Any]
     """Run the job in a child of the server; its exit status, or None when no server takes it
     (then nothing has run and the caller runs the job itself)."""
     announced = os.environ.get(ENV)
-    if not announced or os.environ.get(OPT_OUT) or os.name != "posix":
+    if not announced or os.environ.get(OPT_OUT) or not sys.platform.startswith("linux"):
         return None
     try:
         server = json.loads(announced)
@@ -256,9 +258,9 @@ class ForkServer:
 
 def start(workflow: Any, log_path: str = "logs/forkserver.log") -> ForkServer | None:
     """Start the fork server for a local run's jobs (Snakefile `onstart`); None where jobs do
-    not run as children of this process (cluster executors, a cluster job's own Snakemake) or
-    where the user opted out with ATTRFLOW_NO_FORKSERVER=1."""
-    if os.environ.get(OPT_OUT) or os.name != "posix":
+    not run as children of this process (cluster executors, a cluster job's own Snakemake), off
+    Linux, or where the user opted out with ATTRFLOW_NO_FORKSERVER=1."""
+    if os.environ.get(OPT_OUT) or not sys.platform.startswith("linux"):
         return None
     if not (getattr(workflow, "local_exec", False) and getattr(workflow, "is_main_process", False)):
         return None
