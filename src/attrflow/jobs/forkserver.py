@@ -163,6 +163,8 @@ def serve(socket_path: str, parent: int) -> None:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the job may wait for its own children
                 _child(conn)  # never returns
             conn.close()
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole run's process group: the run is ending
+        pass
     finally:
         with contextlib.suppress(OSError):
             os.unlink(socket_path)
