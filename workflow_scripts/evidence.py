@@ -1,16 +1,15 @@
 """Rule evidence → attrflow.report.evidence.write_evidence."""
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0]):
-    from attrflow.report.evidence import write_evidence
-
-    mark_ready()
-
-    write_evidence(
-        snakemake.input.scores,
-        snakemake.output.comparisons,
-        snakemake.output.ranks,
-        snakemake.output.quality,
-        snakemake.output.agreement,
-    )
+run_job(
+    "attrflow.report.evidence:write_evidence",
+    dict(
+        scores_path=snakemake.input.scores,
+        comparisons_out=snakemake.output.comparisons,
+        ranks_out=snakemake.output.ranks,
+        quality_out=snakemake.output.quality,
+        agreement_out=snakemake.output.agreement,
+    ),
+    log=snakemake.log[0],
+)

@@ -1,15 +1,14 @@
 """Rule roar_report → attrflow.roar.report.write_roar_report."""
 
-from attrflow.jobs.runtime import job_log, mark_ready
+from attrflow.jobs.runtime import run_job
 
-with job_log(snakemake.log[0]):
-    from attrflow.roar.report import write_roar_report
-
-    mark_ready()
-
-    write_roar_report(
-        snakemake.input.results,
-        snakemake.output.parquet,
-        snakemake.output.markdown,
-        dict(snakemake.params.figures),
-    )
+run_job(
+    "attrflow.roar.report:write_roar_report",
+    dict(
+        result_paths=snakemake.input.results,
+        parquet_out=snakemake.output.parquet,
+        markdown_out=snakemake.output.markdown,
+        figures=dict(snakemake.params.figures),
+    ),
+    log=snakemake.log[0],
+)

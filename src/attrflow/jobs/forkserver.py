@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import struct
@@ -237,11 +238,19 @@ def _run(request: dict[str, Any]) -> int:
 # ------------------------------------------------------------------ started by the Snakefile
 
 
+def _socket_in(directory: str) -> str:
+    return os.path.join(directory, "socket")
+
+
 class ForkServer:
-    """The server of one local Snakemake run (see `start`)."""
+    """The server of one local Snakemake run (see `start`): its process and private folder."""
 
     def __init__(self, process: subprocess.Popen, directory: str) -> None:
         self.process, self.directory = process, directory
+
+    @property
+    def socket_path(self) -> str:
+        return _socket_in(self.directory)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -251,11 +260,7 @@ class ForkServer:
         if self.process.poll() is None:
             self.process.kill()
         os.environ.pop(ENV, None)
-        for leftover in Path(self.directory).glob("*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        with contextlib.suppress(OSError):
-            os.rmdir(self.directory)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def start(workflow: Any, log_path: str = "logs/forkserver.log") -> ForkServer | None:
@@ -268,15 +273,14 @@ def start(workflow: Any, log_path: str = "logs/forkserver.log") -> ForkServer | 
         return None
     _remove_dead_servers()
     directory = tempfile.mkdtemp(prefix=_PREFIX)  # mode 0700: this user only
-    socket_path = os.path.join(directory, "socket")
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "attrflow.jobs.forkserver", socket_path, str(os.getpid())],
+            [sys.executable, "-m", "attrflow.jobs.forkserver", _socket_in(directory), str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
-    os.environ[ENV] = json.dumps({"socket": socket_path, "identity": _identity()})
     server = ForkServer(process, directory)
+    os.environ[ENV] = json.dumps({"socket": server.socket_path, "identity": _identity()})
     atexit.register(server.stop)
     _RUNNING.append(server)
     return server
@@ -286,18 +290,14 @@ def _remove_dead_servers() -> None:
     """Remove the folders of servers that were killed with their run (`kill -9` leaves its
     socket behind): those whose socket no longer accepts a connection."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
-        socket_path = folder / "socket"
-        if not (folder.is_dir() and folder.stat().st_uid == os.getuid() and socket_path.exists()):
+        socket_path = _socket_in(str(folder))
+        if not (folder.is_dir() and folder.stat().st_uid == os.getuid() and os.path.exists(socket_path)):
             continue  # another user's, or a server still importing
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(socket_path))
+            probe.connect(socket_path)
         except ConnectionRefusedError:
-            for leftover in folder.glob("*"):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+            shutil.rmtree(folder, ignore_errors=True)
         except OSError:
             pass
         finally:
@@ -315,10 +315,9 @@ _RUNNING: list[ForkServer] = []
 
 def wait_until_listening(server: ForkServer, timeout: float = 60.0) -> bool:
     """For tests: True once the server accepts jobs."""
-    socket_path = json.loads(os.environ[ENV])["socket"] if ENV in os.environ else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.process.poll() is None:
-        if os.path.exists(socket_path):
+        if os.path.exists(server.socket_path):
             return True
         time.sleep(0.05)
     return False

@@ -57,7 +57,7 @@ def run_job(target: str, arguments: dict[str, Any], *, log: str | None, threads:
 
     A torch job of a local run goes to the fork server, which runs it in a child of a process
     that has imported torch already (`attrflow.jobs.forkserver`): the same result without
-    ≈ 1.5 s of imports per job. Otherwise, or when no server takes it, the job runs here.
+    paying the imports (≈ 1.3 s before the job's code is ready) in every job. Otherwise, or when no server takes it, the job runs here.
     """
     if threads is not None:
         from attrflow.jobs.forkserver import submit
